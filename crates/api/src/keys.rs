@@ -1,0 +1,36 @@
+//! Label and annotation keys that ests reads or writes.
+//!
+//! The `staticip.jke.jdcloud.com/*` keys are the source document's; the pod labels are the
+//! upstream StatefulSet ones, so tools written for StatefulSets keep working on ests pods.
+
+/// Set annotation: `"true"` turns static IPs on for every pod of the set.
+pub const STATIC_IP_ENABLE: &str = "staticip.jke.jdcloud.com/enable";
+/// Set annotation: the `StaticIPPool` whose blocks the set's IPs come from (IP range mode).
+/// Without it a static-IP set is in record mode: the CNI picks the first IP and ests keeps it.
+pub const STATIC_IP_POOL: &str = "staticip.jke.jdcloud.com/pool";
+/// Set annotation: when a set's records release their IPs (see [`crate::ReleasePolicy`]).
+pub const STATIC_IP_RELEASE_POLICY: &str = "staticip.jke.jdcloud.com/release-policy";
+/// Set annotation: with release policy `TTL`, seconds an identity may be without a pod
+/// before its IP is released.
+pub const STATIC_IP_RELEASE_TTL_SECONDS: &str = "staticip.jke.jdcloud.com/release-ttl-seconds";
+
+/// Pod label carried by every static-IP pod ests creates; the Pod webhook is scoped to it.
+pub const STATIC_IP_POD_LABEL: &str = "staticip.jke.jdcloud.com/enabled";
+/// Pod annotation: the pinned IP (comma-separated for dual-stack).
+pub const STATIC_IP_POD_IP: &str = "staticip.jke.jdcloud.com/ip";
+/// Pod annotation: the pinned node.
+pub const STATIC_IP_POD_NODE: &str = "staticip.jke.jdcloud.com/node";
+/// Pod annotation: UID of the StaticIP record the controller read when creating the pod.
+pub const STATIC_IP_RECORD_UID: &str = "staticip.jke.jdcloud.com/record-uid";
+/// Pod annotation: resourceVersion of that record.
+pub const STATIC_IP_RECORD_VERSION: &str = "staticip.jke.jdcloud.com/record-resource-version";
+/// Extended resource that range-mode static-IP pods request, so that only they are sent to
+/// the extender's bind verb (`managedResources`, `ignoredByScheduler`).
+pub const STATIC_IP_RESOURCE: &str = "jke.jdcloud.com/static-ip";
+
+/// Upstream pod label: the revision the pod was created from.
+pub const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
+/// Upstream pod label: the pod's own name.
+pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+/// Upstream pod label: the pod's ordinal.
+pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";

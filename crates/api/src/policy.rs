@@ -1,0 +1,212 @@
+//! ValidatingAdmissionPolicies for what a CRD schema cannot say, because CRD rules see neither
+//! `metadata.annotations` nor who sends the request:
+//!
+//! - a set's IP mode (its static-IP annotations) never changes while the set exists, and
+//!   the annotations hold valid values;
+//! - only ests's own service accounts create StaticIP records with addresses or change a
+//!   record's addresses or node.
+//!
+//! The kube-apiserver evaluates these in process, so they hold even while the ests webhook
+//! is down. `ests crd` writes them to `config/policy/`.
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
+    ValidatingAdmissionPolicySpec, Validation, Variable,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::keys;
+
+/// Name of the policy that guards a set's static-IP annotations.
+pub const SET_ANNOTATIONS_POLICY: &str = "ests-set-static-ip-annotations";
+/// Name of the policy that guards StaticIP records.
+pub const STATIC_IP_GUARD_POLICY: &str = "ests-static-ip-guard";
+/// The namespace ests runs in unless configured otherwise.
+pub const DEFAULT_NAMESPACE: &str = "ests-system";
+
+/// The policies and their bindings, for ests running in `ests_namespace`: every service
+/// account of that namespace counts as ests.
+pub fn all(
+    ests_namespace: &str,
+) -> (
+    Vec<ValidatingAdmissionPolicy>,
+    Vec<ValidatingAdmissionPolicyBinding>,
+) {
+    let policies = vec![set_annotations_policy(), static_ip_guard_policy(ests_namespace)];
+    let bindings = policies
+        .iter()
+        .map(|p| binding(p.metadata.name.as_deref().unwrap_or_default()))
+        .collect();
+    (policies, bindings)
+}
+
+fn rule(resource: &str, operations: &[&str]) -> NamedRuleWithOperations {
+    NamedRuleWithOperations {
+        api_groups: Some(vec![crate::GROUP.into()]),
+        api_versions: Some(vec![crate::VERSION.into()]),
+        operations: Some(operations.iter().map(|o| o.to_string()).collect()),
+        resources: Some(vec![resource.into()]),
+        ..Default::default()
+    }
+}
+
+fn validation(expression: String, message: String) -> Validation {
+    Validation {
+        expression,
+        message: Some(message),
+        reason: Some("Invalid".into()),
+        ..Default::default()
+    }
+}
+
+fn annotation_of(object: &str, key: &str) -> String {
+    format!("{object}.metadata.?annotations[?'{key}'].orValue('')")
+}
+
+fn set_annotations_policy() -> ValidatingAdmissionPolicy {
+    let enable = keys::STATIC_IP_ENABLE;
+    let pool = keys::STATIC_IP_POOL;
+    let policy = keys::STATIC_IP_RELEASE_POLICY;
+    let ttl = keys::STATIC_IP_RELEASE_TTL_SECONDS;
+    let unchanged = |key: &str| {
+        validation(
+            format!(
+                "request.operation != 'UPDATE' || {} == {}",
+                annotation_of("object", key),
+                annotation_of("oldObject", key)
+            ),
+            format!(
+                "metadata.annotations[{key}] is immutable: a set's IP mode cannot change while the set exists"
+            ),
+        )
+    };
+    ValidatingAdmissionPolicy {
+        metadata: ObjectMeta {
+            name: Some(SET_ANNOTATIONS_POLICY.into()),
+            ..Default::default()
+        },
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(vec![rule("enhancedstatefulsets", &["CREATE", "UPDATE"])]),
+                ..Default::default()
+            }),
+            validations: Some(vec![
+                validation(
+                    format!("{} in ['', 'true', 'false']", annotation_of("object", enable)),
+                    format!("metadata.annotations[{enable}] must be \"true\" or \"false\""),
+                ),
+                validation(
+                    format!(
+                        "{} == '' || {} == 'true'",
+                        annotation_of("object", pool),
+                        annotation_of("object", enable)
+                    ),
+                    format!("metadata.annotations[{pool}] needs metadata.annotations[{enable}] set to \"true\""),
+                ),
+                validation(
+                    format!(
+                        "{} in ['', 'WhenScaled', 'WhenDeleted', 'TTL', 'Never']",
+                        annotation_of("object", policy)
+                    ),
+                    format!("metadata.annotations[{policy}] must be one of WhenScaled, WhenDeleted, TTL, Never"),
+                ),
+                validation(
+                    format!(
+                        "{} == 'TTL' ? {}.matches('^[0-9]{{1,9}}$') : {} == ''",
+                        annotation_of("object", policy),
+                        annotation_of("object", ttl),
+                        annotation_of("object", ttl)
+                    ),
+                    format!(
+                        "metadata.annotations[{ttl}] must be a whole number of seconds, set exactly when metadata.annotations[{policy}] is TTL"
+                    ),
+                ),
+                unchanged(enable),
+                unchanged(pool),
+            ]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn static_ip_guard_policy(ests_namespace: &str) -> ValidatingAdmissionPolicy {
+    ValidatingAdmissionPolicy {
+        metadata: ObjectMeta {
+            name: Some(STATIC_IP_GUARD_POLICY.into()),
+            ..Default::default()
+        },
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(vec![rule("staticips", &["CREATE", "UPDATE"])]),
+                ..Default::default()
+            }),
+            variables: Some(vec![Variable {
+                name: "isEsts".into(),
+                expression: format!(
+                    "request.userInfo.groups.exists(g, g == 'system:serviceaccounts:{ests_namespace}')"
+                ),
+            }]),
+            validations: Some(vec![
+                validation(
+                    "variables.isEsts || request.operation != 'CREATE' || (!has(object.spec.ips) && !has(object.spec.node))".into(),
+                    format!("spec.ips and spec.node are set only by ests's service accounts (namespace {ests_namespace})"),
+                ),
+                validation(
+                    "variables.isEsts || request.operation != 'UPDATE' || (object.spec.?ips.orValue([]) == oldObject.spec.?ips.orValue([]) && object.spec.?node.orValue('') == oldObject.spec.?node.orValue(''))".into(),
+                    format!("spec.ips and spec.node are changed only by ests's service accounts (namespace {ests_namespace})"),
+                ),
+            ]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn binding(policy: &str) -> ValidatingAdmissionPolicyBinding {
+    ValidatingAdmissionPolicyBinding {
+        metadata: ObjectMeta {
+            name: Some(policy.into()),
+            ..Default::default()
+        },
+        spec: ValidatingAdmissionPolicyBindingSpec {
+            policy_name: policy.into(),
+            validation_actions: vec!["Deny".into()],
+            ..Default::default()
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_validation_message_names_a_field() {
+        let (policies, bindings) = all(DEFAULT_NAMESPACE);
+        assert_eq!(policies.len(), bindings.len());
+        for policy in &policies {
+            let spec = policy.spec.as_ref().expect("policy has a spec");
+            for v in spec.validations.iter().flatten() {
+                let message = v.message.as_deref().unwrap_or_default();
+                assert!(
+                    message.starts_with("metadata.annotations[") || message.starts_with("spec."),
+                    "message {message:?} does not name a field"
+                );
+            }
+        }
+        for (policy, binding) in policies.iter().zip(&bindings) {
+            assert_eq!(Some(&binding.spec.policy_name), policy.metadata.name.as_ref());
+        }
+    }
+
+    #[test]
+    fn guard_names_the_configured_namespace() {
+        let (policies, _) = all("team-a");
+        let guard = serde_json::to_string(&policies[1]).expect("serializes");
+        assert!(guard.contains("system:serviceaccounts:team-a"));
+    }
+}

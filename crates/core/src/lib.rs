@@ -1,0 +1,6 @@
+//! ests decisions as pure functions of what was observed: no I/O, no clocks, no randomness.
+//! The running components (controller, webhook, extender) feed these functions from their
+//! watch caches and carry out what they return.
+#![forbid(unsafe_code)]
+
+pub mod identity;
