@@ -6,7 +6,9 @@
 //! last-applied annotation allows.
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::Value;
@@ -15,12 +17,51 @@ use crate::{EnhancedStatefulSet, IPBlock, StaticIP, StaticIPPool};
 
 /// Every CRD ests installs, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![
+    let mut crds = vec![
         EnhancedStatefulSet::crd(),
         StaticIP::crd(),
         StaticIPPool::crd(),
         IPBlock::crd(),
-    ]
+    ];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                unwrap_descriptions(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// Joins the hard-wrapped lines of doc comments into paragraphs, so that `kubectl explain`
+/// wraps descriptions itself instead of breaking lines twice.
+fn unwrap_descriptions(schema: &mut JSONSchemaProps) {
+    if let Some(text) = schema.description.as_mut() {
+        *text = text
+            .split("\n\n")
+            .map(|paragraph| {
+                paragraph
+                    .split('\n')
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n");
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        unwrap_descriptions(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        unwrap_descriptions(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(values)) = schema.additional_properties.as_mut() {
+        unwrap_descriptions(values);
+    }
 }
 
 /// The file name a CRD is committed under in `config/crd/`.
@@ -49,6 +90,49 @@ pub fn pod_template_schema(generator: &mut SchemaGenerator) -> Schema {
         required.retain(|field| field != "name");
     }
     schema
+}
+
+/// An int-or-string schema whose integers are at least `minimum` and whose strings match
+/// `pattern`: in JSON Schema `minimum` constrains numbers only and `pattern` strings only.
+/// Plain schema rules rather than CEL: a CEL rule over an unbounded string is refused by the
+/// API server's cost estimate.
+fn int_or_string(minimum: i64, pattern: &str, description: &str) -> Value {
+    serde_json::json!({
+        "x-kubernetes-int-or-string": true,
+        "description": description,
+        "minimum": minimum,
+        "pattern": pattern,
+        "maxLength": 32
+    })
+}
+
+/// Schema of `spec.updateStrategy.rollingUpdate.maxUnavailable`: an integer >= 1 or a
+/// percentage from 1% to 100%.
+pub fn max_unavailable_schema(_: &mut SchemaGenerator) -> Schema {
+    let mut schema = int_or_string(
+        1,
+        "^(100|[1-9][0-9]?)%$",
+        "Most pods that may be unavailable at once during an update: an integer >= 1 or a \
+         percentage of replicas (\"1%\"..\"100%\", rounded down, never less than 1). \
+         Unavailable pods anywhere in the set count, whatever their revision; while that count \
+         is at the limit no available pod is taken down.",
+    );
+    schema["default"] = serde_json::json!(1);
+    Schema::try_from(schema).unwrap_or_default()
+}
+
+/// Schema of `spec.reserveOrdinals`: non-negative integers and "a-b" ranges.
+pub fn reserve_ordinals_schema(_: &mut SchemaGenerator) -> Schema {
+    let schema = serde_json::json!({
+        "type": "array",
+        "maxItems": 1024,
+        "description": "Ordinals that are skipped: integers, or ranges \"a-b\" (inclusive). The \
+            set's identities are the first `replicas` ordinals from ordinals.start that are not \
+            reserved, so reserving the ordinal of a chosen pod while lowering replicas scales in \
+            that pod.",
+        "items": int_or_string(0, "^[0-9]+-[0-9]+$", "An ordinal, or an inclusive range \"a-b\".")
+    });
+    Schema::try_from(schema).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -110,7 +194,10 @@ mod tests {
     #[test]
     fn names_scope_and_short_names() {
         let crds = all();
-        let names: Vec<_> = crds.iter().map(|c| c.metadata.name.clone().unwrap_or_default()).collect();
+        let names: Vec<_> = crds
+            .iter()
+            .map(|c| c.metadata.name.clone().unwrap_or_default())
+            .collect();
         assert_eq!(
             names,
             [
@@ -122,26 +209,41 @@ mod tests {
         );
         let scopes: Vec<_> = crds.iter().map(|c| c.spec.scope.as_str()).collect();
         assert_eq!(scopes, ["Namespaced", "Namespaced", "Cluster", "Cluster"]);
-        assert_eq!(crds[0].spec.names.short_names, Some(vec!["ests".to_string()]));
-        assert_eq!(crds[1].spec.names.short_names, Some(vec!["sip".to_string()]));
+        assert_eq!(
+            crds[0].spec.names.short_names,
+            Some(vec!["ests".to_string()])
+        );
+        assert_eq!(
+            crds[1].spec.names.short_names,
+            Some(vec!["sip".to_string()])
+        );
     }
 
     #[test]
     fn enhanced_stateful_set_has_status_and_scale_subresources() {
         let crd = EnhancedStatefulSet::crd();
-        let sub = crd.spec.versions[0].subresources.as_ref().expect("subresources");
+        let sub = crd.spec.versions[0]
+            .subresources
+            .as_ref()
+            .expect("subresources");
         assert!(sub.status.is_some());
         let scale = sub.scale.as_ref().expect("scale subresource");
         assert_eq!(scale.spec_replicas_path, ".spec.replicas");
         assert_eq!(scale.status_replicas_path, ".status.replicas");
-        assert_eq!(scale.label_selector_path.as_deref(), Some(".status.labelSelector"));
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.labelSelector")
+        );
         let columns: Vec<_> = crd.spec.versions[0]
             .additional_printer_columns
             .iter()
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Desired", "Ready", "Updated", "Partition", "Paused", "Age"]);
+        assert_eq!(
+            columns,
+            ["Desired", "Ready", "Updated", "Partition", "Paused", "Age"]
+        );
     }
 
     #[test]
@@ -158,7 +260,10 @@ mod tests {
         assert_eq!(required, ["selector", "template"]);
 
         let containers = at(&schema, &["spec", "template", "spec", "containers"]);
-        let item_required = containers["items"]["required"].as_array().cloned().unwrap_or_default();
+        let item_required = containers["items"]["required"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         assert!(
             !item_required.contains(&json!("name")),
             "containers[].name must be optional, got {item_required:?}"
@@ -172,8 +277,14 @@ mod tests {
     fn enums_are_closed() {
         let schema = schema_of(&EnhancedStatefulSet::crd());
         let cases = [
-            (vec!["spec", "podManagementPolicy"], json!(["OrderedReady", "Parallel"])),
-            (vec!["spec", "updateStrategy", "type"], json!(["RollingUpdate", "OnDelete"])),
+            (
+                vec!["spec", "podManagementPolicy"],
+                json!(["OrderedReady", "Parallel"]),
+            ),
+            (
+                vec!["spec", "updateStrategy", "type"],
+                json!(["RollingUpdate", "OnDelete"]),
+            ),
             (
                 vec!["spec", "updateStrategy", "rollingUpdate", "podUpdatePolicy"],
                 json!(["ReCreate", "InPlaceIfPossible"]),
@@ -202,7 +313,9 @@ mod tests {
         let schema = schema_of(&EnhancedStatefulSet::crd());
         let mut found = Vec::new();
         defaults(at(&schema, &["spec"]), "spec".into(), &mut found);
-        found.retain(|p| !p.starts_with("spec.template") && !p.starts_with("spec.volumeClaimTemplates"));
+        found.retain(|p| {
+            !p.starts_with("spec.template") && !p.starts_with("spec.volumeClaimTemplates")
+        });
         found.sort();
         assert_eq!(
             found,
@@ -226,10 +339,22 @@ mod tests {
             (vec!["spec", "replicas"], json!(1)),
             (vec!["spec", "revisionHistoryLimit"], json!(10)),
             (vec!["spec", "podManagementPolicy"], json!("OrderedReady")),
-            (vec!["spec", "updateStrategy", "type"], json!("RollingUpdate")),
-            (vec!["spec", "updateStrategy", "rollingUpdate", "partition"], json!(0)),
-            (vec!["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"], json!(1)),
-            (vec!["spec", "updateStrategy", "rollingUpdate", "podUpdatePolicy"], json!("ReCreate")),
+            (
+                vec!["spec", "updateStrategy", "type"],
+                json!("RollingUpdate"),
+            ),
+            (
+                vec!["spec", "updateStrategy", "rollingUpdate", "partition"],
+                json!(0),
+            ),
+            (
+                vec!["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"],
+                json!(1),
+            ),
+            (
+                vec!["spec", "updateStrategy", "rollingUpdate", "podUpdatePolicy"],
+                json!("ReCreate"),
+            ),
         ];
         for (path, value) in values {
             assert_eq!(at(&schema, &path)["default"], value, "default at {path:?}");
@@ -246,7 +371,11 @@ mod tests {
             vec!["spec", "ordinals", "start"],
             vec!["spec", "updateStrategy", "rollingUpdate", "partition"],
         ] {
-            assert_eq!(at(&schema, &path)["minimum"], json!(0.0), "minimum at {path:?}");
+            assert_eq!(
+                at(&schema, &path)["minimum"],
+                json!(0.0),
+                "minimum at {path:?}"
+            );
         }
     }
 
@@ -256,14 +385,14 @@ mod tests {
         let cases: Vec<(Vec<&str>, &str)> = vec![
             (vec!["spec"], "spec.serviceName"),
             (vec!["spec"], "spec.volumeClaimTemplates"),
-            (vec!["spec"], "spec.selector.matchLabels"),
             (vec!["spec", "selector"], "spec.selector"),
-            (vec!["spec", "podManagementPolicy"], "spec.podManagementPolicy"),
-            (vec!["spec", "reserveOrdinals"], "spec.reserveOrdinals"),
-            (vec!["spec", "updateStrategy"], "spec.updateStrategy.rollingUpdate"),
             (
-                vec!["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"],
-                "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                vec!["spec", "podManagementPolicy"],
+                "spec.podManagementPolicy",
+            ),
+            (
+                vec!["spec", "updateStrategy"],
+                "spec.updateStrategy.rollingUpdate",
             ),
         ];
         for (path, field) in cases {
@@ -278,7 +407,10 @@ mod tests {
             let mut stack = vec![schema_of(&crd)];
             while let Some(node) = stack.pop() {
                 for (rule, message) in rules(&node) {
-                    assert!(message.starts_with("spec."), "rule {rule} has message {message:?}");
+                    assert!(
+                        message.starts_with("spec."),
+                        "rule {rule} has message {message:?}"
+                    );
                 }
                 if let Some(props) = node["properties"].as_object() {
                     stack.extend(props.values().cloned());
@@ -288,6 +420,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn int_or_string_fields_are_bounded_by_their_schema() {
+        let schema = schema_of(&EnhancedStatefulSet::crd());
+        let max = at(
+            &schema,
+            &["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"],
+        );
+        assert_eq!(max["x-kubernetes-int-or-string"], json!(true));
+        assert_eq!(max["default"], json!(1));
+        assert_eq!(max["minimum"].as_f64(), Some(1.0));
+        assert_eq!(max["pattern"], json!("^(100|[1-9][0-9]?)%$"));
+        let reserve = at(&schema, &["spec", "reserveOrdinals"]);
+        assert_eq!(reserve["maxItems"], json!(1024));
+        assert_eq!(reserve["items"]["minimum"].as_f64(), Some(0.0));
+        assert_eq!(reserve["items"]["pattern"], json!("^[0-9]+-[0-9]+$"));
+    }
+
+    #[test]
+    fn descriptions_are_paragraphs_not_hard_wrapped_lines() {
+        let schema = schema_of(&all()[0]);
+        let paused = at(
+            &schema,
+            &["spec", "updateStrategy", "rollingUpdate", "paused"],
+        );
+        let text = paused["description"].as_str().expect("described");
+        assert!(
+            text.starts_with("When true no new updates are started;"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text:?}");
     }
 
     #[test]

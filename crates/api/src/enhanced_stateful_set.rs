@@ -42,10 +42,7 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("has(self.volumeClaimTemplates) == has(oldSelf.volumeClaimTemplates) && (!has(self.volumeClaimTemplates) || self.volumeClaimTemplates == oldSelf.volumeClaimTemplates)")
         .message("spec.volumeClaimTemplates is immutable")
         .field_path(".volumeClaimTemplates")
-        .reason(Reason::FieldValueForbidden),
-    validation = Rule::new("!has(self.selector.matchLabels) || (has(self.template.metadata) && has(self.template.metadata.labels) && self.selector.matchLabels.all(k, k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k]))")
-        .message("spec.selector.matchLabels must match spec.template.metadata.labels")
-        .field_path(".selector")
+        .reason(Reason::FieldValueForbidden)
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EnhancedStatefulSetSpec {
@@ -93,8 +90,7 @@ pub struct EnhancedStatefulSetSpec {
     /// are the first `replicas` ordinals from ordinals.start that are not reserved, so
     /// reserving the ordinal of a chosen pod while lowering replicas scales in that pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
-    #[x_kube(validation = Rule::new("self.all(o, type(o) == int ? o >= 0 : o.matches('^[0-9]+-[0-9]+$'))").message("spec.reserveOrdinals entries must be non-negative integers or ranges \"a-b\""))]
+    #[schemars(schema_with = "crate::crd::reserve_ordinals_schema")]
     pub reserve_ordinals: Option<Vec<IntOrString>>,
 
     /// Seconds a new pod must be Ready, without any container crashing, to count as Available.
@@ -174,8 +170,7 @@ pub struct RollingUpdate {
     /// pods anywhere in the set count, whatever their revision; while that count is at the
     /// limit no available pod is taken down.
     #[serde(default = "default_max_unavailable")]
-    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^(100|[1-9][0-9]?)%$')")
-        .message("spec.updateStrategy.rollingUpdate.maxUnavailable must be an integer >= 1 or a percentage from 1% to 100%"))]
+    #[schemars(schema_with = "crate::crd::max_unavailable_schema")]
     pub max_unavailable: IntOrString,
 
     /// When true no new updates are started; scaling, replacing failed pods and finishing

@@ -30,7 +30,7 @@ pub struct StaticIPPoolSpec {
     /// CIDRs the pool hands out, IPv4 and/or IPv6. A pool with both families gives every
     /// pod one address of each (dual-stack), or none. Must not overlap the cluster's other
     /// pod ranges.
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(length(min = 1, max = 16), inner(length(max = 49)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("spec.cidrs entries must be CIDRs such as 10.10.0.0/16"))]
     pub cidrs: Vec<String>,
 
@@ -46,8 +46,8 @@ pub struct StaticIPPoolSpec {
 
     /// Addresses never handed out, such as gateways. Each block's network and broadcast
     /// addresses are never handed out either.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[serde(default, rename = "reservedIPs", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 45)))]
     #[x_kube(validation = Rule::new("self.all(a, isIP(a))").message("spec.reservedIPs entries must be IP addresses"))]
     pub reserved_ips: Vec<String>,
 }
@@ -83,6 +83,7 @@ pub struct IPBlockSpec {
     pub pool: String,
 
     /// The block's CIDR. Immutable.
+    #[schemars(length(max = 49))]
     #[x_kube(validation = Rule::new("isCIDR(self)").message("spec.cidr must be a CIDR"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.cidr is immutable").reason(Reason::FieldValueForbidden))]
     pub cidr: String,

@@ -16,7 +16,9 @@ pub use enhanced_stateful_set::{
     PersistentVolumeClaimRetentionPolicy, PodManagementPolicy, PodUpdatePolicy,
     PvcRetentionPolicyType, RollingUpdate, UpdateStrategy, UpdateStrategyType,
 };
-pub use ip_pool::{IPAllocation, IPBlock, IPBlockSpec, IPBlockStatus, StaticIPPool, StaticIPPoolSpec};
+pub use ip_pool::{
+    IPAllocation, IPBlock, IPBlockSpec, IPBlockStatus, StaticIPPool, StaticIPPoolSpec,
+};
 pub use static_ip::{
     ReleasePolicy, StaticIP, StaticIPAddress, StaticIPPhase, StaticIPSpec, StaticIPStatus,
     WorkloadReference,

@@ -3,6 +3,8 @@
 //!
 //! - a set's IP mode (its static-IP annotations) never changes while the set exists, and
 //!   the annotations hold valid values;
+//! - a set's `spec.selector.matchLabels` match its template's labels (a CRD rule over two
+//!   unbounded maps exceeds the API server's CEL cost budget; a policy is checked per request);
 //! - only ests's own service accounts create StaticIP records with addresses or change a
 //!   record's addresses or node.
 //!
@@ -18,8 +20,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::keys;
 
-/// Name of the policy that guards a set's static-IP annotations.
-pub const SET_ANNOTATIONS_POLICY: &str = "ests-set-static-ip-annotations";
+/// Name of the policy that checks EnhancedStatefulSets.
+pub const SET_POLICY: &str = "ests-enhanced-stateful-set";
 /// Name of the policy that guards StaticIP records.
 pub const STATIC_IP_GUARD_POLICY: &str = "ests-static-ip-guard";
 /// The namespace ests runs in unless configured otherwise.
@@ -33,7 +35,7 @@ pub fn all(
     Vec<ValidatingAdmissionPolicy>,
     Vec<ValidatingAdmissionPolicyBinding>,
 ) {
-    let policies = vec![set_annotations_policy(), static_ip_guard_policy(ests_namespace)];
+    let policies = vec![set_policy(), static_ip_guard_policy(ests_namespace)];
     let bindings = policies
         .iter()
         .map(|p| binding(p.metadata.name.as_deref().unwrap_or_default()))
@@ -64,7 +66,7 @@ fn annotation_of(object: &str, key: &str) -> String {
     format!("{object}.metadata.?annotations[?'{key}'].orValue('')")
 }
 
-fn set_annotations_policy() -> ValidatingAdmissionPolicy {
+fn set_policy() -> ValidatingAdmissionPolicy {
     let enable = keys::STATIC_IP_ENABLE;
     let pool = keys::STATIC_IP_POOL;
     let policy = keys::STATIC_IP_RELEASE_POLICY;
@@ -83,7 +85,7 @@ fn set_annotations_policy() -> ValidatingAdmissionPolicy {
     };
     ValidatingAdmissionPolicy {
         metadata: ObjectMeta {
-            name: Some(SET_ANNOTATIONS_POLICY.into()),
+            name: Some(SET_POLICY.into()),
             ..Default::default()
         },
         spec: Some(ValidatingAdmissionPolicySpec {
@@ -92,7 +94,15 @@ fn set_annotations_policy() -> ValidatingAdmissionPolicy {
                 resource_rules: Some(vec![rule("enhancedstatefulsets", &["CREATE", "UPDATE"])]),
                 ..Default::default()
             }),
+            variables: Some(vec![Variable {
+                name: "templateLabels".into(),
+                expression: "object.spec.template.?metadata.?labels.orValue({})".into(),
+            }]),
             validations: Some(vec![
+                validation(
+                    "object.spec.selector.?matchLabels.orValue({}).all(k, k in variables.templateLabels && variables.templateLabels[k] == object.spec.selector.matchLabels[k])".into(),
+                    "spec.selector.matchLabels must match spec.template.metadata.labels".into(),
+                ),
                 validation(
                     format!("{} in ['', 'true', 'false']", annotation_of("object", enable)),
                     format!("metadata.annotations[{enable}] must be \"true\" or \"false\""),
@@ -199,7 +209,10 @@ mod tests {
             }
         }
         for (policy, binding) in policies.iter().zip(&bindings) {
-            assert_eq!(Some(&binding.spec.policy_name), policy.metadata.name.as_ref());
+            assert_eq!(
+                Some(&binding.spec.policy_name),
+                policy.metadata.name.as_ref()
+            );
         }
     }
 

@@ -133,7 +133,7 @@ pub struct StaticIPStatus {
     #[serde(default)]
     pub phase: StaticIPPhase,
     /// UID of the pod the record is bound to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "podUID", skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
     /// When a pod of this identity was last seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]

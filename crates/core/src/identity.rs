@@ -8,9 +8,13 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 /// Why a spec value could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
-    #[error("spec.reserveOrdinals[{index}]: {value:?} is neither a non-negative integer nor a range \"a-b\" with a <= b")]
+    #[error(
+        "spec.reserveOrdinals[{index}]: {value:?} is neither a non-negative integer nor a range \"a-b\" with a <= b"
+    )]
     ReserveOrdinal { index: usize, value: String },
-    #[error("spec.updateStrategy.rollingUpdate.maxUnavailable: {0:?} is neither an integer >= 1 nor a percentage from 1% to 100%")]
+    #[error(
+        "spec.updateStrategy.rollingUpdate.maxUnavailable: {0:?} is neither an integer >= 1 nor a percentage from 1% to 100%"
+    )]
     MaxUnavailable(String),
 }
 
@@ -72,7 +76,10 @@ pub fn pod_name(set: &str, ordinal: i32) -> String {
 /// The ordinal of a pod of set `set`, if `pod` is named like one.
 pub fn ordinal_of(set: &str, pod: &str) -> Option<i32> {
     let suffix = pod.strip_prefix(set)?.strip_prefix('-')?;
-    if suffix.is_empty() || !suffix.bytes().all(|b| b.is_ascii_digit()) || (suffix.len() > 1 && suffix.starts_with('0')) {
+    if suffix.is_empty()
+        || !suffix.bytes().all(|b| b.is_ascii_digit())
+        || (suffix.len() > 1 && suffix.starts_with('0'))
+    {
         return None;
     }
     suffix.parse().ok()
@@ -87,11 +94,21 @@ pub fn container_name_from_image(image: &str) -> String {
     let repo = last.split(':').next().unwrap_or(last);
     let mut name: String = repo
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     name.truncate(63);
     let name = name.trim_matches('-').to_string();
-    if name.is_empty() { "container".into() } else { name }
+    if name.is_empty() {
+        "container".into()
+    } else {
+        name
+    }
 }
 
 /// maxUnavailable as a number of pods: an integer as is, a percentage of `replicas` rounded
@@ -124,16 +141,31 @@ mod tests {
         IntOrString::String(s.into())
     }
 
+    /// name, ordinals.start, replicas, reserveOrdinals, expected identities
+    type OrdinalCase = (&'static str, i32, i32, Vec<IntOrString>, Vec<i32>);
+
     #[test]
     fn ordinals_skip_reserved_and_start_at_start() {
-        let cases: &[(&str, i32, i32, Vec<IntOrString>, Vec<i32>)] = &[
+        let cases: &[OrdinalCase] = &[
             ("plain", 0, 3, vec![], vec![0, 1, 2]),
             ("start five, one replica", 5, 1, vec![], vec![5]),
             ("zero replicas", 0, 0, vec![int(0)], vec![]),
             ("reserve one", 0, 3, vec![int(1)], vec![0, 2, 3]),
             ("reserve range", 0, 3, vec![string("0-2")], vec![3, 4, 5]),
-            ("reserve below start is irrelevant", 4, 2, vec![int(1)], vec![4, 5]),
-            ("scale in a chosen pod", 0, 5, vec![int(3)], vec![0, 1, 2, 4, 5]),
+            (
+                "reserve below start is irrelevant",
+                4,
+                2,
+                vec![int(1)],
+                vec![4, 5],
+            ),
+            (
+                "scale in a chosen pod",
+                0,
+                5,
+                vec![int(3)],
+                vec![0, 1, 2, 4, 5],
+            ),
         ];
         for (name, start, replicas, reserve, want) in cases {
             let reserved = reserved_ordinals(reserve).expect(name);
@@ -151,7 +183,10 @@ mod tests {
             (vec![string("0-2000000000")], 0),
         ] {
             let err = reserved_ordinals(&entries).expect_err("invalid");
-            assert!(matches!(err, SpecError::ReserveOrdinal { index: i, .. } if i == index), "{err}");
+            assert!(
+                matches!(err, SpecError::ReserveOrdinal { index: i, .. } if i == index),
+                "{err}"
+            );
             assert!(err.to_string().starts_with("spec.reserveOrdinals["));
         }
     }
@@ -192,7 +227,11 @@ mod tests {
             (string("100%"), 7, 7),
             (int(10), 3, 10),
         ] {
-            assert_eq!(max_unavailable(&value, replicas), Ok(want), "{value:?} of {replicas}");
+            assert_eq!(
+                max_unavailable(&value, replicas),
+                Ok(want),
+                "{value:?} of {replicas}"
+            );
         }
         for bad in [int(0), int(-1), string("0%"), string("101%"), string("ten")] {
             assert!(max_unavailable(&bad, 5).is_err(), "{bad:?}");
