@@ -1,0 +1,412 @@
+//! The rollout planner: given a set and its observed pods, which pods to create and which to
+//! delete now. One pure function, [`plan`], that the controller calls on every reconcile.
+//!
+//! The rules (design: "Rolling update semantics"):
+//!
+//! - Identities missing a pod get one, at the revision their index calls for: the update
+//!   revision at or above the partition, the current revision below it. `OrderedReady`
+//!   creates one identity at a time, each after every lower one is Running and Ready, but
+//!   never holds back the re-creation of a pod the controller took down itself.
+//! - Pods outside the identities are scaled in (`OrderedReady`: highest first, one at a time).
+//! - Failed and Succeeded pods are deleted, to be re-created.
+//! - Unavailable pods are counted over the whole set: missing, terminating, not Running and
+//!   Ready, or Ready for less than minReadySeconds. Outdated pods at or above the partition
+//!   are taken down from the highest ordinal while that count is below maxUnavailable: a
+//!   sliding window. Pods taken down are remembered in `replacing` (persisted in the set's
+//!   status before any delete), so the bound also holds across reconciles and restarts.
+//! - A stuck outdated pod (a container waiting with an error, or unready longer than
+//!   `stuck_after`) is replaced even when the budget is spent, at most maxUnavailable such
+//!   replacements in flight at once.
+//! - `paused` starts no update and no stuck replacement; everything else goes on.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ests_api::PodManagementPolicy;
+
+/// Container waiting reasons that mean a pod will not come up without a change.
+pub const STUCK_WAITING_REASONS: &[&str] = &[
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Pod phase, as far as planning cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Pending,
+    Running,
+    /// Succeeded or Failed: the pod will never run again.
+    Terminal,
+}
+
+/// What the planner knows about one pod of the set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedPod {
+    pub name: String,
+    pub ordinal: i32,
+    /// The `controller-revision-hash` label.
+    pub revision: String,
+    pub phase: Phase,
+    /// Being deleted (deletionTimestamp set, or a delete was issued and not yet observed).
+    pub terminating: bool,
+    /// Since when the pod has been Ready (seconds), if it is.
+    pub ready_since: Option<i64>,
+    /// Since when the pod has been not Ready (seconds; its creation if never Ready).
+    pub unready_since: i64,
+    /// A container waits with one of [`STUCK_WAITING_REASONS`].
+    pub container_error: Option<String>,
+}
+
+/// Why an identity is being replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReplaceReason {
+    /// Taken down by the rolling update, within the budget.
+    Update,
+    /// A stuck outdated pod, replaced outside the budget.
+    Stuck,
+}
+
+/// The update strategy as the planner sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    RollingUpdate {
+        partition: i32,
+        /// Already scaled from an int or percent; at least 1.
+        max_unavailable: i32,
+        paused: bool,
+        /// Seconds an outdated pod may be unready before it counts as stuck.
+        stuck_after: i64,
+    },
+    OnDelete,
+}
+
+/// The set as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetView {
+    /// The identities' ordinals, ascending.
+    pub identities: Vec<i32>,
+    /// `ordinals.start`: index = ordinal - start.
+    pub start: i32,
+    pub policy: PodManagementPolicy,
+    pub strategy: Strategy,
+    pub min_ready_seconds: i64,
+    pub current_revision: String,
+    pub update_revision: String,
+    /// Identities taken down by earlier reconciles and not yet re-created.
+    pub replacing: BTreeMap<i32, ReplaceReason>,
+}
+
+/// Why a pod is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// Its ordinal is no longer an identity.
+    ScaleIn,
+    /// Outdated, taken down within the maxUnavailable budget.
+    Update,
+    /// Outdated and stuck, replaced outside the budget.
+    Stuck,
+    /// Failed or Succeeded; it will be re-created.
+    Terminal,
+}
+
+/// One step for the controller to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Create {
+        ordinal: i32,
+        revision: String,
+    },
+    Delete {
+        name: String,
+        ordinal: i32,
+        reason: DeleteReason,
+    },
+}
+
+/// Counts for the set's status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub replicas: i32,
+    pub ready: i32,
+    pub available: i32,
+    pub current: i32,
+    pub updated: i32,
+    pub updated_ready: i32,
+    pub updated_available: i32,
+    /// Unavailable identities, the number maxUnavailable bounds.
+    pub unavailable: i32,
+    /// Every identity at or above the partition is updated and Available.
+    pub rollout_complete: bool,
+    /// Every identity is on the update revision and Available.
+    pub all_updated: bool,
+}
+
+/// The planner's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Persist this in status before carrying out any delete.
+    pub replacing: BTreeMap<i32, ReplaceReason>,
+    pub actions: Vec<Action>,
+    /// Plan again after this many seconds even if nothing changes (minReadySeconds, the
+    /// stuck grace).
+    pub requeue_after: Option<i64>,
+    /// Counts over the pods as observed (before the actions).
+    pub counts: Counts,
+}
+
+impl SetView {
+    fn index(&self, ordinal: i32) -> i32 {
+        ordinal - self.start
+    }
+
+    /// The revision the pod of `ordinal` should run.
+    pub fn target_revision(&self, ordinal: i32) -> &str {
+        match self.strategy {
+            Strategy::RollingUpdate { partition, .. } if self.index(ordinal) < partition => {
+                &self.current_revision
+            }
+            _ => &self.update_revision,
+        }
+    }
+
+    fn partition(&self) -> i32 {
+        match self.strategy {
+            Strategy::RollingUpdate { partition, .. } => partition,
+            Strategy::OnDelete => 0,
+        }
+    }
+}
+
+impl ObservedPod {
+    fn running_and_ready(&self) -> bool {
+        self.phase == Phase::Running && !self.terminating && self.ready_since.is_some()
+    }
+
+    fn available(&self, now: i64, min_ready_seconds: i64) -> bool {
+        self.running_and_ready()
+            && self
+                .ready_since
+                .is_some_and(|since| now - since >= min_ready_seconds)
+    }
+
+    fn stuck(&self, now: i64, stuck_after: i64) -> bool {
+        !self.terminating
+            && self.ready_since.is_none()
+            && (self.container_error.is_some() || now - self.unready_since >= stuck_after)
+    }
+}
+
+/// Decides what to do now. `now` is in seconds, like the pods' timestamps.
+pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
+    let identities: BTreeSet<i32> = set.identities.iter().copied().collect();
+    let mut by_ordinal: BTreeMap<i32, &ObservedPod> = BTreeMap::new();
+    let mut condemned: Vec<&ObservedPod> = Vec::new();
+    for pod in pods {
+        if identities.contains(&pod.ordinal) {
+            by_ordinal.insert(pod.ordinal, pod);
+        } else {
+            condemned.push(pod);
+        }
+    }
+    let available = |p: &ObservedPod| p.available(now, set.min_ready_seconds);
+    let counts = count(set, &by_ordinal, &condemned, now);
+
+    // An identity is back once a pod exists for it that is not being deleted.
+    let mut replacing = set.replacing.clone();
+    replacing.retain(|ordinal, _| {
+        identities.contains(ordinal) && by_ordinal.get(ordinal).is_none_or(|p| p.terminating)
+    });
+
+    let mut actions = Vec::new();
+    let mut requeue: Option<i64> = None;
+    let mut requeue_in = |seconds: i64| {
+        let seconds = seconds.max(1);
+        requeue = Some(requeue.map_or(seconds, |r: i64| r.min(seconds)));
+    };
+
+    // Terminal pods go, to be re-created at the revision their index calls for.
+    for pod in by_ordinal
+        .values()
+        .filter(|p| p.phase == Phase::Terminal && !p.terminating)
+    {
+        actions.push(Action::Delete {
+            name: pod.name.clone(),
+            ordinal: pod.ordinal,
+            reason: DeleteReason::Terminal,
+        });
+    }
+
+    // Missing identities get pods.
+    let mut lower_all_ready = true;
+    for &ordinal in &set.identities {
+        match by_ordinal.get(&ordinal) {
+            Some(pod) => lower_all_ready &= pod.running_and_ready(),
+            None => {
+                let ordered = set.policy == PodManagementPolicy::OrderedReady;
+                if !ordered || replacing.contains_key(&ordinal) || lower_all_ready {
+                    actions.push(Action::Create {
+                        ordinal,
+                        revision: set.target_revision(ordinal).to_string(),
+                    });
+                }
+                if ordered && !replacing.contains_key(&ordinal) {
+                    // One new identity at a time, each after every lower one is Ready.
+                    lower_all_ready = false;
+                }
+            }
+        }
+    }
+
+    // Pods outside the identities are scaled in.
+    condemned.sort_by_key(|p| std::cmp::Reverse(p.ordinal));
+    match set.policy {
+        PodManagementPolicy::Parallel => {
+            for pod in condemned.iter().filter(|p| !p.terminating) {
+                actions.push(delete(pod, DeleteReason::ScaleIn));
+            }
+        }
+        PodManagementPolicy::OrderedReady => {
+            if !condemned.iter().any(|p| p.terminating)
+                && let Some(highest) = condemned.first()
+            {
+                actions.push(delete(highest, DeleteReason::ScaleIn));
+            }
+        }
+    }
+
+    if let Strategy::RollingUpdate {
+        partition,
+        max_unavailable,
+        paused,
+        stuck_after,
+    } = set.strategy
+    {
+        // Ready pods that are not yet Available become so without any event.
+        for pod in by_ordinal.values() {
+            if let Some(since) = pod.ready_since
+                && pod.running_and_ready()
+                && !available(pod)
+            {
+                requeue_in(since + set.min_ready_seconds - now);
+            }
+        }
+        if !paused {
+            let outdated: Vec<&ObservedPod> = by_ordinal
+                .values()
+                .rev()
+                .copied()
+                .filter(|p| {
+                    !p.terminating
+                        && p.phase != Phase::Terminal
+                        && p.revision != set.target_revision(p.ordinal)
+                })
+                .collect();
+
+            // Stuck pods first: they do not need the budget, only a free replacement slot.
+            let mut stuck_in_flight = replacing
+                .values()
+                .filter(|r| **r == ReplaceReason::Stuck)
+                .count() as i32;
+            let mut taken: BTreeSet<i32> = BTreeSet::new();
+            for pod in &outdated {
+                if pod.stuck(now, stuck_after) {
+                    if stuck_in_flight < max_unavailable {
+                        actions.push(delete(pod, DeleteReason::Stuck));
+                        replacing.insert(pod.ordinal, ReplaceReason::Stuck);
+                        taken.insert(pod.ordinal);
+                        stuck_in_flight += 1;
+                    }
+                } else if pod.ready_since.is_none() {
+                    requeue_in(pod.unready_since + stuck_after - now);
+                }
+            }
+
+            // Then the sliding window, from the highest ordinal down.
+            let mut unavailable = counts.unavailable;
+            for pod in outdated
+                .iter()
+                .filter(|p| set.index(p.ordinal) >= partition && !taken.contains(&p.ordinal))
+            {
+                if unavailable >= max_unavailable {
+                    break;
+                }
+                if available(pod) {
+                    unavailable += 1;
+                }
+                actions.push(delete(pod, DeleteReason::Update));
+                replacing.insert(pod.ordinal, ReplaceReason::Update);
+            }
+        }
+    }
+
+    Plan {
+        replacing,
+        actions,
+        requeue_after: requeue,
+        counts,
+    }
+}
+
+fn delete(pod: &ObservedPod, reason: DeleteReason) -> Action {
+    Action::Delete {
+        name: pod.name.clone(),
+        ordinal: pod.ordinal,
+        reason,
+    }
+}
+
+fn count(
+    set: &SetView,
+    by_ordinal: &BTreeMap<i32, &ObservedPod>,
+    condemned: &[&ObservedPod],
+    now: i64,
+) -> Counts {
+    let mut c = Counts::default();
+    for pod in by_ordinal.values().chain(condemned.iter()) {
+        if pod.terminating {
+            continue;
+        }
+        c.replicas += 1;
+        let ready = pod.running_and_ready();
+        let available = pod.available(now, set.min_ready_seconds);
+        c.ready += i32::from(ready);
+        c.available += i32::from(available);
+        if pod.revision == set.current_revision {
+            c.current += 1;
+        }
+        if pod.revision == set.update_revision {
+            c.updated += 1;
+            c.updated_ready += i32::from(ready);
+            c.updated_available += i32::from(available);
+        }
+    }
+    let partition = set.partition();
+    let mut complete = true;
+    let mut all_updated = true;
+    for &ordinal in &set.identities {
+        let good = by_ordinal.get(&ordinal).is_some_and(|p| {
+            p.revision == set.update_revision && p.available(now, set.min_ready_seconds)
+        });
+        if !by_ordinal
+            .get(&ordinal)
+            .is_some_and(|p| p.available(now, set.min_ready_seconds))
+        {
+            c.unavailable += 1;
+        }
+        all_updated &= good;
+        if set.index(ordinal) >= partition {
+            complete &= good;
+        }
+    }
+    c.rollout_complete = complete;
+    c.all_updated = all_updated;
+    c
+}
+
+#[cfg(test)]
+mod tests;

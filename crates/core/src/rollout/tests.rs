@@ -1,0 +1,500 @@
+use super::Strategy;
+use super::*;
+use proptest::prelude::{Just, ProptestConfig, any, prop_assert, prop_oneof, proptest};
+use proptest::strategy::Strategy as _;
+
+const NOW: i64 = 10_000;
+
+fn rolling(partition: i32, max_unavailable: i32) -> Strategy {
+    Strategy::RollingUpdate {
+        partition,
+        max_unavailable,
+        paused: false,
+        stuck_after: 300,
+    }
+}
+
+fn set(replicas: i32, strategy: Strategy, policy: PodManagementPolicy) -> SetView {
+    SetView {
+        identities: (0..replicas).collect(),
+        start: 0,
+        policy,
+        strategy,
+        min_ready_seconds: 0,
+        current_revision: "v1".into(),
+        update_revision: "v2".into(),
+        replacing: BTreeMap::new(),
+    }
+}
+
+fn ready(ordinal: i32, revision: &str) -> ObservedPod {
+    ObservedPod {
+        name: format!("web-{ordinal}"),
+        ordinal,
+        revision: revision.into(),
+        phase: Phase::Running,
+        terminating: false,
+        ready_since: Some(NOW - 1000),
+        unready_since: NOW - 2000,
+        container_error: None,
+    }
+}
+
+fn unready(ordinal: i32, revision: &str, since: i64) -> ObservedPod {
+    ObservedPod {
+        ready_since: None,
+        unready_since: since,
+        ..ready(ordinal, revision)
+    }
+}
+
+fn deleted(plan: &Plan, reason: DeleteReason) -> Vec<i32> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Delete {
+                ordinal, reason: r, ..
+            } if *r == reason => Some(*ordinal),
+            _ => None,
+        })
+        .collect()
+}
+
+fn created(plan: &Plan) -> Vec<(i32, String)> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Create { ordinal, revision } => Some((*ordinal, revision.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn source_document_first_batch_takes_two_from_the_top() {
+    let s = set(6, rolling(3, 2), PodManagementPolicy::OrderedReady);
+    let pods: Vec<_> = (0..6).map(|o| ready(o, "v1")).collect();
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::Update), vec![5, 4]);
+    assert_eq!(p.replacing.keys().copied().collect::<Vec<_>>(), vec![4, 5]);
+}
+
+#[test]
+fn replaced_pods_come_back_at_once_in_ordered_ready_mode() {
+    let mut s = set(6, rolling(3, 2), PodManagementPolicy::OrderedReady);
+    s.replacing = [(4, ReplaceReason::Update), (5, ReplaceReason::Update)].into();
+    let pods: Vec<_> = (0..4).map(|o| ready(o, "v1")).collect();
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(created(&p), vec![(4, "v2".into()), (5, "v2".into())]);
+    assert!(
+        deleted(&p, DeleteReason::Update).is_empty(),
+        "budget spent by the two missing pods"
+    );
+}
+
+#[test]
+fn a_never_ready_updated_pod_still_lets_the_next_one_go() {
+    // Source document: pod 4's new incarnation never becomes Ready; 5 is back; 3 updates.
+    let s = set(6, rolling(3, 2), PodManagementPolicy::OrderedReady);
+    let mut pods: Vec<_> = (0..4).map(|o| ready(o, "v1")).collect();
+    pods.push(unready(4, "v2", NOW - 10));
+    pods.push(ready(5, "v2"));
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::Update), vec![3]);
+}
+
+#[test]
+fn broken_pods_block_update_after_partition_lowered() {
+    // Source document, variant: two updated pods never Ready stop any further update.
+    let s = set(6, rolling(0, 2), PodManagementPolicy::OrderedReady);
+    let mut pods: Vec<_> = (0..3).map(|o| ready(o, "v1")).collect();
+    pods.push(ready(3, "v2"));
+    pods.push(unready(4, "v2", NOW - 10));
+    pods.push(unready(5, "v2", NOW - 10));
+    let p = plan(&s, &pods, NOW);
+    assert!(deleted(&p, DeleteReason::Update).is_empty());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+}
+
+#[test]
+fn unavailable_pods_below_the_partition_use_the_budget() {
+    let s = set(6, rolling(3, 2), PodManagementPolicy::Parallel);
+    let mut pods: Vec<_> = (0..6).map(|o| ready(o, "v1")).collect();
+    pods[0] = unready(0, "v1", NOW - 10);
+    pods[2].terminating = true;
+    let p = plan(&s, &pods, NOW);
+    assert!(deleted(&p, DeleteReason::Update).is_empty());
+}
+
+#[test]
+fn no_update_below_the_partition() {
+    let s = set(6, rolling(3, 6), PodManagementPolicy::Parallel);
+    let pods: Vec<_> = (0..6).map(|o| ready(o, "v1")).collect();
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::Update), vec![5, 4, 3]);
+}
+
+#[test]
+fn paused_starts_nothing_but_finishes_recreations_and_scaling() {
+    let mut s = set(4, rolling(0, 2), PodManagementPolicy::Parallel);
+    if let Strategy::RollingUpdate { paused, .. } = &mut s.strategy {
+        *paused = true;
+    }
+    s.replacing = [(3, ReplaceReason::Update)].into();
+    let mut pods: Vec<_> = (0..3).map(|o| ready(o, "v1")).collect();
+    pods.push(ready(7, "v1"));
+    pods.push(unready(1, "v1", 0));
+    pods[1].container_error = Some("CrashLoopBackOff".into());
+    pods.remove(4);
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(created(&p), vec![(3, "v2".into())]);
+    assert_eq!(deleted(&p, DeleteReason::ScaleIn), vec![7]);
+    assert!(deleted(&p, DeleteReason::Update).is_empty());
+    assert!(deleted(&p, DeleteReason::Stuck).is_empty());
+}
+
+#[test]
+fn stuck_pods_are_replaced_past_the_budget_up_to_the_cap() {
+    // A bad rollout: every updated pod crash-loops. A fixed template makes them outdated
+    // (update revision v3); they are replaced although nothing is available.
+    let mut s = set(5, rolling(0, 2), PodManagementPolicy::Parallel);
+    s.current_revision = "v1".into();
+    s.update_revision = "v3".into();
+    let pods: Vec<_> = (0..5)
+        .map(|o| ObservedPod {
+            container_error: Some("CrashLoopBackOff".into()),
+            ..unready(o, "v2", NOW - 5)
+        })
+        .collect();
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::Stuck), vec![4, 3]);
+    assert!(deleted(&p, DeleteReason::Update).is_empty());
+
+    // With two in flight, no more until one is back.
+    s.replacing = p.replacing.clone();
+    let remaining: Vec<_> = pods.into_iter().filter(|p| p.ordinal < 3).collect();
+    let p = plan(&s, &remaining, NOW);
+    assert!(deleted(&p, DeleteReason::Stuck).is_empty());
+    assert_eq!(created(&p), vec![(3, "v3".into()), (4, "v3".into())]);
+}
+
+#[test]
+fn briefly_unready_pods_are_not_replaced_past_the_budget() {
+    // An outage: every pod unready for a minute. Nothing is stuck yet; the budget is spent.
+    let s = set(5, rolling(0, 1), PodManagementPolicy::Parallel);
+    let pods: Vec<_> = (0..5).map(|o| unready(o, "v1", NOW - 60)).collect();
+    let p = plan(&s, &pods, NOW);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        p.requeue_after,
+        Some(240),
+        "re-plan when the first pod would count as stuck"
+    );
+}
+
+#[test]
+fn ordered_ready_creates_one_identity_at_a_time() {
+    let s = set(4, rolling(0, 1), PodManagementPolicy::OrderedReady);
+    let p = plan(&s, &[], NOW);
+    assert_eq!(created(&p), vec![(0, "v2".into())]);
+    let p = plan(&s, &[unready(0, "v2", NOW)], NOW);
+    assert!(created(&p).is_empty());
+    let p = plan(&s, &[ready(0, "v2"), ready(1, "v2")], NOW);
+    assert_eq!(created(&p), vec![(2, "v2".into())]);
+}
+
+#[test]
+fn parallel_creates_and_scales_in_everything_at_once() {
+    let s = set(3, rolling(0, 1), PodManagementPolicy::Parallel);
+    let p = plan(&s, &[ready(5, "v1"), ready(4, "v1")], NOW);
+    assert_eq!(created(&p).len(), 3);
+    assert_eq!(deleted(&p, DeleteReason::ScaleIn), vec![5, 4]);
+}
+
+#[test]
+fn ordered_ready_scales_in_from_the_top_one_at_a_time() {
+    let s = set(2, rolling(0, 1), PodManagementPolicy::OrderedReady);
+    let pods = vec![
+        ready(0, "v1"),
+        ready(1, "v1"),
+        ready(2, "v1"),
+        ready(3, "v1"),
+    ];
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::ScaleIn), vec![3]);
+    let mut pods = pods;
+    pods[3].terminating = true;
+    let p = plan(&s, &pods, NOW);
+    assert!(deleted(&p, DeleteReason::ScaleIn).is_empty());
+}
+
+#[test]
+fn terminal_pods_are_deleted_and_min_ready_seconds_requeues() {
+    let mut s = set(2, rolling(0, 1), PodManagementPolicy::Parallel);
+    s.min_ready_seconds = 30;
+    s.current_revision = "v2".into();
+    let mut done = ready(0, "v2");
+    done.phase = Phase::Terminal;
+    let mut fresh = ready(1, "v2");
+    fresh.ready_since = Some(NOW - 10);
+    let p = plan(&s, &[done, fresh], NOW);
+    assert_eq!(deleted(&p, DeleteReason::Terminal), vec![0]);
+    assert_eq!(p.requeue_after, Some(20));
+    assert_eq!(p.counts.ready, 1);
+    assert_eq!(p.counts.available, 0);
+}
+
+#[test]
+fn on_delete_replaces_nothing_but_recreates_at_the_update_revision() {
+    let s = set(3, Strategy::OnDelete, PodManagementPolicy::Parallel);
+    let pods = vec![ready(0, "v1"), ready(1, "v1")];
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(created(&p), vec![(2, "v2".into())]);
+    assert_eq!(p.actions.len(), 1);
+}
+
+#[test]
+fn start_ordinal_shifts_the_partition() {
+    let mut s = set(3, rolling(1, 3), PodManagementPolicy::Parallel);
+    s.start = 5;
+    s.identities = vec![5, 6, 7];
+    let pods = vec![ready(5, "v1"), ready(6, "v1"), ready(7, "v1")];
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::Update), vec![7, 6]);
+}
+
+#[test]
+fn rollout_complete_counts_only_pods_at_or_above_the_partition() {
+    let s = set(4, rolling(2, 1), PodManagementPolicy::Parallel);
+    let pods = vec![
+        ready(0, "v1"),
+        ready(1, "v1"),
+        ready(2, "v2"),
+        ready(3, "v2"),
+    ];
+    let p = plan(&s, &pods, NOW);
+    assert!(p.counts.rollout_complete);
+    assert!(!p.counts.all_updated);
+    assert_eq!((p.counts.current, p.counts.updated), (2, 2));
+}
+
+/// A simulated cluster for multi-step property tests: pods take a few steps to come up,
+/// some never do, deletes take a step to finish.
+#[derive(Debug)]
+struct Sim {
+    set: SetView,
+    pods: BTreeMap<i32, ObservedPod>,
+    /// Pods of this revision never become Ready.
+    bad_revision: Option<String>,
+    now: i64,
+}
+
+impl Sim {
+    fn step(&mut self, dice: &[u8]) -> Plan {
+        let pods: Vec<_> = self.pods.values().cloned().collect();
+        let max_unavailable = match self.set.strategy {
+            Strategy::RollingUpdate {
+                max_unavailable, ..
+            } => max_unavailable,
+            Strategy::OnDelete => i32::MAX,
+        };
+        let before = plan(&self.set, &pods, self.now);
+        let unavailable_before = before.counts.unavailable;
+
+        // Invariant: one pod per identity; no update below the partition; the budget.
+        let mut taken_available = 0;
+        for action in &before.actions {
+            match action {
+                Action::Create { ordinal, .. } => {
+                    assert!(
+                        !self.pods.contains_key(ordinal),
+                        "second pod for identity {ordinal}"
+                    );
+                }
+                Action::Delete {
+                    ordinal, reason, ..
+                } => {
+                    let pod = &self.pods[ordinal];
+                    if *reason == DeleteReason::Update {
+                        if let Strategy::RollingUpdate { partition, .. } = self.set.strategy {
+                            assert!(
+                                ordinal - self.set.start >= partition,
+                                "update below the partition"
+                            );
+                        }
+                        if pod.available(self.now, self.set.min_ready_seconds) {
+                            taken_available += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            unavailable_before + taken_available <= max_unavailable.max(unavailable_before),
+            "updates took {taken_available} available pods down with {unavailable_before} unavailable and maxUnavailable {max_unavailable}"
+        );
+        let stuck = before
+            .replacing
+            .values()
+            .filter(|r| **r == ReplaceReason::Stuck)
+            .count() as i32;
+        assert!(
+            stuck <= max_unavailable,
+            "{stuck} stuck replacements in flight"
+        );
+
+        // Carry the plan out.
+        self.set.replacing = before.replacing.clone();
+        for action in &before.actions {
+            match action {
+                Action::Create { ordinal, revision } => {
+                    self.pods.insert(
+                        *ordinal,
+                        ObservedPod {
+                            name: format!("web-{ordinal}"),
+                            ordinal: *ordinal,
+                            revision: revision.clone(),
+                            phase: Phase::Pending,
+                            terminating: false,
+                            ready_since: None,
+                            unready_since: self.now,
+                            container_error: None,
+                        },
+                    );
+                }
+                Action::Delete { ordinal, .. } => {
+                    if let Some(p) = self.pods.get_mut(ordinal) {
+                        p.terminating = true;
+                    }
+                }
+            }
+        }
+        // The world moves: terminating pods go, pending pods may come up.
+        self.now += 5;
+        let mut i = 0;
+        let mut next = || {
+            i += 1;
+            dice.get(i % dice.len().max(1)).copied().unwrap_or(0)
+        };
+        self.pods.retain(|_, p| !p.terminating || next() % 4 == 0);
+        for pod in self.pods.values_mut() {
+            let bad = self.bad_revision.as_deref() == Some(pod.revision.as_str());
+            if pod.ready_since.is_none() && !pod.terminating && !bad && next() % 3 != 0 {
+                pod.phase = Phase::Running;
+                pod.ready_since = Some(self.now);
+            } else if bad && pod.phase == Phase::Pending {
+                pod.phase = Phase::Running;
+                pod.container_error = (next() % 2 == 0).then(|| "CrashLoopBackOff".to_string());
+            }
+        }
+        before
+    }
+}
+
+fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
+    (
+        1i32..12,
+        0i32..3,
+        0i32..14,
+        1i32..5,
+        any::<bool>(),
+        prop_oneof![Just(0i64), Just(10)],
+        any::<bool>(),
+        proptest::collection::vec(any::<u8>(), 64..256),
+    )
+        .prop_map(
+            |(replicas, start, partition, max_unavailable, parallel, min_ready, broken, dice)| {
+                let identities: Vec<i32> = (start..start + replicas).collect();
+                let pods = identities
+                    .iter()
+                    .map(|&o| {
+                        (
+                            o,
+                            ObservedPod {
+                                name: format!("web-{o}"),
+                                ordinal: o,
+                                revision: "v1".into(),
+                                phase: Phase::Running,
+                                terminating: false,
+                                ready_since: Some(0),
+                                unready_since: 0,
+                                container_error: None,
+                            },
+                        )
+                    })
+                    .collect();
+                let set = SetView {
+                    identities,
+                    start,
+                    policy: if parallel {
+                        PodManagementPolicy::Parallel
+                    } else {
+                        PodManagementPolicy::OrderedReady
+                    },
+                    strategy: Strategy::RollingUpdate {
+                        partition: partition.min(replicas),
+                        max_unavailable,
+                        paused: false,
+                        stuck_after: 60,
+                    },
+                    min_ready_seconds: min_ready,
+                    current_revision: "v1".into(),
+                    update_revision: "v2".into(),
+                    replacing: BTreeMap::new(),
+                };
+                let sim = Sim {
+                    set,
+                    pods,
+                    bad_revision: broken.then(|| "v2".to_string()),
+                    now: 1000,
+                };
+                (sim, dice)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Budget, partition, one pod per identity and the stuck cap hold at every step, and a
+    /// rollout whose pods come back finishes.
+    #[test]
+    fn rollouts_hold_their_bounds_and_finish((mut sim, dice) in arb_sim()) {
+        for step in 0..400 {
+            let offset = step % dice.len();
+            let plan = sim.step(&dice[offset..]);
+            if plan.counts.rollout_complete && plan.actions.is_empty() && sim.bad_revision.is_none() {
+                break;
+            }
+        }
+        if sim.bad_revision.is_none() {
+            let pods: Vec<_> = sim.pods.values().cloned().collect();
+            let last = plan(&sim.set, &pods, sim.now + 1000);
+            prop_assert!(last.counts.rollout_complete, "rollout did not finish: {:?}", sim);
+        }
+    }
+
+    /// A bad rollout followed by a fixed template recovers without anyone deleting pods.
+    #[test]
+    fn a_fixed_template_repairs_a_bad_rollout((mut sim, dice) in arb_sim()) {
+        sim.bad_revision = Some("v2".into());
+        if let Strategy::RollingUpdate { partition, .. } = &mut sim.set.strategy {
+            *partition = 0;
+        }
+        for step in 0..60 {
+            sim.step(&dice[step % dice.len()..]);
+        }
+        // The fix: update revision v3, which comes up.
+        sim.set.update_revision = "v3".into();
+        for step in 0..600 {
+            let plan = sim.step(&dice[step % dice.len()..]);
+            if plan.counts.rollout_complete && plan.actions.is_empty() {
+                break;
+            }
+            sim.now += 30;
+        }
+        let pods: Vec<_> = sim.pods.values().cloned().collect();
+        let last = plan(&sim.set, &pods, sim.now + 1000);
+        prop_assert!(last.counts.rollout_complete, "not repaired: {:?}", sim);
+    }
+}
