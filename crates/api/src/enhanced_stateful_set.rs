@@ -296,10 +296,35 @@ pub struct EnhancedStatefulSetStatus {
     /// The selector as a string, for the scale subresource (HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_selector: Option<String>,
+    /// Identities the controller took down (for an update, or to replace a stuck pod) and
+    /// has not re-created yet. They count as unavailable until they are back, also across
+    /// controller restarts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replacing: Vec<Replacement>,
     /// Conditions: `RolloutComplete` (every pod at or above the partition is updated and
-    /// Available), `Updated` (every pod is on the update revision), `FailedCreatePod`, ...
+    /// Available), `Updated` (every pod is on the update revision and Available),
+    /// `InvalidSpec`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// An identity being replaced.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Replacement {
+    /// The identity's ordinal.
+    pub ordinal: i32,
+    /// Why it was taken down.
+    pub reason: ReplacementReason,
+}
+
+/// Why an identity was taken down.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplacementReason {
+    /// An outdated pod, within the maxUnavailable budget.
+    Update,
+    /// A stuck outdated pod, outside the budget.
+    Stuck,
 }
 
 impl EnhancedStatefulSetSpec {

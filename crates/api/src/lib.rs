@@ -14,7 +14,8 @@ pub mod static_ip;
 pub use enhanced_stateful_set::{
     EnhancedStatefulSet, EnhancedStatefulSetSpec, EnhancedStatefulSetStatus, Ordinals,
     PersistentVolumeClaimRetentionPolicy, PodManagementPolicy, PodUpdatePolicy,
-    PvcRetentionPolicyType, RollingUpdate, UpdateStrategy, UpdateStrategyType,
+    PvcRetentionPolicyType, Replacement, ReplacementReason, RollingUpdate, UpdateStrategy,
+    UpdateStrategyType,
 };
 pub use ip_pool::{
     IPAllocation, IPBlock, IPBlockSpec, IPBlockStatus, StaticIPPool, StaticIPPoolSpec,

@@ -4,4 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod identity;
+pub mod pods;
+pub mod revision;
 pub mod rollout;

@@ -1,29 +1,67 @@
 //! `ests`: one binary whose subcommands run the ests components and tools.
 #![forbid(unsafe_code)]
 
+mod controller;
 mod manifests;
+mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Enhanced StatefulSet for Kubernetes: parallel and batched rollouts, static pod IPs and
-/// node migration.
+/// node migration. Components read the cluster from KUBECONFIG or the in-cluster service
+/// account.
 #[derive(Parser)]
 #[command(name = "ests", version, about, long_about = None)]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ESTS_LOG_FORMAT")]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the EnhancedStatefulSet controller.
+    Controller(controller::ControllerArgs),
     /// Print the CustomResourceDefinitions generated from the API types, or write them and
     /// the ValidatingAdmissionPolicies to a config directory.
     Crd(manifests::CrdArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ESTS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // Exactly one rustls crypto provider for every TLS client and server in the process.
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        anyhow::bail!("a rustls crypto provider was already installed");
+    }
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
+        Command::Controller(args) => controller::run(args).await,
         Command::Crd(args) => manifests::run(&args),
     }
 }

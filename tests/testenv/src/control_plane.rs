@@ -289,6 +289,19 @@ impl ControlPlane {
     }
 
     fn spawn(&self, name: &str, args: Vec<String>) -> anyhow::Result<()> {
+        self.run_process(name, &self.bin.join(name), &args, &[])
+    }
+
+    /// Runs `program` as a process of this control plane: it logs to `logs/<name>.log`,
+    /// shows in [`Self::log_tails`], and is stopped with the control plane (or by
+    /// [`Self::stop_process`]).
+    pub fn run_process(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let mut inner = self.lock();
         let Inner {
             watchdog,
@@ -296,12 +309,21 @@ impl ControlPlane {
         } = &mut *inner;
         let watchdog = watchdog.as_mut().context("control plane already stopped")?;
         let log = self.dir.join("logs").join(format!("{name}.log"));
-        let process = Process::spawn(watchdog, name, &self.bin.join(name), &args, log)?;
+        let process = Process::spawn(watchdog, name, program, args, env, log)?;
         processes.push(process);
         Ok(())
     }
 
-    fn stop_process(&self, name: &str) -> anyhow::Result<()> {
+    /// Whether the process `name` is running.
+    pub fn is_running(&self, name: &str) -> bool {
+        self.lock()
+            .processes
+            .iter_mut()
+            .any(|p| p.name == name && p.exited().is_none())
+    }
+
+    /// Stops the processes called `name` (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop_process(&self, name: &str) -> anyhow::Result<()> {
         let mut inner = self.lock();
         let Inner {
             watchdog,

@@ -8,6 +8,7 @@
 pub mod bins;
 pub mod control_plane;
 pub mod invariants;
+pub mod monitor;
 pub mod nodes;
 pub mod pki;
 pub mod process;
@@ -18,6 +19,7 @@ use tokio::sync::{Mutex, MutexGuard, OnceCell};
 
 pub use control_plane::ControlPlane;
 pub use invariants::InvariantChecker;
+pub use monitor::PodMonitor;
 pub use nodes::NodeSpec;
 pub use wait::{wait_for, wait_until};
 

@@ -89,6 +89,7 @@ impl Process {
         name: &str,
         program: &Path,
         args: &[String],
+        env: &[(&str, &str)],
         log: PathBuf,
     ) -> anyhow::Result<Self> {
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -99,6 +100,7 @@ impl Process {
             .stdout(out)
             .stderr(err)
             .env("NO_PROXY", "127.0.0.1,localhost")
+            .envs(env.iter().copied())
             .spawn()
             .with_context(|| format!("starting {name} ({})", program.display()))?;
         watchdog.register(child.id())?;

@@ -1,0 +1,132 @@
+//! The EnhancedStatefulSet controller.
+//!
+//! Watches sets, their pods and their ControllerRevisions; on each event it reconciles the
+//! set ([`reconcile`]): the rollout planner in `ests_core::rollout` decides, this crate
+//! carries the decision out.
+#![forbid(unsafe_code)]
+
+pub mod expectations;
+pub mod metrics;
+mod observe;
+mod reconcile;
+mod revisions;
+mod status;
+
+use std::sync::Arc;
+
+use ests_api::EnhancedStatefulSet;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
+use kube::{Api, Client};
+
+pub use expectations::Expectations;
+pub use metrics::Metrics;
+
+/// Field manager of everything the controller writes.
+pub const FIELD_MANAGER: &str = "ests-controller";
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    fn kube(context: impl Into<String>, source: kube::Error) -> Self {
+        Self::Kube {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub pods: Store<Pod>,
+    pub revisions: Store<ControllerRevision>,
+    pub claims: Store<PersistentVolumeClaim>,
+    pub expectations: Expectations,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+}
+
+/// Settings of the controller.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Sets reconciled at once.
+    pub concurrency: u16,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let config = watcher::Config::default();
+    let (pods, pod_writer) = reflector::store();
+    let pod_events = reflector::reflector(
+        pod_writer,
+        watcher::watcher(Api::<Pod>::all(client.clone()), config.clone()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (revisions, revision_writer) = reflector::store();
+    let revision_events = reflector::reflector(
+        revision_writer,
+        watcher::watcher(
+            Api::<ControllerRevision>::all(client.clone()),
+            config.clone(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (claims, claim_writer) = reflector::store();
+    let claim_events = reflector::reflector(
+        claim_writer,
+        watcher::watcher(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            config.clone(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    // Claims only feed the cache; they trigger nothing.
+    tokio::spawn(claim_events.for_each(|_| async {}));
+
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER)),
+        client: client.clone(),
+        pods,
+        revisions,
+        claims,
+        expectations: Expectations::default(),
+        metrics,
+    });
+    Controller::new(Api::<EnhancedStatefulSet>::all(client), config)
+        .owns_stream(pod_events)
+        .owns_stream(revision_events)
+        .with_config(controller::Config::default().concurrency(settings.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    Ok(())
+}

@@ -1,0 +1,427 @@
+//! One reconcile of one set: observe, plan (ests_core::rollout), record, act.
+//!
+//! A watch event on a set or one of its pods or revisions brings the set here. Everything
+//! that decides lives in `ests_core`; this file only gathers its inputs and carries out its
+//! answer, in an order that is safe if the process dies at any point: the identities about
+//! to be taken down are written to the set's status before any pod is deleted, and every
+//! delete names the UID of the pod it means.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ests_api::{EnhancedStatefulSet, PvcRetentionPolicyType, ReplacementReason};
+use ests_core::identity::{max_unavailable, pod_name, spec_ordinals};
+use ests_core::pods::{build_claims, build_pod, claim_name};
+use ests_core::revision::template_of;
+use ests_core::rollout::{self, Action as Step, DeleteReason, ReplaceReason, SetView, Strategy};
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::observe::observe;
+use crate::{Context, Error, revisions, status};
+
+/// Re-plan at least this often, whatever happens.
+const RESYNC: Duration = Duration::from_secs(300);
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+pub async fn reconcile(set: Arc<EnhancedStatefulSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_set(&set, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values::<&str>(&[])
+        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconciles
+        .with_label_values(&[if result.is_ok() { "success" } else { "error" }])
+        .inc();
+    result
+}
+
+pub fn error_policy(set: Arc<EnhancedStatefulSet>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(namespace = set.namespace().unwrap_or_default(), name = %set.name_any(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Action, Error> {
+    if set.metadata.deletion_timestamp.is_some() {
+        // Garbage collection removes the pods; PVCs follow the retention policy's owners.
+        return Ok(Action::await_change());
+    }
+    let ns = set.namespace().unwrap_or_default();
+    let name = set.name_any();
+    let key = format!("{ns}/{name}");
+    let now = now();
+
+    let identities = match spec_ordinals(&set.spec) {
+        Ok(identities) => identities,
+        Err(e) => return invalid(ctx, set, e.to_string()).await,
+    };
+    let strategy = match set.spec.rolling_update() {
+        None => Strategy::OnDelete,
+        Some(r) => match max_unavailable(&r.max_unavailable, set.spec.replicas) {
+            Ok(max) => Strategy::RollingUpdate {
+                partition: r.partition,
+                max_unavailable: max,
+                paused: r.paused,
+                stuck_after: i64::from(r.stuck_pod_seconds),
+            },
+            Err(e) => return invalid(ctx, set, e.to_string()).await,
+        },
+    };
+
+    let revisions = revisions::sync(ctx, set).await?;
+
+    // The pods this set controls, as the planner sees them, with what we did that the cache
+    // may not show yet.
+    let uid = set.uid().unwrap_or_default();
+    let owned: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| o.uid == uid && o.controller == Some(true))
+        })
+        .collect();
+    let uids: HashMap<String, String> = owned
+        .iter()
+        .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
+        .collect();
+    let mut observed: Vec<_> = owned.iter().filter_map(|p| observe(&name, p)).collect();
+    ctx.expectations.adjust(&key, &mut observed, &uids, now);
+
+    let replacing: BTreeMap<i32, ReplaceReason> = set
+        .status
+        .iter()
+        .flat_map(|s| s.replacing.iter())
+        .map(|r| {
+            let reason = match r.reason {
+                ReplacementReason::Update => ReplaceReason::Update,
+                ReplacementReason::Stuck => ReplaceReason::Stuck,
+            };
+            (r.ordinal, reason)
+        })
+        .collect();
+    let view = SetView {
+        identities,
+        start: set.spec.ordinals_start(),
+        policy: set.spec.pod_management_policy,
+        strategy,
+        min_ready_seconds: i64::from(set.spec.min_ready_seconds),
+        current_revision: revisions.current.clone(),
+        update_revision: revisions.update.clone(),
+        replacing,
+    };
+    let plan = rollout::plan(&view, &observed, now);
+
+    // The current revision moves on once every pod runs the update revision.
+    let current = if plan.counts.all_updated {
+        &revisions.update
+    } else {
+        &revisions.current
+    };
+    let new_status = status::from_plan(
+        set,
+        &plan,
+        current,
+        &revisions.update,
+        revisions.collision_count,
+        status::selector_string(set),
+    );
+    status::apply(ctx, set, &new_status).await?;
+    let labels = [ns.as_str(), name.as_str()];
+    ctx.metrics
+        .replicas
+        .with_label_values(&labels)
+        .set(i64::from(plan.counts.replicas));
+    ctx.metrics
+        .updated_replicas
+        .with_label_values(&labels)
+        .set(i64::from(plan.counts.updated));
+    ctx.metrics
+        .unavailable_replicas
+        .with_label_values(&labels)
+        .set(i64::from(plan.counts.unavailable));
+
+    for step in &plan.actions {
+        match step {
+            Step::Create { ordinal, revision } => {
+                create_pod(ctx, set, &key, *ordinal, revision).await?
+            }
+            Step::Delete {
+                name: pod,
+                ordinal,
+                reason,
+            } => {
+                if let Some(pod_uid) = uids.get(pod) {
+                    delete_pod(ctx, set, &key, pod, *ordinal, pod_uid, *reason).await?;
+                }
+            }
+        }
+    }
+
+    let in_use: BTreeSet<String> = observed.iter().map(|o| o.revision.clone()).collect();
+    revisions::trim(ctx, set, &revisions, &in_use).await?;
+
+    let requeue = plan
+        .requeue_after
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(RESYNC, |s| Duration::from_secs(s).min(RESYNC));
+    Ok(Action::requeue(requeue))
+}
+
+/// Records an invalid spec in the status and as an event; nothing else happens until the
+/// spec changes.
+async fn invalid(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    message: String,
+) -> Result<Action, Error> {
+    let mut new_status = set.status.clone().unwrap_or_default();
+    let previous = new_status.conditions.clone();
+    new_status
+        .conditions
+        .retain(|c| c.type_ != status::INVALID_SPEC);
+    new_status.conditions.push(status::condition(
+        &previous,
+        status::INVALID_SPEC,
+        true,
+        "InvalidSpec",
+        message.clone(),
+        set.metadata.generation,
+    ));
+    status::apply(ctx, set, &new_status).await?;
+    publish(
+        ctx,
+        set,
+        EventType::Warning,
+        "InvalidSpec",
+        "Validate",
+        message,
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+async fn publish(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &set.object_ref(&())).await {
+        tracing::debug!(error = %e, "publishing an event");
+    }
+}
+
+async fn create_pod(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    key: &str,
+    ordinal: i32,
+    revision: &str,
+) -> Result<(), Error> {
+    let ns = set.namespace().unwrap_or_default();
+    let set_name = set.name_any();
+    let name = pod_name(&set_name, ordinal);
+    let template = if revision == ests_core::revision::template_hash(&set.spec.template, 0) {
+        set.spec.template.clone()
+    } else {
+        revision_template(ctx, &ns, &set_name, revision)
+            .unwrap_or_else(|| set.spec.template.clone())
+    };
+
+    // Claims first, so the pod never starts without its storage.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    for claim in build_claims(set, ordinal) {
+        let claim_name = claim.name_any();
+        if ctx
+            .claims
+            .get(&kube::runtime::reflector::ObjectRef::new(&claim_name).within(&ns))
+            .is_some()
+        {
+            continue;
+        }
+        match claims.create(&PostParams::default(), &claim).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(e) => {
+                publish(
+                    ctx,
+                    set,
+                    EventType::Warning,
+                    "FailedCreate",
+                    "CreateClaim",
+                    format!("create claim {claim_name}: {e}"),
+                )
+                .await;
+                return Err(Error::kube(format!("creating claim {claim_name}"), e));
+            }
+        }
+    }
+
+    let pod = build_pod(set, &template, revision, ordinal);
+    ctx.expectations
+        .expect_create(key, &name, ordinal, revision);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    match pods.create(&PostParams::default(), &pod).await {
+        Ok(_) => {
+            ctx.metrics
+                .pods_created
+                .with_label_values(&["success"])
+                .inc();
+            publish(
+                ctx,
+                set,
+                EventType::Normal,
+                "SuccessfulCreate",
+                "Create",
+                format!("create Pod {name} at revision {revision}"),
+            )
+            .await;
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
+        Err(e) => {
+            ctx.expectations.forget_create(key, &name);
+            ctx.metrics.pods_created.with_label_values(&["error"]).inc();
+            publish(
+                ctx,
+                set,
+                EventType::Warning,
+                "FailedCreate",
+                "Create",
+                format!("create Pod {name}: {e}"),
+            )
+            .await;
+            Err(Error::kube(format!("creating pod {name}"), e))
+        }
+    }
+}
+
+/// The template kept in the revision with hash `revision`, from the cache.
+fn revision_template(
+    ctx: &Context,
+    ns: &str,
+    set: &str,
+    revision: &str,
+) -> Option<k8s_openapi::api::core::v1::PodTemplateSpec> {
+    let name = ests_core::revision::revision_name(set, revision);
+    let found: Arc<ControllerRevision> = ctx
+        .revisions
+        .get(&kube::runtime::reflector::ObjectRef::new(&name).within(ns))?;
+    template_of(&found.data.0)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn delete_pod(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    key: &str,
+    name: &str,
+    ordinal: i32,
+    uid: &str,
+    reason: DeleteReason,
+) -> Result<(), Error> {
+    let ns = set.namespace().unwrap_or_default();
+    if reason == DeleteReason::ScaleIn
+        && set
+            .spec
+            .persistent_volume_claim_retention_policy
+            .as_ref()
+            .is_some_and(|p| p.when_scaled == PvcRetentionPolicyType::Delete)
+    {
+        // The pod owns its claims from now on, so they go when it goes.
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        for template in set.spec.volume_claim_templates.iter().flatten() {
+            let Some(claim) = template.metadata.name.as_deref() else {
+                continue;
+            };
+            let claim = claim_name(claim, &set.name_any(), ordinal);
+            let owner = json!({"metadata": {"ownerReferences": [{
+                "apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid
+            }]}});
+            match claims
+                .patch(&claim, &PatchParams::default(), &Patch::Merge(owner))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                Err(e) => {
+                    return Err(Error::kube(
+                        format!("handing claim {claim} to pod {name}"),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+    ctx.expectations.expect_delete(key, uid);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let why = match reason {
+        DeleteReason::ScaleIn => "scale-in",
+        DeleteReason::Update => "update",
+        DeleteReason::Stuck => "stuck",
+        DeleteReason::Terminal => "terminated",
+    };
+    match pods.delete(name, &params).await {
+        Ok(_) => {
+            ctx.metrics.pods_deleted.with_label_values(&[why]).inc();
+            publish(
+                ctx,
+                set,
+                EventType::Normal,
+                "SuccessfulDelete",
+                "Delete",
+                format!("delete Pod {name} ({why})"),
+            )
+            .await;
+            Ok(())
+        }
+        // Gone already, or another incarnation: nothing to do.
+        Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
+        Err(e) => {
+            ctx.expectations.forget_delete(key, uid);
+            publish(
+                ctx,
+                set,
+                EventType::Warning,
+                "FailedDelete",
+                "Delete",
+                format!("delete Pod {name}: {e}"),
+            )
+            .await;
+            Err(Error::kube(format!("deleting pod {name}"), e))
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Shared set-up of the e2e tests: one control plane per test binary with the ests CRDs and
+//! policies, three nodes, and `ests controller` running as a process under the controller's
+//! service-account identity.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use ests_api::EnhancedStatefulSet;
+use ests_testenv::nodes::{NodeSpec, create_nodes};
+use ests_testenv::resources::{
+    apply_value, bind_cluster_role, create_namespace, install_crds, install_policies,
+};
+use ests_testenv::{ControlPlane, shared, wait_for};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+pub const CONTROLLER_USER: &str = "system:serviceaccount:ests-system:ests-controller";
+pub const CONTROLLER_GROUPS: &[&str] = &[
+    "system:serviceaccounts",
+    "system:serviceaccounts:ests-system",
+];
+
+pub struct Env {
+    pub plane: &'static ControlPlane,
+    pub client: Client,
+}
+
+/// The control plane with ests installed and the controller running.
+pub async fn env() -> anyhow::Result<Env> {
+    static READY: OnceCell<()> = OnceCell::const_new();
+    let plane = shared().await?;
+    READY
+        .get_or_try_init(|| async {
+            let client = plane.client().await?;
+            install_crds(&client).await?;
+            install_policies(&client, ests_api::policy::DEFAULT_NAMESPACE).await?;
+            let nodes: Vec<_> = (0..3).map(|i| NodeSpec::new(format!("node-{i}"))).collect();
+            create_nodes(&client, &nodes).await?;
+            bind_cluster_role(
+                &client,
+                "ests-controller-e2e",
+                "cluster-admin",
+                CONTROLLER_USER,
+            )
+            .await?;
+            start_controller(plane, "ests-controller").await
+        })
+        .await?;
+    Ok(Env {
+        plane,
+        client: plane.client().await?,
+    })
+}
+
+/// Starts `ests controller` as process `name`, authenticated as the controller.
+pub async fn start_controller(plane: &ControlPlane, name: &str) -> anyhow::Result<()> {
+    let (kubeconfig, _) = plane.client_as(CONTROLLER_USER, CONTROLLER_GROUPS).await?;
+    let kubeconfig = kubeconfig.display().to_string();
+    plane.run_process(
+        name,
+        std::path::Path::new(env!("CARGO_BIN_EXE_ests")),
+        &[
+            "controller".into(),
+            "--leader-election=false".into(),
+            "--metrics-addr=127.0.0.1:0".into(),
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("ESTS_LOG", "info,ests_controller=debug"),
+        ],
+    )
+}
+
+/// A sample manifest from config/samples.
+pub fn sample(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../config/samples")
+        .join(name);
+    let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    ests_testenv::resources::parse_documents(&yaml)
+        .expect("sample parses")
+        .remove(0)
+}
+
+/// A simple set: `replicas` nginx pods, Parallel or OrderedReady, maxUnavailable `max`.
+pub fn simple_set(name: &str, replicas: i32, policy: &str, max: i32) -> Value {
+    json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1",
+        "kind": "EnhancedStatefulSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "podManagementPolicy": policy,
+            "selector": {"matchLabels": {"app": name}},
+            "updateStrategy": {"rollingUpdate": {"maxUnavailable": max}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "app:v1"}]}
+            }
+        }
+    })
+}
+
+pub async fn namespace(env: &Env, name: &str) -> anyhow::Result<Api<EnhancedStatefulSet>> {
+    create_namespace(&env.client, name).await?;
+    Ok(Api::namespaced(env.client.clone(), name))
+}
+
+pub async fn apply(env: &Env, ns: &str, set: &Value) -> anyhow::Result<()> {
+    apply_value(&env.client, set, Some(ns), false).await?;
+    Ok(())
+}
+
+/// Merge-patches a set's spec (or anything else).
+pub async fn patch(api: &Api<EnhancedStatefulSet>, name: &str, patch: Value) -> anyhow::Result<()> {
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+/// Waits until the set's status satisfies `check`.
+pub async fn wait_status(
+    api: &Api<EnhancedStatefulSet>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&ests_api::EnhancedStatefulSetStatus) -> bool,
+) -> anyhow::Result<ests_api::EnhancedStatefulSetStatus> {
+    wait_for(format!("{name}: {what}"), timeout, || async {
+        let set = api.get(name).await?;
+        let generation = set.metadata.generation;
+        Ok(set
+            .status
+            .filter(|s| s.observed_generation == generation && check(s)))
+    })
+    .await
+}
+
+pub fn names(set: &str, ordinals: impl IntoIterator<Item = i32>) -> Vec<String> {
+    ordinals.into_iter().map(|o| format!("{set}-{o}")).collect()
+}
