@@ -326,3 +326,68 @@ async fn rollback_reuses_the_previous_revision() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn briefly_unready_pods_wait_for_the_budget_until_their_grace_runs_out() -> anyhow::Result<()>
+{
+    let env = env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let ns = "unready-grace";
+    let sets = namespace(&env, ns).await?;
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    let name = "grace";
+    let mut set = simple_set(name, 3, "Parallel", 1);
+    set["spec"]["updateStrategy"]["rollingUpdate"]["stuckPodSeconds"] = json!(15);
+    apply(&env, ns, &set).await?;
+    wait_status(&sets, name, "3 ready", T, |s| s.ready_replicas == 3).await?;
+    let monitor = PodMonitor::start(env.client.clone(), ns, "app=grace", names(name, 0..3)).await?;
+    // v2 pods run but never become Ready (no container error): the first one spends the budget.
+    patch(
+        &sets,
+        name,
+        json!({"spec": {"template": {
+            "metadata": {"annotations": {"ests.test/never-ready": "true"}},
+            "spec": {"containers": [{"name": "app", "image": "app:v2"}]}
+        }}}),
+    )
+    .await?;
+    wait_status(&sets, name, "one unready update", T, |s| {
+        s.updated_replicas == 1 && s.ready_replicas == 2
+    })
+    .await?;
+    let v3 = json!({"spec": {"template": {
+        "metadata": {"annotations": {"ests.test/never-ready": null}},
+        "spec": {"containers": [{"name": "app", "image": "app:v3"}]}
+    }}});
+    patch(&sets, name, v3).await?;
+    // Merely unready, not yet stuck: it is not replaced while the budget is spent.
+    // First the controller sees v3 (nothing on it yet) ...
+    wait_status(&sets, name, "v3 seen", T, |s| s.updated_replicas == 0).await?;
+    // ... then nothing may move onto it for a while.
+    let early = wait_for(
+        "a replacement before the grace ran out (must not happen)",
+        Duration::from_secs(6),
+        || async {
+            let set = sets.get(name).await?;
+            let s = set.status.unwrap_or_default();
+            let current = s.observed_generation == set.metadata.generation;
+            Ok((current && s.updated_replicas > 0).then_some(()))
+        },
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "an unready pod was replaced past the budget before its grace"
+    );
+    // Once unready longer than stuckPodSeconds, it is replaced and the rollout finishes.
+    wait_status(&sets, name, "all on v3", T, |s| {
+        s.updated_replicas == 3 && s.ready_replicas == 3
+    })
+    .await?;
+    assert!(
+        monitor.max_unavailable() <= 1,
+        "max unavailable {}",
+        monitor.max_unavailable()
+    );
+    checker.finish()
+}

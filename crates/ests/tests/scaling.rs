@@ -38,19 +38,33 @@ async fn scale_up_and_down(policy: &str, ns: &str) -> anyhow::Result<()> {
     apply(&env, ns, &simple_set(name, 6, policy, 1)).await?;
     wait_status(&sets, name, "6 ready", T, |s| s.ready_replicas == 6).await?;
     patch(&sets, name, json!({"spec": {"replicas": 10}})).await?;
-    wait_status(&sets, name, "10 ready", T, |s| s.ready_replicas == 10 && s.replicas == 10).await?;
+    wait_status(&sets, name, "10 ready", T, |s| {
+        s.ready_replicas == 10 && s.replicas == 10
+    })
+    .await?;
     if policy == "OrderedReady" {
-        assert_eq!(monitor.created(), names(name, 0..10), "created one at a time, in order");
+        assert_eq!(
+            monitor.created(),
+            names(name, 0..10),
+            "created one at a time, in order"
+        );
     }
     monitor.reset(vec![]);
     patch(&sets, name, json!({"spec": {"replicas": 3}})).await?;
-    wait_status(&sets, name, "3 left", T, |s| s.replicas == 3 && s.ready_replicas == 3).await?;
+    wait_status(&sets, name, "3 left", T, |s| {
+        s.replicas == 3 && s.ready_replicas == 3
+    })
+    .await?;
     wait_for("pods 3..9 gone", T, || async {
         Ok((pod_names(&env, ns, "app=scaled").await? == names(name, 0..3)).then_some(()))
     })
     .await?;
     if policy == "OrderedReady" {
-        assert_eq!(monitor.deleted(), names(name, (3..10).rev()), "scaled in from the top");
+        assert_eq!(
+            monitor.deleted(),
+            names(name, (3..10).rev()),
+            "scaled in from the top"
+        );
     }
     checker.finish()
 }
@@ -80,7 +94,12 @@ async fn start_ordinal_and_reserved_ordinals_choose_the_identities() -> anyhow::
     // Scale in a chosen pod: reserve ordinal 2 and lower replicas by one.
     apply(&env, ns, &simple_set("chosen", 5, "Parallel", 1)).await?;
     wait_status(&sets, "chosen", "5 ready", T, |s| s.ready_replicas == 5).await?;
-    patch(&sets, "chosen", json!({"spec": {"replicas": 4, "reserveOrdinals": [2]}})).await?;
+    patch(
+        &sets,
+        "chosen",
+        json!({"spec": {"replicas": 4, "reserveOrdinals": [2]}}),
+    )
+    .await?;
     wait_for("chosen-2 gone, others kept", T, || async {
         let names = pod_names(&env, ns, "app=chosen").await?;
         Ok((names == ["chosen-0", "chosen-1", "chosen-3", "chosen-4"]).then_some(()))
@@ -96,7 +115,8 @@ async fn claims_are_created_per_ordinal_and_kept_on_scale_in() -> anyhow::Result
     let ns = "claims";
     let sets = namespace(&env, ns).await?;
     let mut set = sample("storage-ordinals.yaml");
-    set["spec"]["persistentVolumeClaimRetentionPolicy"] = json!({"whenScaled": "Retain", "whenDeleted": "Retain"});
+    set["spec"]["persistentVolumeClaimRetentionPolicy"] =
+        json!({"whenScaled": "Retain", "whenDeleted": "Retain"});
     set["spec"]["minReadySeconds"] = json!(0);
     apply(&env, ns, &set).await?;
     let name = "storage-ordinals";
@@ -116,17 +136,29 @@ async fn claims_are_created_per_ordinal_and_kept_on_scale_in() -> anyhow::Result
             anyhow::Ok((bound == want).then_some(()))
         }
     };
-    let all = vec!["data-storage-ordinals-10", "data-storage-ordinals-11", "data-storage-ordinals-13"];
+    let all = vec![
+        "data-storage-ordinals-10",
+        "data-storage-ordinals-11",
+        "data-storage-ordinals-13",
+    ];
     wait_for("one bound claim per identity", T, || bound(all.clone())).await?;
     patch(&sets, name, json!({"spec": {"replicas": 1}})).await?;
     wait_status(&sets, name, "1 left", T, |s| s.replicas == 1).await?;
-    wait_for("claims kept after scale-in", Duration::from_secs(10), || bound(all.clone())).await?;
+    wait_for(
+        "claims kept after scale-in",
+        Duration::from_secs(10),
+        || bound(all.clone()),
+    )
+    .await?;
 
     // whenScaled: Delete hands the claims of scaled-in pods to the pods, which take them along.
     patch(&sets, name, json!({"spec": {"replicas": 3, "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete"}}})).await?;
     wait_status(&sets, name, "3 again", T, |s| s.ready_replicas == 3).await?;
     patch(&sets, name, json!({"spec": {"replicas": 1}})).await?;
-    wait_for("claims of scaled-in pods deleted", T, || bound(vec!["data-storage-ordinals-10"])).await?;
+    wait_for("claims of scaled-in pods deleted", T, || {
+        bound(vec!["data-storage-ordinals-10"])
+    })
+    .await?;
     Ok(())
 }
 
@@ -140,7 +172,10 @@ async fn deleting_the_set_collects_its_pods() -> anyhow::Result<()> {
     wait_status(&sets, "gone", "3 ready", T, |s| s.ready_replicas == 3).await?;
     sets.delete("gone", &DeleteParams::background()).await?;
     wait_for("pods garbage-collected", T, || async {
-        Ok(pod_names(&env, ns, "app=gone").await?.is_empty().then_some(()))
+        Ok(pod_names(&env, ns, "app=gone")
+            .await?
+            .is_empty()
+            .then_some(()))
     })
     .await?;
     Ok(())
@@ -162,7 +197,11 @@ async fn kubectl_scale_and_an_autoscaler_use_the_scale_subresource() -> anyhow::
         .args(["scale", "ests/elastic", "--replicas=2", "-n", ns])
         .env("KUBECONFIG", &env.plane.kubeconfig)
         .output()?;
-    assert!(out.status.success(), "kubectl scale: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl scale: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_status(&sets, "elastic", "2 ready", T, |s| s.ready_replicas == 2).await?;
 
     // An autoscaler whose minimum is above the current count raises it through /scale.
@@ -178,9 +217,11 @@ async fn kubectl_scale_and_an_autoscaler_use_the_scale_subresource() -> anyhow::
         }
     });
     apply(&env, ns, &hpa).await?;
-    wait_for("the autoscaler to raise replicas to its minimum", Duration::from_secs(90), || async {
-        Ok((sets.get("elastic").await?.spec.replicas == 4).then_some(()))
-    })
+    wait_for(
+        "the autoscaler to raise replicas to its minimum",
+        Duration::from_secs(90),
+        || async { Ok((sets.get("elastic").await?.spec.replicas == 4).then_some(())) },
+    )
     .await?;
     wait_status(&sets, "elastic", "4 ready", T, |s| s.ready_replicas == 4).await?;
     Ok(())

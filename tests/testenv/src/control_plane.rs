@@ -322,6 +322,24 @@ impl ControlPlane {
             .any(|p| p.name == name && p.exited().is_none())
     }
 
+    /// Kills the processes called `name` with SIGKILL, as a crash would.
+    pub fn kill_process(&self, name: &str) -> anyhow::Result<()> {
+        let mut inner = self.lock();
+        let Inner {
+            watchdog,
+            processes,
+        } = &mut *inner;
+        for p in processes.iter_mut().filter(|p| p.name == name) {
+            p.kill();
+        }
+        processes.retain(|p| p.name != name);
+        if let Some(w) = watchdog.as_mut() {
+            let running: Vec<&Process> = processes.iter().collect();
+            forget_stopped(w, &running)?;
+        }
+        Ok(())
+    }
+
     /// Stops the processes called `name` (SIGTERM, then SIGKILL after 10 s).
     pub fn stop_process(&self, name: &str) -> anyhow::Result<()> {
         let mut inner = self.lock();

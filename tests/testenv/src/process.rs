@@ -125,6 +125,12 @@ impl Process {
         log_tail(&self.log, lines)
     }
 
+    /// SIGKILL, as a crash would; reaps the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; reaps the process.
     pub fn stop(&mut self, grace: Duration) {
         if self.exited().is_some() {

@@ -28,8 +28,9 @@ pub struct Env {
     pub client: Client,
 }
 
-/// The control plane with ests installed and the controller running.
-pub async fn env() -> anyhow::Result<Env> {
+/// The control plane with ests installed (CRDs, policies, RBAC for the controller's
+/// identity) and three nodes, but no controller running.
+pub async fn bare_env() -> anyhow::Result<Env> {
     static READY: OnceCell<()> = OnceCell::const_new();
     let plane = shared().await?;
     READY
@@ -39,14 +40,14 @@ pub async fn env() -> anyhow::Result<Env> {
             install_policies(&client, ests_api::policy::DEFAULT_NAMESPACE).await?;
             let nodes: Vec<_> = (0..3).map(|i| NodeSpec::new(format!("node-{i}"))).collect();
             create_nodes(&client, &nodes).await?;
+            create_namespace(&client, "ests-system").await?;
             bind_cluster_role(
                 &client,
                 "ests-controller-e2e",
                 "cluster-admin",
                 CONTROLLER_USER,
             )
-            .await?;
-            start_controller(plane, "ests-controller").await
+            .await
         })
         .await?;
     Ok(Env {
@@ -55,21 +56,37 @@ pub async fn env() -> anyhow::Result<Env> {
     })
 }
 
-/// Starts `ests controller` as process `name`, authenticated as the controller.
-pub async fn start_controller(plane: &ControlPlane, name: &str) -> anyhow::Result<()> {
+/// The control plane with ests installed and one controller running.
+pub async fn env() -> anyhow::Result<Env> {
+    static STARTED: OnceCell<()> = OnceCell::const_new();
+    let env = bare_env().await?;
+    STARTED
+        .get_or_try_init(|| {
+            start_controller(env.plane, "ests-controller", &["--leader-election=false"])
+        })
+        .await?;
+    Ok(env)
+}
+
+/// Starts `ests controller` as process `name` with `extra` flags, authenticated as the
+/// controller's service account.
+pub async fn start_controller(
+    plane: &ControlPlane,
+    name: &str,
+    extra: &[&str],
+) -> anyhow::Result<()> {
     let (kubeconfig, _) = plane.client_as(CONTROLLER_USER, CONTROLLER_GROUPS).await?;
     let kubeconfig = kubeconfig.display().to_string();
+    let mut args: Vec<String> = vec!["controller".into(), "--metrics-addr=127.0.0.1:0".into()];
+    args.extend(extra.iter().map(|a| a.to_string()));
     plane.run_process(
         name,
         std::path::Path::new(env!("CARGO_BIN_EXE_ests")),
-        &[
-            "controller".into(),
-            "--leader-election=false".into(),
-            "--metrics-addr=127.0.0.1:0".into(),
-        ],
+        &args,
         &[
             ("KUBECONFIG", kubeconfig.as_str()),
             ("ESTS_LOG", "info,ests_controller=debug"),
+            ("POD_NAME", name),
         ],
     )
 }
@@ -85,7 +102,7 @@ pub fn sample(name: &str) -> Value {
         .remove(0)
 }
 
-/// A simple set: `replicas` nginx pods, Parallel or OrderedReady, maxUnavailable `max`.
+/// A simple set: `replicas` pods, Parallel or OrderedReady, maxUnavailable `max`.
 pub fn simple_set(name: &str, replicas: i32, policy: &str, max: i32) -> Value {
     json!({
         "apiVersion": "jke.jdcloud.com/v1alpha1",
@@ -114,14 +131,14 @@ pub async fn apply(env: &Env, ns: &str, set: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Merge-patches a set's spec (or anything else).
+/// Merge-patches a set.
 pub async fn patch(api: &Api<EnhancedStatefulSet>, name: &str, patch: Value) -> anyhow::Result<()> {
     api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await?;
     Ok(())
 }
 
-/// Waits until the set's status satisfies `check`.
+/// Waits until the set's status, for its current generation, satisfies `check`.
 pub async fn wait_status(
     api: &Api<EnhancedStatefulSet>,
     name: &str,

@@ -3,13 +3,16 @@
 //! applies config/samples, prints how to reach it, and stays up until interrupted.
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use ests_testenv::ControlPlane;
 use ests_testenv::nodes::{NodeSpec, create_nodes};
-use ests_testenv::resources::{apply_yaml, install_crds, install_policies};
+use ests_testenv::resources::{
+    apply_yaml, bind_cluster_role, create_namespace, install_crds, install_policies,
+};
 
 /// Run ests's local demo: a real control plane (etcd, kube-apiserver,
 /// kube-controller-manager, kube-scheduler) with KWOK-simulated nodes on 127.0.0.1.
@@ -27,12 +30,30 @@ struct Args {
     /// Do not apply config/samples.
     #[arg(long)]
     no_samples: bool,
+
+    /// The ests binary whose components to run (default: `ests` beside this program, as
+    /// `cargo build -p ests` leaves it).
+    #[arg(long)]
+    ests: Option<PathBuf>,
 }
+
+/// The identity the demo's controller runs as, as in a cluster.
+const CONTROLLER_USER: &str = "system:serviceaccount:ests-system:ests-controller";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     ests_testenv::install_crypto_provider();
     let args = Args::parse();
+    let ests = match args.ests.clone() {
+        Some(path) => path,
+        None => std::env::current_exe()?.with_file_name("ests"),
+    };
+    if !ests.is_file() {
+        anyhow::bail!(
+            "{} not found: run `cargo build -p ests` first, or pass --ests",
+            ests.display()
+        );
+    }
     eprintln!(
         "ests-dev: starting the control plane (the first run builds it from Go modules; that takes a while)"
     );
@@ -44,6 +65,36 @@ async fn main() -> anyhow::Result<()> {
     create_nodes(&client, &nodes).await?;
     install_crds(&client).await?;
     install_policies(&client, ests_api::policy::DEFAULT_NAMESPACE).await?;
+    create_namespace(&client, ests_api::policy::DEFAULT_NAMESPACE).await?;
+    // Until the Helm chart's least-privilege roles exist, the demo grants the controller
+    // cluster-admin.
+    bind_cluster_role(
+        &client,
+        "ests-controller-demo",
+        "cluster-admin",
+        CONTROLLER_USER,
+    )
+    .await?;
+    let groups = [
+        "system:serviceaccounts",
+        "system:serviceaccounts:ests-system",
+    ];
+    let (kubeconfig, _) = plane.client_as(CONTROLLER_USER, &groups).await?;
+    let kubeconfig = kubeconfig.display().to_string();
+    plane.run_process(
+        "ests-controller",
+        &ests,
+        &[
+            "controller".into(),
+            "--lease-namespace=ests-system".into(),
+            "--metrics-addr=127.0.0.1:0".into(),
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("POD_NAME", "ests-controller-demo"),
+        ],
+    )?;
+    eprintln!("ests-dev: started ests controller ({})", ests.display());
     if !args.no_samples {
         let dir = ests_testenv::bins::harness_dir().join("../../config/samples");
         let mut files: Vec<_> = std::fs::read_dir(&dir)
