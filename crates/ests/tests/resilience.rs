@@ -30,7 +30,7 @@ async fn a_controller_killed_mid_rollout_resumes_within_the_budget() -> anyhow::
     wait_status(&sets, name, "8 available", T, |s| s.available_replicas == 8).await?;
     let monitor =
         PodMonitor::start(env.client.clone(), ns, "app=steady", names(name, 0..8)).await?;
-    patch(&sets, name, json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:v2"}]}}}})).await?;
+    patch(&sets, name, new_template(Some("app"), "app:v2", json!({}))).await?;
     wait_status(&sets, name, "a first batch under way", T, |s| {
         s.updated_replicas >= 2
     })

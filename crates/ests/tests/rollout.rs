@@ -65,10 +65,7 @@ async fn source_document_scenario() -> anyhow::Result<()> {
     patch(
         &sets,
         name,
-        json!({"spec": {"template": {
-            "metadata": {"annotations": {"ests.test/never-ready": "4"}},
-            "spec": {"containers": [{"image": "nginx:v2"}]}
-        }}}),
+        new_template(None, "nginx:v2", json!({"ests.test/never-ready": "4"})),
     )
     .await?;
     let after = wait_status(&sets, name, "5, 4, 3 updated", T, |s| {
@@ -153,10 +150,7 @@ async fn two_broken_updated_pods_stop_the_rollout_even_after_partition_zero() ->
     patch(
         &sets,
         name,
-        json!({"spec": {"template": {
-            "metadata": {"annotations": {"ests.test/never-ready": "4,5"}},
-            "spec": {"containers": [{"image": "nginx:v2"}]}
-        }}}),
+        new_template(None, "nginx:v2", json!({"ests.test/never-ready": "4,5"})),
     )
     .await?;
     wait_status(&sets, name, "5 and 4 updated and unready", T, |s| {
@@ -201,10 +195,11 @@ async fn a_crash_looping_rollout_is_repaired_by_a_fixed_template() -> anyhow::Re
     patch(
         &sets,
         name,
-        json!({"spec": {"template": {
-            "metadata": {"annotations": {"ests.test/crashloop": "true"}},
-            "spec": {"containers": [{"name": "app", "image": "app:bad"}]}
-        }}}),
+        new_template(
+            Some("app"),
+            "app:bad",
+            json!({"ests.test/crashloop": "true"}),
+        ),
     )
     .await?;
     wait_status(&sets, name, "one crash-looping update", T, |s| {
@@ -216,10 +211,7 @@ async fn a_crash_looping_rollout_is_repaired_by_a_fixed_template() -> anyhow::Re
     patch(
         &sets,
         name,
-        json!({"spec": {"template": {
-            "metadata": {"annotations": {"ests.test/crashloop": null}},
-            "spec": {"containers": [{"name": "app", "image": "app:v3"}]}
-        }}}),
+        new_template(Some("app"), "app:v3", json!({"ests.test/crashloop": null})),
     )
     .await?;
     wait_status(&sets, name, "all on the fixed revision", T, |s| {
@@ -245,7 +237,7 @@ async fn paused_holds_an_update_and_resuming_finishes_it() -> anyhow::Result<()>
     set["spec"]["updateStrategy"]["rollingUpdate"]["paused"] = json!(true);
     apply(&env, ns, &set).await?;
     wait_status(&sets, name, "3 ready", T, |s| s.ready_replicas == 3).await?;
-    patch(&sets, name, json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:v2"}]}}}})).await?;
+    patch(&sets, name, new_template(Some("app"), "app:v2", json!({}))).await?;
     wait_status(&sets, name, "new revision seen, nothing updated", T, |s| {
         s.updated_replicas == 0
     })
@@ -286,7 +278,7 @@ async fn rollback_reuses_the_previous_revision() -> anyhow::Result<()> {
     })
     .await?;
     let v1 = s1.update_revision.clone().expect("revision");
-    patch(&sets, name, json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:v2"}]}}}})).await?;
+    patch(&sets, name, new_template(Some("app"), "app:v2", json!({}))).await?;
     let s2 = wait_status(&sets, name, "v2 everywhere", T, |s| {
         s.updated_replicas == 3
             && s.ready_replicas == 3
@@ -295,7 +287,7 @@ async fn rollback_reuses_the_previous_revision() -> anyhow::Result<()> {
     .await?;
     assert_eq!(s2.current_revision, s2.update_revision);
     // Roll back: the old template again.
-    patch(&sets, name, json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:v1"}]}}}})).await?;
+    patch(&sets, name, new_template(Some("app"), "app:v1", json!({}))).await?;
     let s3 = wait_status(&sets, name, "back on v1", T, |s| {
         s.update_revision.as_deref() == Some(v1.as_str())
             && s.updated_replicas == 3
@@ -345,20 +337,22 @@ async fn briefly_unready_pods_wait_for_the_budget_until_their_grace_runs_out() -
     patch(
         &sets,
         name,
-        json!({"spec": {"template": {
-            "metadata": {"annotations": {"ests.test/never-ready": "true"}},
-            "spec": {"containers": [{"name": "app", "image": "app:v2"}]}
-        }}}),
+        new_template(
+            Some("app"),
+            "app:v2",
+            json!({"ests.test/never-ready": "true"}),
+        ),
     )
     .await?;
     wait_status(&sets, name, "one unready update", T, |s| {
         s.updated_replicas == 1 && s.ready_replicas == 2
     })
     .await?;
-    let v3 = json!({"spec": {"template": {
-        "metadata": {"annotations": {"ests.test/never-ready": null}},
-        "spec": {"containers": [{"name": "app", "image": "app:v3"}]}
-    }}});
+    let v3 = new_template(
+        Some("app"),
+        "app:v3",
+        json!({"ests.test/never-ready": null}),
+    );
     patch(&sets, name, v3).await?;
     // Merely unready, not yet stuck: it is not replaced while the budget is spent.
     // First the controller sees v3 (nothing on it yet) ...

@@ -324,32 +324,26 @@ impl ControlPlane {
 
     /// Kills the processes called `name` with SIGKILL, as a crash would.
     pub fn kill_process(&self, name: &str) -> anyhow::Result<()> {
-        let mut inner = self.lock();
-        let Inner {
-            watchdog,
-            processes,
-        } = &mut *inner;
-        for p in processes.iter_mut().filter(|p| p.name == name) {
-            p.kill();
-        }
-        processes.retain(|p| p.name != name);
-        if let Some(w) = watchdog.as_mut() {
-            let running: Vec<&Process> = processes.iter().collect();
-            forget_stopped(w, &running)?;
-        }
-        Ok(())
+        self.end_processes(name, Process::kill)
     }
 
     /// Stops the processes called `name` (SIGTERM, then SIGKILL after 10 s).
     pub fn stop_process(&self, name: &str) -> anyhow::Result<()> {
+        self.end_processes(name, |p| p.stop(Duration::from_secs(10)))
+    }
+
+    /// Ends the processes called `name` with `end`, forgets them, and tells the watchdog,
+    /// so it never signals their (reaped, reusable) pids.
+    fn end_processes(&self, name: &str, end: impl Fn(&mut Process)) -> anyhow::Result<()> {
         let mut inner = self.lock();
         let Inner {
             watchdog,
             processes,
         } = &mut *inner;
-        for p in processes.iter_mut().filter(|p| p.name == name) {
-            p.stop(Duration::from_secs(10));
-        }
+        processes
+            .iter_mut()
+            .filter(|p| p.name == name)
+            .for_each(end);
         processes.retain(|p| p.name != name);
         if let Some(w) = watchdog.as_mut() {
             let running: Vec<&Process> = processes.iter().collect();

@@ -156,6 +156,20 @@ pub async fn wait_status(
     .await
 }
 
+/// A merge patch for a new template: one container (named `container`, or unnamed as in the
+/// source document) running `image`, and template annotations (`null` removes one).
+pub fn new_template(container: Option<&str>, image: &str, annotations: Value) -> Value {
+    let mut c = json!({"image": image});
+    if let Some(name) = container {
+        c["name"] = json!(name);
+    }
+    let mut template = json!({"spec": {"containers": [c]}});
+    if annotations.as_object().is_some_and(|a| !a.is_empty()) {
+        template["metadata"] = json!({"annotations": annotations});
+    }
+    json!({"spec": {"template": template}})
+}
+
 pub fn names(set: &str, ordinals: impl IntoIterator<Item = i32>) -> Vec<String> {
     ordinals.into_iter().map(|o| format!("{set}-{o}")).collect()
 }
