@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ests_core::rollout::{ObservedPod, Phase};
+use ests_core::rollout::ObservedPod;
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -89,16 +89,12 @@ impl Expectations {
             });
             for (name, (ordinal, revision, _)) in &p.creates {
                 if !observed.iter().any(|o| &o.name == name) {
-                    observed.push(ObservedPod {
-                        name: name.clone(),
-                        ordinal: *ordinal,
-                        revision: revision.clone(),
-                        phase: Phase::Pending,
-                        terminating: false,
-                        ready_since: None,
-                        unready_since: now,
-                        container_error: None,
-                    });
+                    observed.push(ObservedPod::pending(
+                        name.clone(),
+                        *ordinal,
+                        revision.clone(),
+                        now,
+                    ));
                 }
             }
         });
@@ -108,6 +104,7 @@ impl Expectations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ests_core::rollout::Phase;
 
     fn pod(name: &str, ordinal: i32) -> ObservedPod {
         ObservedPod {

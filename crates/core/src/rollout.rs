@@ -183,6 +183,25 @@ impl SetView {
 }
 
 impl ObservedPod {
+    /// A pod just created and not yet running, as the controller expects it to appear.
+    pub fn pending(
+        name: impl Into<String>,
+        ordinal: i32,
+        revision: impl Into<String>,
+        since: i64,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            ordinal,
+            revision: revision.into(),
+            phase: Phase::Pending,
+            terminating: false,
+            ready_since: None,
+            unready_since: since,
+            container_error: None,
+        }
+    }
+
     fn running_and_ready(&self) -> bool {
         self.phase == Phase::Running && !self.terminating && self.ready_since.is_some()
     }

@@ -350,16 +350,12 @@ impl Sim {
                 Action::Create { ordinal, revision } => {
                     self.pods.insert(
                         *ordinal,
-                        ObservedPod {
-                            name: format!("web-{ordinal}"),
-                            ordinal: *ordinal,
-                            revision: revision.clone(),
-                            phase: Phase::Pending,
-                            terminating: false,
-                            ready_since: None,
-                            unready_since: self.now,
-                            container_error: None,
-                        },
+                        ObservedPod::pending(
+                            format!("web-{ordinal}"),
+                            *ordinal,
+                            revision.clone(),
+                            self.now,
+                        ),
                     );
                 }
                 Action::Delete { ordinal, .. } => {
