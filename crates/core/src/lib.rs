@@ -3,6 +3,7 @@
 //! watch caches and carry out what they return.
 #![forbid(unsafe_code)]
 
+pub mod allocator;
 pub mod identity;
 pub mod pods;
 pub mod revision;

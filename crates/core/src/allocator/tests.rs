@@ -1,0 +1,340 @@
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use proptest::prelude::{ProptestConfig, any, prop_assert, prop_assert_eq, proptest};
+
+use super::*;
+
+fn net(s: &str) -> IpNet {
+    s.parse().expect("cidr")
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn holder(n: u32) -> Holder {
+    Holder {
+        namespace: "ns".into(),
+        name: format!("web-{n}"),
+        uid: format!("uid-{n}"),
+    }
+}
+
+#[test]
+fn pools_split_into_blocks_of_the_configured_size() {
+    let blocks = split(net("10.10.0.0/24"), 26);
+    assert_eq!(blocks.len(), 4);
+    assert_eq!(blocks[1], net("10.10.0.64/26"));
+    assert_eq!(split(net("10.10.0.0/28"), 26), vec![net("10.10.0.0/28")]);
+    let v6 = split(net("fd00::/120"), 122);
+    assert_eq!((v6.len(), v6[3]), (4, net("fd00::c0/122")));
+}
+
+#[test]
+fn network_broadcast_and_reserved_addresses_are_never_handed_out() {
+    let mut block = Block::new(net("10.0.0.0/29"), &[ip("10.0.0.1")]).expect("block");
+    assert_eq!(block.capacity(), 5);
+    let got: Vec<IpAddr> = (0..5)
+        .map(|n| block.allocate(&holder(n)).expect("free"))
+        .collect();
+    assert_eq!(
+        got,
+        ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"].map(ip)
+    );
+    assert_eq!(
+        block.allocate(&holder(9)),
+        Err(AllocError::BlockFull(net("10.0.0.0/29")))
+    );
+}
+
+#[test]
+fn a_holder_gets_the_same_address_again_and_only_it_can_release_it() {
+    let mut block = Block::new(net("fd00::/124"), &[]).expect("block");
+    let a = block.allocate(&holder(1)).expect("free");
+    assert_eq!(a, ip("fd00::1"));
+    assert_eq!(block.allocate(&holder(1)), Ok(a));
+    let stranger = Holder {
+        uid: "other-uid".into(),
+        ..holder(1)
+    };
+    assert!(matches!(
+        block.release(a, &stranger),
+        Err(AllocError::NotHolder { .. })
+    ));
+    block.release(a, &holder(1)).expect("released");
+    block
+        .release(a, &holder(1))
+        .expect("releasing twice is a no-op");
+    assert!(matches!(
+        block.release(ip("fd01::1"), &holder(1)),
+        Err(AllocError::OutsideBlock { .. })
+    ));
+    assert_eq!(
+        block.allocate(&holder(2)),
+        Ok(a),
+        "freed addresses are handed out again"
+    );
+}
+
+#[test]
+fn blocks_read_back_from_their_allocations_equal_the_originals() {
+    let mut block = Block::new(net("10.1.0.0/26"), &[ip("10.1.0.10")]).expect("block");
+    for n in 0..20 {
+        block.allocate(&holder(n)).expect("free");
+    }
+    block.release(ip("10.1.0.5"), &holder(4)).expect("release");
+    let copied: Vec<(IpAddr, Holder)> = block.allocations().map(|(a, h)| (a, h.clone())).collect();
+    let reread =
+        Block::with_allocations(net("10.1.0.0/26"), &[ip("10.1.0.10")], copied).expect("reread");
+    assert_eq!(reread, block);
+}
+
+/// The API server, for blocks: versions bumped on every write, writes refused when stale.
+#[derive(Default, Clone)]
+struct MemoryStore {
+    blocks: BTreeMap<String, (Block, u64)>,
+}
+
+impl BlockStore for MemoryStore {
+    fn read(&self, name: &str) -> Result<(Block, u64), AllocError> {
+        self.blocks
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AllocError::Store(format!("no block {name}")))
+    }
+
+    fn compare_and_swap(
+        &mut self,
+        name: &str,
+        version: u64,
+        block: Block,
+    ) -> Result<bool, AllocError> {
+        let entry = self
+            .blocks
+            .get_mut(name)
+            .ok_or_else(|| AllocError::Store(format!("no block {name}")))?;
+        if entry.1 != version {
+            return Ok(false);
+        }
+        *entry = (block, version + 1);
+        Ok(true)
+    }
+}
+
+/// An allocator mid-operation: it has read a block and will write it later, after the other
+/// allocator may have written in between (a deposed leader, a second manager).
+enum Pending {
+    Idle,
+    Allocating {
+        block: String,
+        read: Block,
+        version: u64,
+        holder: Holder,
+        ip: IpAddr,
+    },
+    Releasing {
+        block: String,
+        read: Block,
+        version: u64,
+        holder: Holder,
+        ip: IpAddr,
+    },
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Runs `steps` interleaved operations of two allocators over one store and checks after
+/// every step that no address has two holders and every address is inside its block.
+fn race(
+    cidr: &str,
+    block_prefix: u8,
+    seed: u64,
+    steps: usize,
+) -> Result<(MemoryStore, usize), String> {
+    let mut rng = XorShift(seed | 1);
+    let mut store = MemoryStore::default();
+    let names: Vec<String> = split(net(cidr), block_prefix)
+        .into_iter()
+        .take(4)
+        .enumerate()
+        .map(|(i, b)| {
+            let name = format!("block-{i}");
+            store
+                .blocks
+                .insert(name.clone(), (Block::new(b, &[]).expect("block"), 1));
+            name
+        })
+        .collect();
+    // Ground truth: what successful writes handed out.
+    let mut held: HashMap<IpAddr, Holder> = HashMap::new();
+    let mut actors = [Pending::Idle, Pending::Idle];
+    let mut writes = 0;
+    for _ in 0..steps {
+        let actor = rng.below(2) as usize;
+        match std::mem::replace(&mut actors[actor], Pending::Idle) {
+            Pending::Idle => {
+                let block = names[rng.below(names.len() as u64) as usize].clone();
+                let (mut read, version) = store.read(&block).map_err(|e| e.to_string())?;
+                let h = holder(rng.below(300) as u32);
+                let existing = read.allocations().find(|(_, x)| *x == &h).map(|(a, _)| a);
+                actors[actor] = match existing {
+                    Some(ip) if rng.below(2) == 0 => {
+                        read.release(ip, &h).map_err(|e| e.to_string())?;
+                        Pending::Releasing {
+                            block,
+                            read,
+                            version,
+                            holder: h,
+                            ip,
+                        }
+                    }
+                    _ => match read.allocate(&h) {
+                        Ok(ip) => Pending::Allocating {
+                            block,
+                            read,
+                            version,
+                            holder: h,
+                            ip,
+                        },
+                        Err(_) => Pending::Idle,
+                    },
+                };
+            }
+            Pending::Allocating {
+                block,
+                read,
+                version,
+                holder: h,
+                ip,
+            } => {
+                let cidr = read.cidr;
+                if store
+                    .compare_and_swap(&block, version, read)
+                    .map_err(|e| e.to_string())?
+                {
+                    writes += 1;
+                    if !cidr.contains(&ip) {
+                        return Err(format!("{ip} handed out from {cidr}"));
+                    }
+                    if let Some(other) = held.get(&ip)
+                        && other != &h
+                    {
+                        return Err(format!("{ip} handed to {h:?} while {other:?} holds it"));
+                    }
+                    held.insert(ip, h);
+                }
+            }
+            Pending::Releasing {
+                block,
+                read,
+                version,
+                holder: h,
+                ip,
+            } => {
+                if store
+                    .compare_and_swap(&block, version, read)
+                    .map_err(|e| e.to_string())?
+                {
+                    writes += 1;
+                    if held.get(&ip) == Some(&h) {
+                        held.remove(&ip);
+                    }
+                }
+            }
+        }
+        // Re-home: a block changes owner now and then, which is one more write racing the
+        // allocators (here only its version moves).
+        if rng.below(50) == 0 {
+            let block = &names[rng.below(names.len() as u64) as usize];
+            if let Some(entry) = store.blocks.get_mut(block) {
+                entry.1 += 1;
+            }
+        }
+    }
+    // The store alone is the truth: read back, it says exactly what the writes handed out.
+    let mut from_store: HashMap<IpAddr, Holder> = HashMap::new();
+    for (block, _) in store.blocks.values() {
+        for (a, h) in block.allocations() {
+            if from_store.insert(a, h.clone()).is_some() {
+                return Err(format!("{a} allocated twice in the store"));
+            }
+        }
+    }
+    if from_store != held {
+        return Err("state read back from the blocks differs from what was handed out".into());
+    }
+    Ok((store, writes))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// 64 cases x 2,000 steps per family: more than 100,000 operations by two racing
+    /// allocators on IPv4 and on IPv6.
+    #[test]
+    fn racing_allocators_never_hand_out_an_address_twice(seed in any::<u64>()) {
+        for (cidr, prefix) in [("10.20.0.0/16", 26u8), ("fd00:20::/112", 122u8)] {
+            let result = race(cidr, prefix, seed, 2000);
+            prop_assert!(result.is_ok(), "{cidr}: {:?}", result.err());
+        }
+    }
+
+    /// Blocks survive a restart: re-reading each block from its allocations gives it back.
+    #[test]
+    fn state_read_after_a_restart_equals_state_before(seed in any::<u64>()) {
+        let (store, _) = race("10.30.0.0/22", 26, seed, 500).map_err(proptest::test_runner::TestCaseError::fail)?;
+        for (block, _) in store.blocks.values() {
+            let copied: Vec<(IpAddr, Holder)> = block.allocations().map(|(a, h)| (a, h.clone())).collect();
+            let reread = Block::with_allocations(block.cidr, &[], copied);
+            prop_assert_eq!(reread.as_ref(), Ok(block));
+        }
+    }
+}
+
+#[test]
+fn allocate_and_release_retry_on_conflicts() {
+    let mut store = MemoryStore::default();
+    store.blocks.insert(
+        "b".into(),
+        (Block::new(net("10.0.0.0/26"), &[]).expect("block"), 7),
+    );
+    let a = allocate_in(&mut store, "b", &holder(1)).expect("allocated");
+    assert_eq!(allocate_in(&mut store, "b", &holder(1)), Ok(a));
+    release_in(&mut store, "b", a, &holder(1)).expect("released");
+    assert_eq!(store.blocks["b"].0.allocated(), 0);
+    assert_eq!(
+        store.blocks["b"].1, 9,
+        "two writes: the allocation and the release"
+    );
+}
+
+#[test]
+fn a_stale_write_is_refused() {
+    let mut store = MemoryStore::default();
+    store.blocks.insert(
+        "b".into(),
+        (Block::new(net("10.0.0.0/26"), &[]).expect("block"), 1),
+    );
+    let (mut mine, version) = store.read("b").expect("read");
+    let theirs_ip = allocate_in(&mut store, "b", &holder(2)).expect("other allocator");
+    let mine_ip = mine.allocate(&holder(1)).expect("free in my stale copy");
+    assert_eq!(mine_ip, theirs_ip, "both picked the same lowest address");
+    assert_eq!(
+        store.compare_and_swap("b", version, mine),
+        Ok(false),
+        "the stale write loses"
+    );
+}
