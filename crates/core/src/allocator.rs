@@ -228,17 +228,24 @@ impl Block {
     }
 }
 
-/// A versioned store of blocks: what the API server is for IPBlock objects.
+/// A versioned store of blocks: what the API server is for IPBlock objects. Versions are
+/// opaque (a resourceVersion); only equality matters.
 pub trait BlockStore {
-    /// The block and its version (resourceVersion).
-    fn read(&self, name: &str) -> Result<(Block, u64), AllocError>;
-    /// Writes `block` only if its version is still `version`; `Ok(false)` on a conflict.
-    fn compare_and_swap(
-        &mut self,
+    type Version: Clone + Send;
+
+    /// The block and its version.
+    fn read(
+        &self,
         name: &str,
-        version: u64,
+    ) -> impl Future<Output = Result<(Block, Self::Version), AllocError>> + Send;
+
+    /// Writes `block` only if it is still at `version`; `Ok(false)` on a conflict.
+    fn compare_and_swap(
+        &self,
+        name: &str,
+        version: Self::Version,
         block: Block,
-    ) -> Result<bool, AllocError>;
+    ) -> impl Future<Output = Result<bool, AllocError>> + Send;
 }
 
 /// How often a write is retried on fresh state before giving up.
@@ -246,17 +253,17 @@ pub const MAX_CAS_ATTEMPTS: usize = 16;
 
 /// Allocates an address for `holder` from block `name`: read, change, compare-and-swap,
 /// retried on conflicts.
-pub fn allocate_in(
-    store: &mut impl BlockStore,
+pub async fn allocate_in(
+    store: &impl BlockStore,
     name: &str,
     holder: &Holder,
 ) -> Result<IpAddr, AllocError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let (mut block, version) = store.read(name)?;
+        let (mut block, version) = store.read(name).await?;
         let before = block.allocated();
         let ip = block.allocate(holder)?;
         // Already held: nothing to write.
-        if block.allocated() == before || store.compare_and_swap(name, version, block)? {
+        if block.allocated() == before || store.compare_and_swap(name, version, block).await? {
             return Ok(ip);
         }
     }
@@ -264,17 +271,17 @@ pub fn allocate_in(
 }
 
 /// Releases `ip` of `holder` in block `name`, with the same discipline.
-pub fn release_in(
-    store: &mut impl BlockStore,
+pub async fn release_in(
+    store: &impl BlockStore,
     name: &str,
     ip: IpAddr,
     holder: &Holder,
 ) -> Result<(), AllocError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let (mut block, version) = store.read(name)?;
-        let before = block.clone();
+        let (mut block, version) = store.read(name).await?;
+        let before = block.allocated();
         block.release(ip, holder)?;
-        if block == before || store.compare_and_swap(name, version, block)? {
+        if block.allocated() == before || store.compare_and_swap(name, version, block).await? {
             return Ok(());
         }
     }

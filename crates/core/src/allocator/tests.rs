@@ -1,5 +1,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Mutex;
+
+use futures::executor::block_on;
 
 use proptest::prelude::{ProptestConfig, any, prop_assert, prop_assert_eq, proptest};
 
@@ -91,27 +94,49 @@ fn blocks_read_back_from_their_allocations_equal_the_originals() {
 }
 
 /// The API server, for blocks: versions bumped on every write, writes refused when stale.
-#[derive(Default, Clone)]
+#[derive(Default)]
 struct MemoryStore {
-    blocks: BTreeMap<String, (Block, u64)>,
+    blocks: Mutex<BTreeMap<String, (Block, u64)>>,
+}
+
+impl MemoryStore {
+    fn insert(&self, name: &str, block: Block, version: u64) {
+        self.lock().insert(name.into(), (block, version));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Block, u64)>> {
+        self.blocks.lock().expect("store lock")
+    }
+
+    fn get(&self, name: &str) -> (Block, u64) {
+        self.lock()[name].clone()
+    }
+
+    fn bump(&self, name: &str) {
+        if let Some(entry) = self.lock().get_mut(name) {
+            entry.1 += 1;
+        }
+    }
 }
 
 impl BlockStore for MemoryStore {
-    fn read(&self, name: &str) -> Result<(Block, u64), AllocError> {
-        self.blocks
+    type Version = u64;
+
+    async fn read(&self, name: &str) -> Result<(Block, u64), AllocError> {
+        self.lock()
             .get(name)
             .cloned()
             .ok_or_else(|| AllocError::Store(format!("no block {name}")))
     }
 
-    fn compare_and_swap(
-        &mut self,
+    async fn compare_and_swap(
+        &self,
         name: &str,
         version: u64,
         block: Block,
     ) -> Result<bool, AllocError> {
-        let entry = self
-            .blocks
+        let mut blocks = self.lock();
+        let entry = blocks
             .get_mut(name)
             .ok_or_else(|| AllocError::Store(format!("no block {name}")))?;
         if entry.1 != version {
@@ -165,16 +190,14 @@ fn race(
     steps: usize,
 ) -> Result<(MemoryStore, usize), String> {
     let mut rng = XorShift(seed | 1);
-    let mut store = MemoryStore::default();
+    let store = MemoryStore::default();
     let names: Vec<String> = split(net(cidr), block_prefix)
         .into_iter()
         .take(4)
         .enumerate()
         .map(|(i, b)| {
             let name = format!("block-{i}");
-            store
-                .blocks
-                .insert(name.clone(), (Block::new(b, &[]).expect("block"), 1));
+            store.insert(&name, Block::new(b, &[]).expect("block"), 1);
             name
         })
         .collect();
@@ -187,7 +210,8 @@ fn race(
         match std::mem::replace(&mut actors[actor], Pending::Idle) {
             Pending::Idle => {
                 let block = names[rng.below(names.len() as u64) as usize].clone();
-                let (mut read, version) = store.read(&block).map_err(|e| e.to_string())?;
+                let (mut read, version) =
+                    block_on(store.read(&block)).map_err(|e| e.to_string())?;
                 let h = holder(rng.below(300) as u32);
                 let existing = read.allocations().find(|(_, x)| *x == &h).map(|(a, _)| a);
                 actors[actor] = match existing {
@@ -221,8 +245,7 @@ fn race(
                 ip,
             } => {
                 let cidr = read.cidr;
-                if store
-                    .compare_and_swap(&block, version, read)
+                if block_on(store.compare_and_swap(&block, version, read))
                     .map_err(|e| e.to_string())?
                 {
                     writes += 1;
@@ -244,8 +267,7 @@ fn race(
                 holder: h,
                 ip,
             } => {
-                if store
-                    .compare_and_swap(&block, version, read)
+                if block_on(store.compare_and_swap(&block, version, read))
                     .map_err(|e| e.to_string())?
                 {
                     writes += 1;
@@ -258,15 +280,12 @@ fn race(
         // Re-home: a block changes owner now and then, which is one more write racing the
         // allocators (here only its version moves).
         if rng.below(50) == 0 {
-            let block = &names[rng.below(names.len() as u64) as usize];
-            if let Some(entry) = store.blocks.get_mut(block) {
-                entry.1 += 1;
-            }
+            store.bump(&names[rng.below(names.len() as u64) as usize]);
         }
     }
     // The store alone is the truth: read back, it says exactly what the writes handed out.
     let mut from_store: HashMap<IpAddr, Holder> = HashMap::new();
-    for (block, _) in store.blocks.values() {
+    for (block, _) in store.lock().values() {
         for (a, h) in block.allocations() {
             if from_store.insert(a, h.clone()).is_some() {
                 return Err(format!("{a} allocated twice in the store"));
@@ -296,7 +315,7 @@ proptest! {
     #[test]
     fn state_read_after_a_restart_equals_state_before(seed in any::<u64>()) {
         let (store, _) = race("10.30.0.0/22", 26, seed, 500).map_err(proptest::test_runner::TestCaseError::fail)?;
-        for (block, _) in store.blocks.values() {
+        for (block, _) in store.lock().values() {
             let copied: Vec<(IpAddr, Holder)> = block.allocations().map(|(a, h)| (a, h.clone())).collect();
             let reread = Block::with_allocations(block.cidr, &[], copied);
             prop_assert_eq!(reread.as_ref(), Ok(block));
@@ -306,34 +325,26 @@ proptest! {
 
 #[test]
 fn allocate_and_release_retry_on_conflicts() {
-    let mut store = MemoryStore::default();
-    store.blocks.insert(
-        "b".into(),
-        (Block::new(net("10.0.0.0/26"), &[]).expect("block"), 7),
-    );
-    let a = allocate_in(&mut store, "b", &holder(1)).expect("allocated");
-    assert_eq!(allocate_in(&mut store, "b", &holder(1)), Ok(a));
-    release_in(&mut store, "b", a, &holder(1)).expect("released");
-    assert_eq!(store.blocks["b"].0.allocated(), 0);
-    assert_eq!(
-        store.blocks["b"].1, 9,
-        "two writes: the allocation and the release"
-    );
+    let store = MemoryStore::default();
+    store.insert("b", Block::new(net("10.0.0.0/26"), &[]).expect("block"), 7);
+    let a = block_on(allocate_in(&store, "b", &holder(1))).expect("allocated");
+    assert_eq!(block_on(allocate_in(&store, "b", &holder(1))), Ok(a));
+    block_on(release_in(&store, "b", a, &holder(1))).expect("released");
+    let (block, version) = store.get("b");
+    assert_eq!(block.allocated(), 0);
+    assert_eq!(version, 9, "two writes: the allocation and the release");
 }
 
 #[test]
 fn a_stale_write_is_refused() {
-    let mut store = MemoryStore::default();
-    store.blocks.insert(
-        "b".into(),
-        (Block::new(net("10.0.0.0/26"), &[]).expect("block"), 1),
-    );
-    let (mut mine, version) = store.read("b").expect("read");
-    let theirs_ip = allocate_in(&mut store, "b", &holder(2)).expect("other allocator");
+    let store = MemoryStore::default();
+    store.insert("b", Block::new(net("10.0.0.0/26"), &[]).expect("block"), 1);
+    let (mut mine, version) = store.get("b");
+    let theirs_ip = block_on(allocate_in(&store, "b", &holder(2))).expect("other allocator");
     let mine_ip = mine.allocate(&holder(1)).expect("free in my stale copy");
     assert_eq!(mine_ip, theirs_ip, "both picked the same lowest address");
     assert_eq!(
-        store.compare_and_swap("b", version, mine),
+        block_on(store.compare_and_swap("b", version, mine)),
         Ok(false),
         "the stale write loses"
     );

@@ -1,0 +1,104 @@
+//! IPBlock objects as a [`BlockStore`]: a read is a GET, a write is a replace carrying the
+//! resourceVersion that was read, which the API server refuses with 409 Conflict if anyone
+//! wrote the block in between. That refusal is what makes duplicate addresses impossible,
+//! whatever the number of allocators and whether they believe they lead.
+
+use std::net::IpAddr;
+
+use ests_api::IPBlock;
+use ests_api::ip_pool::IPAllocation;
+use ests_core::allocator::{AllocError, Block, BlockStore, Holder};
+use ipnet::IpNet;
+use kube::api::{Api, PostParams};
+
+/// The IPBlocks of one pool.
+#[derive(Clone)]
+pub struct ApiBlockStore {
+    api: Api<IPBlock>,
+    /// Addresses of the pool never handed out (gateways).
+    reserved: Vec<IpAddr>,
+}
+
+fn store_error(what: &str, name: &str, e: impl std::fmt::Display) -> AllocError {
+    AllocError::Store(format!("{what} IPBlock {name}: {e}"))
+}
+
+impl ApiBlockStore {
+    pub fn new(client: kube::Client, reserved: Vec<IpAddr>) -> Self {
+        Self {
+            api: Api::all(client),
+            reserved,
+        }
+    }
+
+    /// The in-memory block of an IPBlock object.
+    pub fn to_block(&self, object: &IPBlock) -> Result<Block, AllocError> {
+        let name = object.metadata.name.as_deref().unwrap_or_default();
+        let cidr: IpNet = object
+            .spec
+            .cidr
+            .parse()
+            .map_err(|e| store_error("parsing the CIDR of", name, e))?;
+        let mut allocations = Vec::with_capacity(object.spec.allocations.len());
+        for (ip, a) in &object.spec.allocations {
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|e| store_error("parsing an address of", name, e))?;
+            allocations.push((
+                ip,
+                Holder {
+                    namespace: a.namespace.clone(),
+                    name: a.name.clone(),
+                    uid: a.uid.clone(),
+                },
+            ));
+        }
+        Block::with_allocations(cidr, &self.reserved, allocations)
+    }
+}
+
+impl BlockStore for ApiBlockStore {
+    type Version = IPBlock;
+
+    async fn read(&self, name: &str) -> Result<(Block, IPBlock), AllocError> {
+        let object = self
+            .api
+            .get(name)
+            .await
+            .map_err(|e| store_error("reading", name, e))?;
+        Ok((self.to_block(&object)?, object))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        name: &str,
+        read: IPBlock,
+        block: Block,
+    ) -> Result<bool, AllocError> {
+        let mut object = read;
+        object.spec.allocations = block
+            .allocations()
+            .map(|(ip, h)| {
+                (
+                    ip.to_string(),
+                    IPAllocation {
+                        namespace: h.namespace.clone(),
+                        name: h.name.clone(),
+                        uid: h.uid.clone(),
+                    },
+                )
+            })
+            .collect();
+        // `object` still carries the resourceVersion it was read at: the API server applies
+        // the replace only if the block is unchanged since.
+        match self
+            .api
+            .replace(name, &PostParams::default(), &object)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.is_conflict() => Ok(false),
+            Err(e) => Err(store_error("writing", name, e)),
+        }
+    }
+}
