@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// node migration. Components read the cluster from KUBECONFIG or the in-cluster service
 /// account.
 #[derive(Parser)]
-#[command(name = "ests", version, about, long_about = None)]
+#[command(name = "ests", version)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ESTS_LOG_FORMAT")]
