@@ -21,8 +21,9 @@ use crate::process::{Process, Watchdog, forget_stopped, log_tail};
 pub const MANAGED_LABEL: (&str, &str) = ("ests.test/kwok", "managed");
 /// The default StorageClass; KWOK provisions its volumes.
 pub const STORAGE_CLASS: &str = "ests-standard";
-/// KWOK hands out pod IPs from this range; static-IP tests must use other ranges.
-pub const KWOK_POD_CIDR: &str = "10.244.0.0/16";
+/// KWOK hands out pod IPs from this range (each node gets a /22 of it); static-IP tests must
+/// use other ranges.
+pub const KWOK_POD_CIDR: &str = "10.128.0.0/9";
 /// kube-controller-manager marks a node NotReady this long after its last heartbeat.
 pub const NODE_MONITOR_GRACE: Duration = Duration::from_secs(20);
 /// KWOK's node Lease duration; it renews every quarter of it.

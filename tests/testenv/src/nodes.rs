@@ -2,6 +2,8 @@
 //! KWOK label away.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -67,6 +69,10 @@ impl NodeSpec {
     }
 
     fn to_node(&self) -> anyhow::Result<Node> {
+        // KWOK hands out pod IPs from a node's podCIDR; nodes without one would each draw
+        // from the same global range and give two pods one IP (the invariant checker caught
+        // exactly that). So every node gets a range of its own.
+        let pod_cidr = self.pod_cidr.clone().unwrap_or_else(next_pod_cidr);
         let mut labels = self.labels.clone();
         labels.insert(MANAGED_LABEL.0.into(), MANAGED_LABEL.1.into());
         labels.insert("kubernetes.io/hostname".into(), self.name.clone());
@@ -81,10 +87,18 @@ impl NodeSpec {
                 "labels": labels,
                 "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"}
             },
-            "spec": {"podCIDR": self.pod_cidr, "taints": self.taints},
+            "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr], "taints": self.taints},
             "status": {"allocatable": resources, "capacity": resources}
         }))?)
     }
+}
+
+/// The next /22 of [`crate::control_plane::KWOK_POD_CIDR`] (1,022 pods per node, 8,192 nodes).
+fn next_pod_cidr() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let base = u32::from(Ipv4Addr::new(10, 128, 0, 0));
+    format!("{}/22", Ipv4Addr::from(base + (n % 8192) * 1024))
 }
 
 fn is_ready(node: &Node) -> bool {
