@@ -18,6 +18,7 @@ use ests_core::rollout::{self, Action as Step, DeleteReason, ReplaceReason, SetV
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::Selector;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
@@ -81,6 +82,12 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         },
     };
 
+    // The selector as a string, for the scale subresource (and so for autoscalers).
+    let label_selector = match Selector::try_from(set.spec.selector.clone()) {
+        Ok(selector) => selector.to_string(),
+        Err(e) => return invalid(ctx, set, format!("spec.selector: {e}")).await,
+    };
+
     let revisions = revisions::sync(ctx, set).await?;
 
     // The pods this set controls, as the planner sees them, with what we did that the cache
@@ -140,7 +147,7 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         current,
         &revisions.update,
         revisions.collision_count,
-        status::selector_string(set),
+        label_selector,
     );
     status::apply(ctx, set, &new_status).await?;
     let labels = [ns.as_str(), name.as_str()];

@@ -142,25 +142,3 @@ pub async fn apply(
     .map_err(|e| Error::kube(format!("writing the status of {name}"), e))?;
     Ok(())
 }
-
-/// Label selector as a string, for the scale subresource.
-pub fn selector_string(set: &EnhancedStatefulSet) -> String {
-    let mut parts: Vec<String> = set
-        .spec
-        .selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for expr in set.spec.selector.match_expressions.iter().flatten() {
-        let values = expr.values.clone().unwrap_or_default().join(",");
-        parts.push(match expr.operator.as_str() {
-            "In" => format!("{} in ({values})", expr.key),
-            "NotIn" => format!("{} notin ({values})", expr.key),
-            "Exists" => expr.key.clone(),
-            _ => format!("!{}", expr.key),
-        });
-    }
-    parts.join(",")
-}
