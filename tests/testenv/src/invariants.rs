@@ -27,6 +27,11 @@ use tokio::task::JoinHandle;
 /// The taint that says a node is fenced (known not to run anything).
 pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
 
+/// `namespace/name`, how the checker names namespaced objects.
+fn key_of(o: &impl ResourceExt) -> String {
+    format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
+}
+
 /// What the checker knows about a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodFacts {
@@ -54,7 +59,7 @@ impl PodFacts {
             .and_then(|s| s.host_network)
             .unwrap_or(false);
         Self {
-            key: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
+            key: key_of(pod),
             uid: pod.uid().unwrap_or_default(),
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             // Host-network pods share their node's IP by design.
@@ -252,17 +257,11 @@ impl InvariantChecker {
                 None,
                 |s, o| {
                     s.record_applied(
-                        &format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()),
+                        &key_of(o),
                         o.spec.ips.iter().map(|a| a.ip.clone()).collect(),
                     )
                 },
-                |s, o| {
-                    s.record_deleted(&format!(
-                        "{}/{}",
-                        o.namespace().unwrap_or_default(),
-                        o.name_any()
-                    ))
-                },
+                |s, o| s.record_deleted(&key_of(o)),
             ),
             spawn_watch(
                 Api::<IPBlock>::all(client),
