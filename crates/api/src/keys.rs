@@ -34,3 +34,10 @@ pub const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 /// Upstream pod label: the pod's ordinal.
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+
+/// Finalizer on static-IP sets: before the set goes, the records its release policy keeps
+/// are orphaned, so garbage collection does not take them (and their IPs) with it.
+pub const SET_RECORDS_FINALIZER: &str = "jke.jdcloud.com/static-ip-records";
+/// Finalizer on IP-range-mode records: the record goes only after its addresses are freed
+/// on their blocks, once no pod of the identity runs.
+pub const RECORD_RELEASE_FINALIZER: &str = "jke.jdcloud.com/release-ip";

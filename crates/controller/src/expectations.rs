@@ -116,6 +116,7 @@ mod tests {
             ready_since: Some(0),
             unready_since: 0,
             container_error: None,
+            held: false,
         }
     }
 

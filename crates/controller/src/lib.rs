@@ -9,12 +9,13 @@ pub mod expectations;
 pub mod metrics;
 mod observe;
 mod reconcile;
+mod records;
 mod revisions;
 mod status;
 
 use std::sync::Arc;
 
-use ests_api::EnhancedStatefulSet;
+use ests_api::{EnhancedStatefulSet, StaticIP};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -57,6 +58,7 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub revisions: Store<ControllerRevision>,
     pub claims: Store<PersistentVolumeClaim>,
+    pub records: Store<StaticIP>,
     pub expectations: Expectations,
     pub recorder: Recorder,
     pub metrics: Metrics,
@@ -104,6 +106,14 @@ pub async fn run(
     )
     .default_backoff()
     .touched_objects();
+    // A record's changes (Bound at last) matter to its set: a held pod may go now.
+    let (records, record_writer) = reflector::store();
+    let record_events = reflector::reflector(
+        record_writer,
+        watcher::watcher(Api::<StaticIP>::all(client.clone()), config.clone()),
+    )
+    .default_backoff()
+    .touched_objects();
     // Claims only feed the cache; they trigger nothing.
     tokio::spawn(claim_events.for_each(|_| async {}));
 
@@ -113,12 +123,14 @@ pub async fn run(
         pods,
         revisions,
         claims,
+        records,
         expectations: Expectations::default(),
         metrics,
     });
     Controller::new(Api::<EnhancedStatefulSet>::all(client), config)
         .owns_stream(pod_events)
         .owns_stream(revision_events)
+        .owns_stream(record_events)
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)

@@ -12,7 +12,8 @@ pub fn seconds(time: &Time) -> i64 {
 }
 
 /// The planner's view of a pod of set `set`, or None if its name is not one of the set's.
-pub fn observe(set: &str, pod: &Pod) -> Option<ObservedPod> {
+/// `held`: the pod must be kept for now (see [`ests_core::static_ip::holds_pod`]).
+pub fn observe(set: &str, pod: &Pod, held: bool) -> Option<ObservedPod> {
     let name = pod.metadata.name.clone()?;
     let ordinal = ordinal_of(set, &name)?;
     let status = pod.status.as_ref();
@@ -49,6 +50,7 @@ pub fn observe(set: &str, pod: &Pod) -> Option<ObservedPod> {
         ready_since: is_ready.then_some(since),
         unready_since: if is_ready { created } else { since },
         container_error,
+        held,
     })
 }
 
@@ -69,7 +71,7 @@ mod tests {
             }
         }))
         .expect("pod");
-        let o = observe("web", &pod).expect("one of the set's pods");
+        let o = observe("web", &pod, false).expect("one of the set's pods");
         assert_eq!(
             (o.ordinal, o.revision.as_str(), o.phase),
             (2, "abc", Phase::Running)
@@ -77,6 +79,6 @@ mod tests {
         assert_eq!(o.ready_since, None);
         assert_eq!(o.unready_since - 1_767_225_600, 100);
         assert_eq!(o.container_error.as_deref(), Some("CrashLoopBackOff"));
-        assert!(observe("other", &pod).is_none());
+        assert!(observe("other", &pod, false).is_none());
     }
 }

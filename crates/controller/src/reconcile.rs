@@ -15,20 +15,25 @@ use ests_core::identity::{max_unavailable, pod_name, spec_ordinals};
 use ests_core::pods::{build_claims, build_pod, claim_name};
 use ests_core::revision::template_of;
 use ests_core::rollout::{self, Action as Step, DeleteReason, ReplaceReason, SetView, Strategy};
+use ests_core::static_ip::{self, IpSettings, holds_pod, stamp};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::Selector;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::observe::observe;
+use crate::records::{self, RecordState};
 use crate::{Context, Error, revisions, status};
 
 /// Re-plan at least this often, whatever happens.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Look again this soon when a pod waits for an earlier StaticIP record to go.
+const WAIT_FOR_RECORD: Duration = Duration::from_secs(2);
 
 fn now() -> i64 {
     SystemTime::now()
@@ -57,7 +62,11 @@ pub fn error_policy(set: Arc<EnhancedStatefulSet>, error: &Error, _ctx: Arc<Cont
 
 async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Action, Error> {
     if set.metadata.deletion_timestamp.is_some() {
-        // Garbage collection removes the pods; PVCs follow the retention policy's owners.
+        // Garbage collection removes the pods and the records the policy does not keep;
+        // PVCs follow the retention policy's owners.
+        if records::has_finalizer(set) {
+            records::release_set(ctx, set).await?;
+        }
         return Ok(Action::await_change());
     }
     let ns = set.namespace().unwrap_or_default();
@@ -88,6 +97,21 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         Err(e) => return invalid(ctx, set, format!("spec.selector: {e}")).await,
     };
 
+    let ip_settings = match static_ip::settings(set) {
+        Ok(settings) => settings,
+        Err(e) => return invalid(ctx, set, e).await,
+    };
+    // The finalizer goes on before the first record is created, so that no record the
+    // policy keeps can be taken by garbage collection with the set.
+    match (&ip_settings, records::has_finalizer(set)) {
+        (Some(_), false) => {
+            records::set_finalizer(ctx, set, true).await?;
+            return Ok(Action::await_change());
+        }
+        (None, true) => records::set_finalizer(ctx, set, false).await?,
+        _ => {}
+    }
+
     let revisions = revisions::sync(ctx, set).await?;
 
     // The pods this set controls, as the planner sees them, with what we did that the cache
@@ -108,7 +132,16 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         .iter()
         .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
         .collect();
-    let mut observed: Vec<_> = owned.iter().filter_map(|p| observe(&name, p)).collect();
+    let mut observed: Vec<_> = owned
+        .iter()
+        .filter_map(|p| {
+            let held = ip_settings.is_some() && {
+                let record = ctx.records.get(&ObjectRef::new(&p.name_any()).within(&ns));
+                holds_pod(p, record.as_deref())
+            };
+            observe(&name, p, held)
+        })
+        .collect();
     ctx.expectations.adjust(&key, &mut observed, &uids, now);
 
     let replacing: BTreeMap<i32, ReplaceReason> = set
@@ -164,10 +197,12 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         .with_label_values(&labels)
         .set(i64::from(plan.counts.unavailable));
 
+    let mut waiting = false;
     for step in &plan.actions {
         match step {
             Step::Create { ordinal, revision } => {
-                create_pod(ctx, set, &key, *ordinal, revision).await?
+                waiting |=
+                    !create_pod(ctx, set, ip_settings.as_ref(), &key, *ordinal, revision).await?;
             }
             Step::Delete {
                 name: pod,
@@ -184,10 +219,13 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
     let in_use: BTreeSet<String> = observed.iter().map(|o| o.revision.clone()).collect();
     revisions::trim(ctx, set, &revisions, &in_use).await?;
 
-    let requeue = plan
+    let mut requeue = plan
         .requeue_after
         .and_then(|s| u64::try_from(s).ok())
         .map_or(RESYNC, |s| Duration::from_secs(s).min(RESYNC));
+    if waiting {
+        requeue = requeue.min(WAIT_FOR_RECORD);
+    }
     Ok(Action::requeue(requeue))
 }
 
@@ -244,13 +282,16 @@ async fn publish(
     }
 }
 
+/// Creates the pod of `ordinal` (its claims and static-IP record first). False if the pod
+/// has to wait for its record.
 async fn create_pod(
     ctx: &Context,
     set: &EnhancedStatefulSet,
+    ip_settings: Option<&IpSettings>,
     key: &str,
     ordinal: i32,
     revision: &str,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let ns = set.namespace().unwrap_or_default();
     let set_name = set.name_any();
     let name = pod_name(&set_name, ordinal);
@@ -267,7 +308,7 @@ async fn create_pod(
         let claim_name = claim.name_any();
         if ctx
             .claims
-            .get(&kube::runtime::reflector::ObjectRef::new(&claim_name).within(&ns))
+            .get(&ObjectRef::new(&claim_name).within(&ns))
             .is_some()
         {
             continue;
@@ -290,7 +331,25 @@ async fn create_pod(
         }
     }
 
-    let pod = build_pod(set, &template, revision, ordinal);
+    let mut pod = build_pod(set, &template, revision, ordinal);
+    // The record exists before the pod, and the pod names the record it was created with.
+    if let Some(settings) = ip_settings {
+        match records::ensure(ctx, set, settings, &name).await? {
+            RecordState::Ready(record) => stamp(&mut pod, &record),
+            RecordState::Wait(why) => {
+                publish(
+                    ctx,
+                    set,
+                    EventType::Normal,
+                    "WaitingForStaticIP",
+                    "Create",
+                    why,
+                )
+                .await;
+                return Ok(false);
+            }
+        }
+    }
     ctx.expectations
         .expect_create(key, &name, ordinal, revision);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -309,9 +368,9 @@ async fn create_pod(
                 format!("create Pod {name} at revision {revision}"),
             )
             .await;
-            Ok(())
+            Ok(true)
         }
-        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(true),
         Err(e) => {
             ctx.expectations.forget_create(key, &name);
             ctx.metrics.pods_created.with_label_values(&["error"]).inc();
@@ -337,9 +396,7 @@ fn revision_template(
     revision: &str,
 ) -> Option<k8s_openapi::api::core::v1::PodTemplateSpec> {
     let name = ests_core::revision::revision_name(set, revision);
-    let found: Arc<ControllerRevision> = ctx
-        .revisions
-        .get(&kube::runtime::reflector::ObjectRef::new(&name).within(ns))?;
+    let found: Arc<ControllerRevision> = ctx.revisions.get(&ObjectRef::new(&name).within(ns))?;
     template_of(&found.data.0)
 }
 

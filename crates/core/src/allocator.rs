@@ -50,6 +50,30 @@ pub fn split(cidr: IpNet, prefix: u8) -> Vec<IpNet> {
     }
 }
 
+/// The blocks of `cidr` with prefix length `prefix`, lazily: an IPv6 pool may have more
+/// blocks than fit in memory, and only the first free ones are ever looked at.
+pub fn blocks_of(cidr: IpNet, prefix: u8) -> Box<dyn Iterator<Item = IpNet> + Send> {
+    if prefix <= cidr.prefix_len() {
+        return Box::new(std::iter::once(cidr.trunc()));
+    }
+    match cidr.subnets(prefix) {
+        Ok(subnets) => Box::new(subnets),
+        Err(_) => Box::new(std::iter::once(cidr.trunc())),
+    }
+}
+
+/// The name of the IPBlock object of block `cidr` of pool `pool`: the pool, the network
+/// address and the prefix length, with `.` and `:` as `-` (`blue-10-20-0-64-26`).
+pub fn block_name(pool: &str, cidr: &IpNet) -> String {
+    let address: String = cidr
+        .network()
+        .to_string()
+        .chars()
+        .map(|c| if c == '.' || c == ':' { '-' } else { c })
+        .collect();
+    format!("{pool}-{address}-{}", cidr.prefix_len())
+}
+
 /// One block's allocation state: a bitmap over its addresses, for constant-time-ish
 /// allocation even in large blocks, plus who holds each taken address.
 #[derive(Debug, Clone, PartialEq, Eq)]

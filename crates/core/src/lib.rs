@@ -8,3 +8,4 @@ pub mod identity;
 pub mod pods;
 pub mod revision;
 pub mod rollout;
+pub mod static_ip;

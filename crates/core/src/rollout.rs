@@ -60,6 +60,9 @@ pub struct ObservedPod {
     pub unready_since: i64,
     /// A container waits with one of [`STUCK_WAITING_REASONS`].
     pub container_error: Option<String>,
+    /// A static-IP pod whose record does not hold its address yet: it is not taken down
+    /// (update, stuck or scale-in) until it does, or its address would be lost.
+    pub held: bool,
 }
 
 /// Why an identity is being replaced.
@@ -199,6 +202,7 @@ impl ObservedPod {
             ready_since: None,
             unready_since: since,
             container_error: None,
+            held: false,
         }
     }
 
@@ -285,13 +289,14 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
     condemned.sort_by_key(|p| std::cmp::Reverse(p.ordinal));
     match set.policy {
         PodManagementPolicy::Parallel => {
-            for pod in condemned.iter().filter(|p| !p.terminating) {
+            for pod in condemned.iter().filter(|p| !p.terminating && !p.held) {
                 actions.push(delete(pod, DeleteReason::ScaleIn));
             }
         }
         PodManagementPolicy::OrderedReady => {
             if !condemned.iter().any(|p| p.terminating)
                 && let Some(highest) = condemned.first()
+                && !highest.held
             {
                 actions.push(delete(highest, DeleteReason::ScaleIn));
             }
@@ -321,6 +326,7 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
                 .copied()
                 .filter(|p| {
                     !p.terminating
+                        && !p.held
                         && p.phase != Phase::Terminal
                         && p.revision != set.target_revision(p.ordinal)
                 })

@@ -2,8 +2,10 @@
 #![forbid(unsafe_code)]
 
 mod controller;
+mod leader;
 mod manifests;
 mod serve;
+mod static_ip;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -29,8 +31,11 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the EnhancedStatefulSet controller.
+    /// Run the EnhancedStatefulSet controller (and, unless turned off, the StaticIP manager).
     Controller(controller::ControllerArgs),
+    /// Run the StaticIP manager on its own: records learn, keep and release their pods'
+    /// addresses; IP range mode allocates from per-node blocks.
+    StaticIp(static_ip::StaticIpArgs),
     /// Print the CustomResourceDefinitions generated from the API types, or write them and
     /// the ValidatingAdmissionPolicies to a config directory.
     Crd(manifests::CrdArgs),
@@ -62,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Controller(args) => controller::run(args).await,
+        Command::StaticIp(args) => static_ip::run(args).await,
         Command::Crd(args) => manifests::run(&args),
     }
 }

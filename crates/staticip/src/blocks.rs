@@ -17,6 +17,8 @@ pub struct ApiBlockStore {
     api: Api<IPBlock>,
     /// Addresses of the pool never handed out (gateways).
     reserved: Vec<IpAddr>,
+    /// Counts writes refused because the block changed since it was read.
+    conflicts: Option<prometheus::IntCounter>,
 }
 
 fn store_error(what: &str, name: &str, e: impl std::fmt::Display) -> AllocError {
@@ -28,7 +30,14 @@ impl ApiBlockStore {
         Self {
             api: Api::all(client),
             reserved,
+            conflicts: None,
         }
+    }
+
+    /// Counts refused writes in `counter`.
+    pub fn counting_conflicts(mut self, counter: prometheus::IntCounter) -> Self {
+        self.conflicts = Some(counter);
+        self
     }
 
     /// The in-memory block of an IPBlock object.
@@ -97,7 +106,12 @@ impl BlockStore for ApiBlockStore {
             .await
         {
             Ok(_) => Ok(true),
-            Err(kube::Error::Api(status)) if status.is_conflict() => Ok(false),
+            Err(kube::Error::Api(status)) if status.is_conflict() => {
+                if let Some(counter) = &self.conflicts {
+                    counter.inc();
+                }
+                Ok(false)
+            }
             Err(e) => Err(store_error("writing", name, e)),
         }
     }

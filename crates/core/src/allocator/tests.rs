@@ -349,3 +349,27 @@ fn a_stale_write_is_refused() {
         "the stale write loses"
     );
 }
+
+#[test]
+fn blocks_are_named_and_listed_lazily() {
+    let v4: IpNet = "10.20.0.0/24".parse().expect("cidr");
+    let names: Vec<String> = blocks_of(v4, 26).map(|b| block_name("blue", &b)).collect();
+    assert_eq!(
+        names,
+        [
+            "blue-10-20-0-0-26",
+            "blue-10-20-0-64-26",
+            "blue-10-20-0-128-26",
+            "blue-10-20-0-192-26"
+        ]
+    );
+    // 2^58 blocks: only the first few are ever produced.
+    let v6: IpNet = "fd00::/64".parse().expect("cidr");
+    let first: Vec<String> = blocks_of(v6, 122)
+        .take(2)
+        .map(|b| block_name("blue", &b))
+        .collect();
+    assert_eq!(first, ["blue-fd00---122", "blue-fd00--40-122"]);
+    let small: IpNet = "10.30.0.0/28".parse().expect("cidr");
+    assert_eq!(blocks_of(small, 26).collect::<Vec<_>>(), vec![small]);
+}

@@ -37,6 +37,7 @@ fn ready(ordinal: i32, revision: &str) -> ObservedPod {
         ready_since: Some(NOW - 1000),
         unready_since: NOW - 2000,
         container_error: None,
+        held: false,
     }
 }
 
@@ -163,6 +164,7 @@ fn stuck_pods_are_replaced_past_the_budget_up_to_the_cap() {
     let pods: Vec<_> = (0..5)
         .map(|o| ObservedPod {
             container_error: Some("CrashLoopBackOff".into()),
+            held: false,
             ..unready(o, "v2", NOW - 5)
         })
         .collect();
@@ -343,20 +345,36 @@ impl Sim {
             "{stuck} stuck replacements in flight"
         );
 
+        // A static-IP pod whose record does not hold its address yet is never taken down.
+        for action in &before.actions {
+            if let Action::Delete {
+                ordinal, reason, ..
+            } = action
+            {
+                let held = self.pods.get(ordinal).is_some_and(|p| p.held);
+                assert!(
+                    !held || *reason == DeleteReason::Terminal,
+                    "deleted held pod {ordinal} ({reason:?})"
+                );
+            }
+        }
+
         // Carry the plan out.
         self.set.replacing = before.replacing.clone();
         for action in &before.actions {
             match action {
                 Action::Create { ordinal, revision } => {
-                    self.pods.insert(
+                    let mut pod = ObservedPod::pending(
+                        format!("web-{ordinal}"),
                         *ordinal,
-                        ObservedPod::pending(
-                            format!("web-{ordinal}"),
-                            *ordinal,
-                            revision.clone(),
-                            self.now,
-                        ),
+                        revision.clone(),
+                        self.now,
                     );
+                    // Static-IP pods: the record learns the address a little later.
+                    pod.held = dice
+                        .get(*ordinal as usize % dice.len().max(1))
+                        .is_some_and(|d| d % 2 == 1);
+                    self.pods.insert(*ordinal, pod);
                 }
                 Action::Delete { ordinal, .. } => {
                     if let Some(p) = self.pods.get_mut(ordinal) {
@@ -374,6 +392,12 @@ impl Sim {
         };
         self.pods.retain(|_, p| !p.terminating || next() % 4 == 0);
         for pod in self.pods.values_mut() {
+            // Records catch up with their pods at their own pace.
+            if pod.held && next() % 2 == 0 {
+                pod.held = false;
+            } else if !pod.held && next() % 5 == 0 {
+                pod.held = true;
+            }
             let bad = self.bad_revision.as_deref() == Some(pod.revision.as_str());
             if pod.ready_since.is_none() && !pod.terminating && !bad && next() % 3 != 0 {
                 pod.phase = Phase::Running;
@@ -415,6 +439,7 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
                                 ready_since: Some(0),
                                 unready_since: 0,
                                 container_error: None,
+                                held: false,
                             },
                         )
                     })
@@ -493,4 +518,34 @@ proptest! {
         let last = plan(&sim.set, &pods, sim.now + 1000);
         prop_assert!(last.counts.rollout_complete, "not repaired: {:?}", sim);
     }
+}
+
+#[test]
+fn held_static_ip_pods_are_not_taken_down() {
+    let mut set = set(
+        4,
+        Strategy::RollingUpdate {
+            partition: 0,
+            max_unavailable: 2,
+            paused: false,
+            stuck_after: 60,
+        },
+        PodManagementPolicy::OrderedReady,
+    );
+    let mut pods: Vec<ObservedPod> = (0..4).map(|o| ready(o, "v1")).collect();
+    pods[3].held = true;
+    let plan1 = plan(&set, &pods, NOW);
+    assert_eq!(
+        deleted(&plan1, DeleteReason::Update),
+        vec![2, 1],
+        "3 is held: the window moves past it"
+    );
+    // Scale-in waits for a held pod, in order.
+    set.identities = vec![0, 1];
+    set.strategy = Strategy::OnDelete;
+    let plan2 = plan(&set, &pods, NOW);
+    assert_eq!(deleted(&plan2, DeleteReason::ScaleIn), Vec::<i32>::new());
+    pods[3].held = false;
+    let plan3 = plan(&set, &pods, NOW);
+    assert_eq!(deleted(&plan3, DeleteReason::ScaleIn), vec![3]);
 }

@@ -1,0 +1,172 @@
+//! The set controller's side of static IPs: the StaticIP record of an identity exists
+//! before its pod (created, or adopted from an earlier set of the same name), and before a
+//! static-IP set goes, the records its release policy keeps are orphaned.
+//!
+//! What a record holds and when it is released is the StaticIP manager's job
+//! (`ests-staticip`); the decisions both use are in `ests_core::static_ip`.
+
+use ests_api::{EnhancedStatefulSet, StaticIP, keys};
+use ests_core::static_ip::{
+    IpSettings, Ownership, new_record, outlives_set, ownership, workload_of,
+};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::{Context, Error};
+
+/// Whether the record of an identity is ready for its pod.
+pub enum RecordState {
+    /// Stamp the pod with this record.
+    Ready(Box<StaticIP>),
+    /// No pod yet, for this reason (an earlier record is still going, or belongs to
+    /// someone else).
+    Wait(String),
+}
+
+/// The record of identity `pod_name`, created or adopted if need be.
+pub async fn ensure(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    settings: &IpSettings,
+    pod_name: &str,
+) -> Result<RecordState, Error> {
+    let ns = set.namespace().unwrap_or_default();
+    let api: Api<StaticIP> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = match ctx.records.get(&ObjectRef::new(pod_name).within(&ns)) {
+        Some(record) => (*record).clone(),
+        None => match api
+            .create(&PostParams::default(), &new_record(set, pod_name, settings))
+            .await
+        {
+            Ok(created) => {
+                tracing::info!(namespace = %ns, record = pod_name, "created StaticIP record");
+                return Ok(RecordState::Ready(Box::new(created)));
+            }
+            // The cache is behind: judge the record that is there.
+            Err(kube::Error::Api(s)) if s.is_already_exists() => api
+                .get(pod_name)
+                .await
+                .map_err(|e| Error::kube(format!("reading StaticIP {pod_name}"), e))?,
+            Err(e) => return Err(Error::kube(format!("creating StaticIP {pod_name}"), e)),
+        },
+    };
+    match ownership(&existing, set) {
+        Ownership::Ours => Ok(RecordState::Ready(Box::new(existing))),
+        Ownership::Adoptable => adopt(&api, set, existing).await,
+        Ownership::Deleting => Ok(RecordState::Wait(format!(
+            "StaticIP {pod_name} is being released; the pod waits for it to go"
+        ))),
+        Ownership::Foreign(owner) => Ok(RecordState::Wait(format!(
+            "StaticIP {pod_name} belongs to {owner}; the pod waits until it is released or orphaned"
+        ))),
+    }
+}
+
+/// Takes over a record kept after an earlier set of the same name went: this set becomes
+/// its owner and its workload UID. The write carries the resourceVersion read, so a record
+/// released meanwhile is not resurrected.
+async fn adopt(
+    api: &Api<StaticIP>,
+    set: &EnhancedStatefulSet,
+    record: StaticIP,
+) -> Result<RecordState, Error> {
+    let name = record.name_any();
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": record.resource_version(),
+            "ownerReferences": set.controller_owner_ref(&()).map(|o| vec![o]),
+        },
+        "spec": {"workload": workload_of(set)},
+    });
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(adopted) => {
+            tracing::info!(record = %name, set = %set.name_any(), "adopted StaticIP record");
+            Ok(RecordState::Ready(Box::new(adopted)))
+        }
+        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => Ok(RecordState::Wait(
+            format!("StaticIP {name} changed while being adopted; trying again"),
+        )),
+        Err(e) => Err(Error::kube(format!("adopting StaticIP {name}"), e)),
+    }
+}
+
+/// Whether the set carries the records finalizer.
+pub fn has_finalizer(set: &EnhancedStatefulSet) -> bool {
+    set.finalizers()
+        .iter()
+        .any(|f| f == keys::SET_RECORDS_FINALIZER)
+}
+
+/// Adds or removes the records finalizer; the write carries the resourceVersion read.
+pub async fn set_finalizer(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    present: bool,
+) -> Result<(), Error> {
+    let mut finalizers: Vec<String> = set
+        .finalizers()
+        .iter()
+        .filter(|f| *f != keys::SET_RECORDS_FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(keys::SET_RECORDS_FINALIZER.into());
+    }
+    let name = set.name_any();
+    let api: Api<EnhancedStatefulSet> =
+        Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {
+        "resourceVersion": set.resource_version(),
+        "finalizers": finalizers,
+    }});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        // Someone wrote the set in between: the next reconcile sees it and tries again.
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => Ok(()),
+        Err(e) => Err(Error::kube(format!("updating the finalizers of {name}"), e)),
+    }
+}
+
+/// Before the set goes: orphans every record its policy keeps (the rest go with the set,
+/// through garbage collection), then lets the set go. Reads records from the API, not the
+/// cache, so a record created just before the delete is not missed.
+pub async fn release_set(ctx: &Context, set: &EnhancedStatefulSet) -> Result<(), Error> {
+    let ns = set.namespace().unwrap_or_default();
+    let uid = set.uid().unwrap_or_default();
+    let api: Api<StaticIP> = Api::namespaced(ctx.client.clone(), &ns);
+    let records = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube(format!("listing StaticIPs in {ns}"), e))?;
+    for record in records
+        .items
+        .iter()
+        .filter(|r| r.owner_references().iter().any(|o| o.uid == uid))
+        .filter(|r| outlives_set(r.spec.release_policy))
+    {
+        let name = record.name_any();
+        let owners: Vec<_> = record
+            .owner_references()
+            .iter()
+            .filter(|o| o.uid != uid)
+            .cloned()
+            .collect();
+        let patch = json!({"metadata": {
+            "resourceVersion": record.resource_version(),
+            "ownerReferences": owners,
+        }});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(|e| Error::kube(format!("orphaning StaticIP {name}"), e))?;
+        tracing::info!(namespace = %ns, record = %name, policy = ?record.spec.release_policy, "orphaned StaticIP record: it outlives its set");
+    }
+    set_finalizer(ctx, set, false).await
+}

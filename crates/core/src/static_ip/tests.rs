@@ -1,0 +1,457 @@
+use super::*;
+use serde_json::json;
+
+const NOW: i64 = 1_800_000_000;
+
+fn set(annotations: serde_json::Value) -> EnhancedStatefulSet {
+    serde_json::from_value(json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1",
+        "kind": "EnhancedStatefulSet",
+        "metadata": {"name": "web", "namespace": "ns", "uid": "set-1", "annotations": annotations},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"image": "nginx"}]}}}
+    }))
+    .expect("set")
+}
+
+fn record(spec: serde_json::Value, status: serde_json::Value) -> StaticIP {
+    let mut base = json!({
+        "workload": {"apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "EnhancedStatefulSet", "name": "web", "uid": "set-1"},
+        "podName": "web-0"
+    });
+    if let (Some(base), Some(extra)) = (base.as_object_mut(), spec.as_object()) {
+        base.extend(extra.clone());
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1",
+        "kind": "StaticIP",
+        "metadata": {"name": "web-0", "namespace": "ns", "uid": "rec-1", "resourceVersion": "7",
+                     "creationTimestamp": "2027-01-15T08:00:00Z",
+                     "ownerReferences": [{"apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "EnhancedStatefulSet",
+                                          "name": "web", "uid": "set-1", "controller": true}]},
+        "spec": base,
+        "status": status
+    }))
+    .expect("record")
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn pod(uid: &str, ips: &[&str], node: Option<&str>) -> PodFacts {
+    PodFacts {
+        uid: uid.into(),
+        stamped_record: Some("rec-1".into()),
+        ips: ips.iter().map(|s| ip(s)).collect(),
+        node: node.map(Into::into),
+        terminating: false,
+    }
+}
+
+fn free(_: &IpAddr) -> Option<String> {
+    None
+}
+
+fn bound(pod_uid: &str, present: bool) -> serde_json::Value {
+    json!({"phase": "Bound", "podUID": pod_uid, "lastSeen": "2027-01-15T08:00:00Z", "conditions": [
+        {"type": "Bound", "status": "True", "reason": "Bound", "message": "", "lastTransitionTime": "2027-01-15T08:00:00Z"},
+        {"type": "PodPresent", "status": if present {"True"} else {"False"}, "reason": "", "message": "", "lastTransitionTime": "2027-01-15T08:00:00Z"}
+    ]})
+}
+
+#[test]
+fn settings_follow_the_annotations() {
+    assert_eq!(settings(&set(json!({}))), Ok(None));
+    assert_eq!(
+        settings(&set(json!({"staticip.jke.jdcloud.com/enable": "false"}))),
+        Ok(None)
+    );
+    let s = settings(&set(json!({"staticip.jke.jdcloud.com/enable": "true"})))
+        .expect("valid")
+        .expect("on");
+    assert_eq!(
+        (s.pool, s.release_policy),
+        (None, ReleasePolicy::WhenScaled)
+    );
+    let s = settings(&set(json!({"staticip.jke.jdcloud.com/enable": "true",
+        "staticip.jke.jdcloud.com/pool": "blue",
+        "staticip.jke.jdcloud.com/release-policy": "TTL",
+        "staticip.jke.jdcloud.com/release-ttl-seconds": "30"})))
+    .expect("valid")
+    .expect("on");
+    assert_eq!(
+        (s.pool.as_deref(), s.release_policy, s.release_ttl_seconds),
+        (Some("blue"), ReleasePolicy::Ttl, Some(30))
+    );
+    for bad in [
+        json!({"staticip.jke.jdcloud.com/enable": "true", "staticip.jke.jdcloud.com/release-policy": "Sometimes"}),
+        json!({"staticip.jke.jdcloud.com/enable": "true", "staticip.jke.jdcloud.com/release-policy": "TTL"}),
+        json!({"staticip.jke.jdcloud.com/enable": "true", "staticip.jke.jdcloud.com/release-ttl-seconds": "-1"}),
+    ] {
+        let e = settings(&set(bad)).expect_err("invalid");
+        assert!(
+            e.contains("metadata.annotations[staticip.jke.jdcloud.com/release-"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn new_records_are_owned_and_range_mode_ones_hold_a_finalizer() {
+    let s = set(
+        json!({"staticip.jke.jdcloud.com/enable": "true", "staticip.jke.jdcloud.com/pool": "blue"}),
+    );
+    let r = new_record(&s, "web-3", &settings(&s).expect("valid").expect("on"));
+    assert_eq!(r.metadata.name.as_deref(), Some("web-3"));
+    assert_eq!(r.spec.workload.uid, "set-1");
+    assert_eq!(r.spec.pool.as_deref(), Some("blue"));
+    assert_eq!(r.owner_references()[0].controller, Some(true));
+    assert_eq!(r.finalizers(), [keys::RECORD_RELEASE_FINALIZER]);
+    let s = set(json!({"staticip.jke.jdcloud.com/enable": "true"}));
+    let r = new_record(&s, "web-3", &settings(&s).expect("valid").expect("on"));
+    assert!(
+        r.finalizers().is_empty(),
+        "record mode frees nothing itself"
+    );
+}
+
+#[test]
+fn ownership_adopts_only_orphans_of_the_same_name() {
+    let s = set(json!({}));
+    let mut r = record(json!({}), json!(null));
+    assert_eq!(ownership(&r, &s), Ownership::Ours);
+    r.metadata.owner_references = None;
+    assert_eq!(ownership(&r, &s), Ownership::Adoptable);
+    r.spec.workload.name = "other".into();
+    assert!(matches!(ownership(&r, &s), Ownership::Foreign(_)));
+    let mut r = record(json!({}), json!(null));
+    if let Some(o) = r.metadata.owner_references.as_mut() {
+        o[0].uid = "set-0".into();
+    }
+    assert!(matches!(ownership(&r, &s), Ownership::Foreign(m) if m.contains("set-0")));
+    r.metadata.deletion_timestamp = r.metadata.creation_timestamp.clone();
+    assert_eq!(ownership(&r, &s), Ownership::Deleting);
+}
+
+#[test]
+fn a_pod_is_held_until_its_record_is_bound_to_it() {
+    let mut p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-0", "uid": "pod-1", "labels": {"staticip.jke.jdcloud.com/enabled": "true"}},
+        "status": {}
+    }))
+    .expect("pod");
+    let unbound = record(json!({}), json!(null));
+    assert!(!holds_pod(&p, Some(&unbound)), "no IP yet: nothing to lose");
+    p.status = serde_json::from_value(json!({"podIP": "10.0.0.5"})).expect("status");
+    assert!(holds_pod(&p, Some(&unbound)));
+    assert!(holds_pod(&p, None));
+    let other = record(json!({"ips": [{"ip": "10.0.0.5"}]}), bound("pod-0", true));
+    assert!(
+        holds_pod(&p, Some(&other)),
+        "bound to an earlier pod, about to be bound to this one"
+    );
+    let elsewhere = record(json!({"ips": [{"ip": "10.0.0.9"}]}), bound("pod-0", true));
+    assert!(
+        !holds_pod(&p, Some(&elsewhere)),
+        "runs with another address: nothing to lose"
+    );
+    let range = record(json!({"pool": "blue"}), json!(null));
+    assert!(
+        !holds_pod(&p, Some(&range)),
+        "range mode never learns the CNI's address"
+    );
+    let ours = record(json!({"ips": [{"ip": "10.0.0.5"}]}), bound("pod-1", true));
+    assert!(!holds_pod(&p, Some(&ours)));
+    p.metadata.labels = None;
+    assert!(!holds_pod(&p, Some(&unbound)), "not a static-IP pod");
+}
+
+#[test]
+fn pod_ips_take_one_address_per_family() {
+    let p: Pod = serde_json::from_value(json!({"status": {"podIP": "10.0.0.5",
+        "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}, {"ip": "10.0.0.6"}]}}))
+    .expect("pod");
+    assert_eq!(pod_ips(&p), vec![ip("10.0.0.5"), ip("fd00::5")]);
+}
+
+#[test]
+fn record_mode_learns_then_binds_then_notices_the_pod_gone() {
+    let r = record(json!({}), json!(null));
+    let p = pod("pod-1", &["10.0.0.5", "fd00::5"], Some("n1"));
+    assert_eq!(
+        decide(&r, Some(&p), Identity::InSet, &free, NOW),
+        Decision::Learn {
+            pod_uid: "pod-1".into(),
+            ips: vec![ip("10.0.0.5"), ip("fd00::5")],
+            node: "n1".into()
+        }
+    );
+    let no_ip = pod("pod-1", &[], Some("n1"));
+    assert_eq!(
+        decide(&r, Some(&no_ip), Identity::InSet, &free, NOW),
+        Decision::Wait { after: None }
+    );
+    let unscheduled = pod("pod-1", &[], None);
+    assert_eq!(
+        decide(&r, Some(&unscheduled), Identity::InSet, &free, NOW),
+        Decision::Wait { after: None }
+    );
+
+    let learnt = record(
+        json!({"ips": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}], "node": "n1"}),
+        json!(null),
+    );
+    assert_eq!(
+        decide(&learnt, Some(&p), Identity::InSet, &free, NOW),
+        Decision::Bind {
+            pod_uid: "pod-1".into(),
+            node: "n1".into()
+        }
+    );
+    let settled = record(
+        json!({"ips": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}], "node": "n1"}),
+        bound("pod-1", true),
+    );
+    assert_eq!(
+        decide(&settled, Some(&p), Identity::InSet, &free, NOW),
+        Decision::Wait { after: None }
+    );
+    // Re-created with the same address: bound to the new pod.
+    let again = pod("pod-2", &["fd00::5", "10.0.0.5"], Some("n1"));
+    assert_eq!(
+        decide(&settled, Some(&again), Identity::InSet, &free, NOW),
+        Decision::Bind {
+            pod_uid: "pod-2".into(),
+            node: "n1".into()
+        }
+    );
+    // Moved with its address (node migration): bound, following the node.
+    let moved = pod("pod-1", &["10.0.0.5", "fd00::5"], Some("n2"));
+    assert_eq!(
+        decide(&settled, Some(&moved), Identity::InSet, &free, NOW),
+        Decision::Bind {
+            pod_uid: "pod-1".into(),
+            node: "n2".into()
+        }
+    );
+    assert_eq!(
+        decide(&settled, None, Identity::InSet, &free, NOW),
+        Decision::PodGone
+    );
+}
+
+#[test]
+fn a_pod_with_other_addresses_is_never_bound() {
+    let settled = record(
+        json!({"ips": [{"ip": "10.0.0.5"}], "node": "n1"}),
+        bound("pod-1", true),
+    );
+    let p = pod("pod-2", &["10.0.0.9"], Some("n1"));
+    assert_eq!(
+        decide(&settled, Some(&p), Identity::InSet, &free, NOW),
+        Decision::Mismatch {
+            pod_uid: "pod-2".into(),
+            pod_ips: vec![ip("10.0.0.9")]
+        }
+    );
+    let mut reported = settled.clone();
+    if let Some(s) = reported.status.as_mut() {
+        s.conditions[0].status = "False".into();
+        s.conditions[0].reason = "IPMismatch".into();
+        s.conditions[0].message = "pod pod-2 runs with 10.0.0.9".into();
+    }
+    assert_eq!(
+        decide(&reported, Some(&p), Identity::InSet, &free, NOW),
+        Decision::Wait { after: None }
+    );
+    // A pod stamped with another record (the one before this) is not this record's.
+    let mut foreign = pod("pod-3", &["10.0.0.5"], Some("n1"));
+    foreign.stamped_record = Some("rec-0".into());
+    assert_eq!(
+        decide(&settled, Some(&foreign), Identity::ScaledIn, &free, NOW),
+        Decision::Wait { after: None }
+    );
+}
+
+#[test]
+fn range_mode_allocates_on_the_pods_node() {
+    let r = record(json!({"pool": "blue"}), json!(null));
+    let p = pod("pod-1", &["10.128.0.7"], Some("n1"));
+    assert_eq!(
+        decide(&r, Some(&p), Identity::InSet, &free, NOW),
+        Decision::Allocate { node: "n1".into() }
+    );
+    let unscheduled = pod("pod-1", &[], None);
+    assert_eq!(
+        decide(&r, Some(&unscheduled), Identity::InSet, &free, NOW),
+        Decision::Wait { after: None }
+    );
+}
+
+#[test]
+fn release_policies_table() {
+    use Decision::{Release, Wait};
+    let gone = |policy: &str, ttl: Option<i64>| {
+        record(
+            json!({"ips": [{"ip": "10.0.0.5"}], "node": "n1", "releasePolicy": policy, "releaseTtlSeconds": ttl}),
+            bound("pod-1", false),
+        )
+    };
+    let last_seen = seconds("2027-01-15T08:00:00Z");
+    let cases: Vec<(&str, Option<i64>, Identity, i64, Decision)> = vec![
+        ("WhenScaled", None, Identity::InSet, 0, Wait { after: None }),
+        (
+            "WhenScaled",
+            None,
+            Identity::Unknown,
+            0,
+            Wait { after: None },
+        ),
+        (
+            "WhenScaled",
+            None,
+            Identity::ScaledIn,
+            0,
+            Release { why: "scaled in" },
+        ),
+        (
+            "WhenScaled",
+            None,
+            Identity::Orphaned,
+            0,
+            Release {
+                why: "workload deleted",
+            },
+        ),
+        (
+            "WhenDeleted",
+            None,
+            Identity::ScaledIn,
+            0,
+            Wait { after: None },
+        ),
+        (
+            "WhenDeleted",
+            None,
+            Identity::Orphaned,
+            0,
+            Release {
+                why: "workload deleted",
+            },
+        ),
+        ("Never", None, Identity::ScaledIn, 0, Wait { after: None }),
+        (
+            "Never",
+            None,
+            Identity::Orphaned,
+            10_000_000,
+            Wait { after: None },
+        ),
+        (
+            "TTL",
+            Some(60),
+            Identity::InSet,
+            1_000,
+            Wait { after: None },
+        ),
+        (
+            "TTL",
+            Some(60),
+            Identity::ScaledIn,
+            20,
+            Wait { after: Some(40) },
+        ),
+        (
+            "TTL",
+            Some(60),
+            Identity::ScaledIn,
+            60,
+            Release {
+                why: "scaled in, TTL expired",
+            },
+        ),
+        (
+            "TTL",
+            Some(60),
+            Identity::Orphaned,
+            59,
+            Wait { after: Some(1) },
+        ),
+        (
+            "TTL",
+            Some(60),
+            Identity::Orphaned,
+            61,
+            Release {
+                why: "workload deleted, TTL expired",
+            },
+        ),
+    ];
+    for (policy, ttl, identity, since_seen, want) in cases {
+        let r = gone(policy, ttl);
+        let got = decide(&r, None, identity, &free, last_seen + since_seen);
+        assert_eq!(
+            got, want,
+            "{policy} {identity:?} {since_seen}s after last seen"
+        );
+    }
+    // Nothing is released under a pod, whatever the policy says.
+    let r = gone("WhenScaled", None);
+    let mut p = pod("pod-2", &["10.0.0.5"], Some("n1"));
+    p.terminating = true;
+    assert_eq!(
+        decide(&r, Some(&p), Identity::ScaledIn, &free, last_seen),
+        Wait { after: None }
+    );
+    // A pod that was present is first recorded as gone (lastSeen), then released.
+    let present = record(json!({"ips": [{"ip": "10.0.0.5"}]}), bound("pod-1", true));
+    assert_eq!(
+        decide(&present, None, Identity::ScaledIn, &free, last_seen),
+        Decision::PodGone
+    );
+}
+
+fn seconds(s: &str) -> i64 {
+    let t: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time =
+        serde_json::from_value(json!(s)).expect("time");
+    t.0.as_second()
+}
+
+#[test]
+fn record_mode_never_learns_an_address_another_record_keeps() {
+    let r = record(json!({}), json!(null));
+    let p = pod("pod-1", &["10.0.0.5"], Some("n1"));
+    let kept = |a: &IpAddr| (*a == ip("10.0.0.5")).then(|| "ns/db-3".to_string());
+    assert_eq!(
+        decide(&r, Some(&p), Identity::InSet, &kept, NOW),
+        Decision::AddressTaken {
+            pod_uid: "pod-1".into(),
+            ip: ip("10.0.0.5"),
+            holder: "ns/db-3".into()
+        }
+    );
+    let reported = record(
+        json!({}),
+        json!({"conditions": [{"type": "Bound", "status": "False", "reason": "AddressTaken",
+            "message": "pod pod-1 runs with 10.0.0.5, which ns/db-3 keeps", "lastTransitionTime": "2027-01-15T08:00:00Z"}]}),
+    );
+    assert_eq!(
+        decide(&reported, Some(&p), Identity::InSet, &kept, NOW),
+        Decision::Wait {
+            after: Some(ADDRESS_TAKEN_RECHECK)
+        }
+    );
+    // Once the holder has gone, the address is learnt.
+    assert!(matches!(
+        decide(&reported, Some(&p), Identity::InSet, &free, NOW),
+        Decision::Learn { .. }
+    ));
+    // Nothing to lose: the controller need not hold that pod.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-0", "uid": "pod-1", "labels": {"staticip.jke.jdcloud.com/enabled": "true"}},
+        "status": {"podIP": "10.0.0.5"}
+    }))
+    .expect("pod");
+    assert!(!holds_pod(&pod, Some(&reported)));
+}

@@ -1,0 +1,506 @@
+//! One reconcile of one StaticIP record: gather the record's pod and set from the caches,
+//! ask `ests_core::static_ip::decide`, carry the decision out.
+//!
+//! Every write is conditional on what was read: spec changes carry the record's
+//! resourceVersion, deletes carry its UID and resourceVersion. A release first looks the pod
+//! up in the API server itself — never only in the cache — so an address is never freed
+//! under a pod that has just come back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ests_api::{EnhancedStatefulSet, StaticIP, StaticIPAddress, StaticIPPhase, keys};
+use ests_core::identity::{ordinal_of, spec_ordinals};
+use ests_core::static_ip::{
+    CONDITION_BOUND, CONDITION_POD_PRESENT, Decision, Identity, PodFacts, decide, record_ips,
+};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use crate::{Context, Error};
+
+/// Look again at least this often (TTLs, a pod that comes back).
+const RESYNC: Duration = Duration::from_secs(300);
+/// Look again this soon when a release waits for a pod to go.
+const RETRY: Duration = Duration::from_secs(2);
+
+pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = record.namespace().unwrap_or_default();
+    let name = record.name_any();
+    if record.metadata.deletion_timestamp.is_some() {
+        return finalize(&ctx, &record).await;
+    }
+    // Decisions read the pod and set caches: not before they are filled.
+    let _ = ctx.pods.wait_until_ready().await;
+    let _ = ctx.sets.wait_until_ready().await;
+    let _ = ctx.ipam.pools.wait_until_ready().await;
+    let _ = ctx.ipam.blocks.wait_until_ready().await;
+    let pod = ctx
+        .pods
+        .get(&ObjectRef::new(&record.spec.pod_name).within(&ns))
+        .map(|p| PodFacts::of(&p));
+    let identity = identity(&ctx, &record);
+    let now = Timestamp::now().as_second();
+    // Which other record holds an address (record mode never learns one that is kept).
+    let others = ctx.records.state();
+    let held_by = |ip: &std::net::IpAddr| {
+        others
+            .iter()
+            .filter(|r| r.uid() != record.uid())
+            .find(|r| record_ips(r).contains(ip))
+            .map(|r| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()))
+    };
+    let decision = decide(&record, pod.as_ref(), identity, &held_by, now);
+    let label = match &decision {
+        Decision::Learn { .. } => "learn",
+        Decision::Bind { .. } => "bind",
+        Decision::Allocate { .. } => "allocate",
+        Decision::Mismatch { .. } => "mismatch",
+        Decision::AddressTaken { .. } => "address-taken",
+        Decision::PodGone => "pod-gone",
+        Decision::Release { .. } => "release",
+        Decision::Wait { .. } => "wait",
+    };
+    if label != "wait" {
+        ctx.metrics
+            .record_decisions
+            .with_label_values(&[label])
+            .inc();
+        tracing::debug!(namespace = %ns, record = %name, ?decision, "decided");
+    }
+    let api: Api<StaticIP> = Api::namespaced(ctx.ipam.client.clone(), &ns);
+    match decision {
+        Decision::Learn { pod_uid, ips, node } => {
+            let addresses: Vec<StaticIPAddress> = ips
+                .iter()
+                .map(|ip| StaticIPAddress {
+                    ip: ip.to_string(),
+                    block: None,
+                })
+                .collect();
+            if write_spec(&ctx, &api, &record, Some(&addresses), &node).await? {
+                let message = format!(
+                    "learnt {} from pod {pod_uid} on node {node}",
+                    show(&addresses)
+                );
+                bind(&api, &record, &pod_uid, "Learnt", message).await?;
+            }
+        }
+        Decision::Bind { pod_uid, node } => {
+            if record.spec.node.as_deref() == Some(node.as_str())
+                || write_spec(&ctx, &api, &record, None, &node).await?
+            {
+                let message = format!(
+                    "bound to pod {pod_uid} on node {node} with {}",
+                    show(&record.spec.ips)
+                );
+                bind(&api, &record, &pod_uid, "Bound", message).await?;
+            }
+        }
+        Decision::Allocate { node } => allocate(&ctx, &api, &record, &node).await?,
+        Decision::Mismatch { pod_uid, pod_ips } => {
+            let ips: Vec<String> = pod_ips.iter().map(ToString::to_string).collect();
+            let message = format!(
+                "pod {pod_uid} runs with {} but the record holds {}: it must be re-created with the record's address",
+                ips.join(", "),
+                show(&record.spec.ips)
+            );
+            tracing::warn!(namespace = %ns, record = %name, %message, "address mismatch");
+            let mut conditions = conditions_of(&record);
+            set_condition(
+                &mut conditions,
+                CONDITION_BOUND,
+                false,
+                "IPMismatch",
+                message,
+            );
+            set_condition(
+                &mut conditions,
+                CONDITION_POD_PRESENT,
+                true,
+                "PodPresent",
+                String::new(),
+            );
+            write_status(&api, &record, json!({"conditions": conditions})).await?;
+        }
+        Decision::AddressTaken {
+            pod_uid,
+            ip,
+            holder,
+        } => {
+            let message = format!(
+                "pod {pod_uid} runs with {ip}, which StaticIP {holder} keeps: the CNI reused a kept address; \
+                 this identity gets no static address from that pod (re-create it for a new one)"
+            );
+            tracing::warn!(namespace = %ns, record = %name, %message, "address taken");
+            let mut conditions = conditions_of(&record);
+            set_condition(
+                &mut conditions,
+                CONDITION_BOUND,
+                false,
+                "AddressTaken",
+                message,
+            );
+            set_condition(
+                &mut conditions,
+                CONDITION_POD_PRESENT,
+                true,
+                "PodPresent",
+                String::new(),
+            );
+            write_status(&api, &record, json!({"conditions": conditions})).await?;
+        }
+        Decision::PodGone => {
+            let mut conditions = conditions_of(&record);
+            set_condition(
+                &mut conditions,
+                CONDITION_BOUND,
+                false,
+                "PodGone",
+                "the identity has no pod; its address is kept".into(),
+            );
+            set_condition(
+                &mut conditions,
+                CONDITION_POD_PRESENT,
+                false,
+                "PodGone",
+                String::new(),
+            );
+            write_status(
+                &api,
+                &record,
+                json!({"conditions": conditions, "lastSeen": Time(Timestamp::now())}),
+            )
+            .await?;
+        }
+        Decision::Release { why } => return release(&ctx, &api, &record, why).await,
+        Decision::Wait {
+            after: Some(seconds),
+        } => {
+            let seconds = u64::try_from(seconds.max(1)).unwrap_or(1);
+            return Ok(Action::requeue(Duration::from_secs(seconds).min(RESYNC)));
+        }
+        Decision::Wait { after: None } => {}
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+pub fn error_policy(record: Arc<StaticIP>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(namespace = record.namespace().unwrap_or_default(), record = %record.name_any(), %error, "reconcile failed");
+    Action::requeue(RETRY)
+}
+
+/// Where the record's identity stands in its owning set.
+fn identity(ctx: &Context, record: &StaticIP) -> Identity {
+    let Some(owner) = record
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+    else {
+        return Identity::Orphaned;
+    };
+    let ns = record.namespace().unwrap_or_default();
+    let Some(set) = ctx
+        .sets
+        .get(&ObjectRef::<EnhancedStatefulSet>::new(&owner.name).within(&ns))
+        .filter(|s| s.uid().as_deref() == Some(owner.uid.as_str()))
+    else {
+        return Identity::Unknown;
+    };
+    if set.metadata.deletion_timestamp.is_some() {
+        return Identity::Unknown;
+    }
+    let Ok(ordinals) = spec_ordinals(&set.spec) else {
+        return Identity::Unknown;
+    };
+    match ordinal_of(&set.name_any(), &record.spec.pod_name) {
+        Some(ordinal) if ordinals.contains(&ordinal) => Identity::InSet,
+        _ => Identity::ScaledIn,
+    }
+}
+
+fn show(addresses: &[StaticIPAddress]) -> String {
+    let ips: Vec<&str> = addresses.iter().map(|a| a.ip.as_str()).collect();
+    ips.join(", ")
+}
+
+/// Writes the record's addresses (if given) and node, only if the record is unchanged
+/// since it was read. False if it changed (the next reconcile sees the new state).
+async fn write_spec(
+    ctx: &Context,
+    api: &Api<StaticIP>,
+    record: &StaticIP,
+    ips: Option<&[StaticIPAddress]>,
+    node: &str,
+) -> Result<bool, Error> {
+    let name = record.name_any();
+    let mut spec = json!({"node": node});
+    if let Some(ips) = ips {
+        spec["ips"] = json!(ips);
+    }
+    let patch = json!({
+        "metadata": {"resourceVersion": record.resource_version()},
+        "spec": spec,
+    });
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
+            ctx.metrics.conflicts.with_label_values(&["StaticIP"]).inc();
+            Ok(false)
+        }
+        Err(e) => Err(Error::kube(
+            format!("writing the spec of StaticIP {name}"),
+            e,
+        )),
+    }
+}
+
+async fn bind(
+    api: &Api<StaticIP>,
+    record: &StaticIP,
+    pod_uid: &str,
+    reason: &str,
+    message: String,
+) -> Result<(), Error> {
+    tracing::info!(namespace = record.namespace().unwrap_or_default(), record = %record.name_any(), %message, "bound");
+    let mut conditions = conditions_of(record);
+    set_condition(&mut conditions, CONDITION_BOUND, true, reason, message);
+    set_condition(
+        &mut conditions,
+        CONDITION_POD_PRESENT,
+        true,
+        "PodPresent",
+        String::new(),
+    );
+    write_status(
+        api,
+        record,
+        json!({
+            "phase": StaticIPPhase::Bound,
+            "podUID": pod_uid,
+            "lastSeen": Time(Timestamp::now()),
+            "conditions": conditions,
+        }),
+    )
+    .await
+}
+
+/// IP range mode: addresses on `node`'s blocks, then the record. If the record changed in
+/// between (another manager got there first), the addresses the record does not hold go
+/// back at once; anything a crash leaves behind, the block sweeper frees.
+async fn allocate(
+    ctx: &Context,
+    api: &Api<StaticIP>,
+    record: &StaticIP,
+    node: &str,
+) -> Result<(), Error> {
+    let name = record.name_any();
+    let addresses = match ctx.ipam.assign(record, node).await {
+        Ok(addresses) => addresses,
+        Err(e) => {
+            let mut conditions = conditions_of(record);
+            set_condition(
+                &mut conditions,
+                CONDITION_BOUND,
+                false,
+                "AllocationFailed",
+                e.to_string(),
+            );
+            write_status(api, record, json!({"conditions": conditions})).await?;
+            return Err(Error::Allocation(format!(
+                "StaticIP {name} on node {node}: {e}"
+            )));
+        }
+    };
+    if write_spec(ctx, api, record, Some(&addresses), node).await? {
+        tracing::info!(namespace = record.namespace().unwrap_or_default(), record = %name, ips = %show(&addresses), %node, "allocated");
+        let mut conditions = conditions_of(record);
+        set_condition(
+            &mut conditions,
+            CONDITION_BOUND,
+            false,
+            "Allocated",
+            format!(
+                "{} allocated on node {node}; waiting for a pod that runs with it",
+                show(&addresses)
+            ),
+        );
+        return write_status(api, record, json!({"conditions": conditions})).await;
+    }
+    // Lost the race for the record: keep only what it holds now.
+    let fresh = api
+        .get(&name)
+        .await
+        .map_err(|e| Error::kube(format!("reading StaticIP {name}"), e))?;
+    if fresh.uid() == record.uid() && !fresh.spec.ips.is_empty() {
+        let held = record_ips(&fresh);
+        let extra: Vec<StaticIPAddress> = addresses
+            .into_iter()
+            .filter(|a| a.ip.parse().is_ok_and(|ip| !held.contains(&ip)))
+            .collect();
+        if !extra.is_empty() {
+            let mut stray = fresh.clone();
+            stray.spec.ips = extra;
+            ctx.ipam.release(&stray, "lost-race").await.map_err(|e| {
+                Error::Allocation(format!("giving back addresses of StaticIP {name}: {e}"))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the record, which frees its addresses, once the API server confirms that no pod
+/// of the identity exists. The delete names the record's UID and resourceVersion, so a
+/// record re-bound in between is not deleted.
+async fn release(
+    ctx: &Context,
+    api: &Api<StaticIP>,
+    record: &StaticIP,
+    why: &str,
+) -> Result<Action, Error> {
+    let ns = record.namespace().unwrap_or_default();
+    let name = record.name_any();
+    if let Some(pod) = live_pod(ctx, &ns, &record.spec.pod_name).await? {
+        tracing::info!(namespace = %ns, record = %name, pod = %pod.uid().unwrap_or_default(), "release postponed: a pod of the identity exists");
+        return Ok(Action::requeue(RETRY));
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: record.uid(),
+            resource_version: record.resource_version(),
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => {
+            tracing::info!(namespace = %ns, record = %name, ips = %show(&record.spec.ips), %why, "released StaticIP record");
+            Ok(Action::await_change())
+        }
+        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
+            ctx.metrics.conflicts.with_label_values(&["StaticIP"]).inc();
+            Ok(Action::requeue(RETRY))
+        }
+        Err(e) => Err(Error::kube(format!("releasing StaticIP {name}"), e)),
+    }
+}
+
+/// A record being deleted: once no pod of the identity exists (asked of the API server),
+/// free its block addresses, then let it go.
+async fn finalize(ctx: &Context, record: &StaticIP) -> Result<Action, Error> {
+    if !record
+        .finalizers()
+        .iter()
+        .any(|f| f == keys::RECORD_RELEASE_FINALIZER)
+    {
+        return Ok(Action::await_change());
+    }
+    let ns = record.namespace().unwrap_or_default();
+    let name = record.name_any();
+    if live_pod(ctx, &ns, &record.spec.pod_name).await?.is_some() {
+        return Ok(Action::requeue(RETRY));
+    }
+    if record.spec.pool.is_some() {
+        let freed = ctx
+            .ipam
+            .release(record, "record-released")
+            .await
+            .map_err(|e| {
+                Error::Allocation(format!("freeing the addresses of StaticIP {name}: {e}"))
+            })?;
+        tracing::info!(namespace = %ns, record = %name, freed, "freed block addresses");
+    }
+    let finalizers: Vec<String> = record
+        .finalizers()
+        .iter()
+        .filter(|f| *f != keys::RECORD_RELEASE_FINALIZER)
+        .cloned()
+        .collect();
+    let api: Api<StaticIP> = Api::namespaced(ctx.ipam.client.clone(), &ns);
+    let patch = json!({"metadata": {"resourceVersion": record.resource_version(), "finalizers": finalizers}});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
+            Ok(Action::requeue(RETRY))
+        }
+        Err(e) => Err(Error::kube(
+            format!("removing the finalizer of StaticIP {name}"),
+            e,
+        )),
+    }
+}
+
+/// The pod named `name`, from the API server.
+async fn live_pod(ctx: &Context, ns: &str, name: &str) -> Result<Option<Pod>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.ipam.client.clone(), ns);
+    pods.get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("checking for pod {ns}/{name}"), e))
+}
+
+fn conditions_of(record: &StaticIP) -> Vec<Condition> {
+    record
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default()
+}
+
+/// Sets a condition, keeping its transition time when its status does not change.
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+) {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(
+            || Time(Timestamp::now()),
+            |c| c.last_transition_time.clone(),
+        );
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: None,
+        last_transition_time,
+    });
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+async fn write_status(
+    api: &Api<StaticIP>,
+    record: &StaticIP,
+    status: serde_json::Value,
+) -> Result<(), Error> {
+    let name = record.name_any();
+    let patch = json!({"status": status});
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(Error::kube(
+            format!("writing the status of StaticIP {name}"),
+            e,
+        )),
+    }
+}
