@@ -110,9 +110,23 @@ impl BlockStore for ApiBlockStore {
                 if let Some(counter) = &self.conflicts {
                     counter.inc();
                 }
+                // Writers that collided would collide again if they retried in lockstep.
+                tokio::time::sleep(jitter()).await;
                 Ok(false)
             }
             Err(e) => Err(store_error("writing", name, e)),
         }
     }
+}
+
+/// A pause of 0–15 ms, different in every call and process, before retrying a lost write.
+fn jitter() -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    std::time::Duration::from_millis(hasher.finish() % 16)
 }

@@ -323,20 +323,42 @@ impl Ipam {
         Err(AllocError::PoolExhausted(node.to_string()).into())
     }
 
-    /// Frees `addresses` of `holder`; failures are left to the block sweeper.
+    /// Frees exactly `addresses` of `holder` (and nothing else it holds); failures are left
+    /// to the block sweeper.
     async fn give_back(&self, pool: &Pool, addresses: &[StaticIPAddress], holder: &Holder) {
         for a in addresses {
             let (Ok(ip), Some(block)) = (a.ip.parse::<IpAddr>(), a.block.as_deref()) else {
                 continue;
             };
-            if let Err(e) = release_in(&pool.store, block, ip, holder).await {
-                tracing::warn!(%ip, block, error = %e, "giving back an address; the sweeper will");
+            match release_in(&pool.store, block, ip, holder).await {
+                Ok(()) => self
+                    .metrics
+                    .releases
+                    .with_label_values(&[pool.name.as_str(), "given-back"])
+                    .inc(),
+                Err(e) => {
+                    tracing::warn!(%ip, block, error = %e, "giving back an address; the sweeper will")
+                }
             }
         }
     }
 
+    /// Frees exactly `addresses` that `record` got but does not keep (it lost a race for
+    /// its own record to another allocator, which wrote other addresses first).
+    pub async fn give_back_unkept(
+        &self,
+        record: &StaticIP,
+        addresses: &[StaticIPAddress],
+    ) -> Result<(), IpamError> {
+        let pool = self.pool(record.spec.pool.as_deref().unwrap_or_default())?;
+        self.give_back(&pool, addresses, &holder_of(record)).await;
+        Ok(())
+    }
+
     /// Frees every address `record` holds on the blocks of its pool: those in its spec and
-    /// any an interrupted allocation left behind. Returns how many were freed.
+    /// any an interrupted allocation left behind. Only for a record that is going (its
+    /// deletion finalizer): every address held under its UID is freed. Returns how many were
+    /// freed.
     pub async fn release(&self, record: &StaticIP, reason: &str) -> Result<usize, IpamError> {
         let pool_name = record.spec.pool.clone().unwrap_or_default();
         let pool = self.pool(&pool_name)?;

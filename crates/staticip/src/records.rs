@@ -348,11 +348,13 @@ async fn allocate(
             .filter(|a| a.ip.parse().is_ok_and(|ip| !held.contains(&ip)))
             .collect();
         if !extra.is_empty() {
-            let mut stray = fresh.clone();
-            stray.spec.ips = extra;
-            ctx.ipam.release(&stray, "lost-race").await.map_err(|e| {
-                Error::Allocation(format!("giving back addresses of StaticIP {name}: {e}"))
-            })?;
+            tracing::info!(record = %name, ips = %show(&extra), "lost the race for the record; giving the addresses back");
+            ctx.ipam
+                .give_back_unkept(&fresh, &extra)
+                .await
+                .map_err(|e| {
+                    Error::Allocation(format!("giving back addresses of StaticIP {name}: {e}"))
+                })?;
         }
     }
     Ok(())

@@ -6,7 +6,6 @@
 //! closes the pipe, the watchdog reads end-of-file and stops every pid it was given, then
 //! removes the control plane's directory. A normal stop does the same work in process first.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -92,7 +91,12 @@ impl Process {
         env: &[(&str, &str)],
         log: PathBuf,
     ) -> anyhow::Result<Self> {
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        // Appending: a process restarted under the same name keeps its earlier log.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let err = out.try_clone()?;
         let child = Command::new(program)
             .args(args)

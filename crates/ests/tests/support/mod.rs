@@ -75,9 +75,20 @@ pub async fn start_controller(
     name: &str,
     extra: &[&str],
 ) -> anyhow::Result<()> {
+    start_ests(plane, name, "controller", extra).await
+}
+
+/// Starts `ests <subcommand>` as process `name` with `extra` flags, authenticated as the
+/// controller's service account.
+pub async fn start_ests(
+    plane: &ControlPlane,
+    name: &str,
+    subcommand: &str,
+    extra: &[&str],
+) -> anyhow::Result<()> {
     let (kubeconfig, _) = plane.client_as(CONTROLLER_USER, CONTROLLER_GROUPS).await?;
     let kubeconfig = kubeconfig.display().to_string();
-    let mut args: Vec<String> = vec!["controller".into(), "--metrics-addr=127.0.0.1:0".into()];
+    let mut args: Vec<String> = vec![subcommand.into(), "--metrics-addr=127.0.0.1:0".into()];
     args.extend(extra.iter().map(|a| a.to_string()));
     plane.run_process(
         name,
@@ -85,7 +96,7 @@ pub async fn start_controller(
         &args,
         &[
             ("KUBECONFIG", kubeconfig.as_str()),
-            ("ESTS_LOG", "info,ests_controller=debug"),
+            ("ESTS_LOG", "info,ests_controller=debug,ests_staticip=debug"),
             ("POD_NAME", name),
         ],
     )
