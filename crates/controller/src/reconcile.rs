@@ -42,6 +42,7 @@ fn now() -> i64 {
 }
 
 pub async fn reconcile(set: Arc<EnhancedStatefulSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.caches_listed().await;
     let started = Instant::now();
     let result = reconcile_set(&set, &ctx).await;
     ctx.metrics
@@ -196,6 +197,22 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         .unavailable_replicas
         .with_label_values(&labels)
         .set(i64::from(plan.counts.unavailable));
+
+    if !plan.held.is_empty() {
+        let pods: Vec<String> = plan.held.iter().map(|o| pod_name(&name, *o)).collect();
+        publish(
+            ctx,
+            set,
+            EventType::Normal,
+            "WaitingForStaticIP",
+            "Hold",
+            format!(
+                "{} kept until its StaticIP record holds the address it runs with",
+                pods.join(", ")
+            ),
+        )
+        .await;
+    }
 
     let mut waiting = false;
     for step in &plan.actions {

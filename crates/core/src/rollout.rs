@@ -160,6 +160,9 @@ pub struct Plan {
     pub requeue_after: Option<i64>,
     /// Counts over the pods as observed (before the actions).
     pub counts: Counts,
+    /// Ordinals of pods due to be taken down (scale-in or update) that are kept because
+    /// their static-IP record does not hold their address yet.
+    pub held: Vec<i32>,
 }
 
 impl SetView {
@@ -369,11 +372,39 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
         }
     }
 
+    // Pods that are due to go but are kept for their static IP, so that a stalled rollout
+    // can say why.
+    let mut held: Vec<i32> = condemned
+        .iter()
+        .filter(|p| p.held && !p.terminating)
+        .map(|p| p.ordinal)
+        .collect();
+    if let Strategy::RollingUpdate {
+        partition, paused, ..
+    } = set.strategy
+        && !paused
+    {
+        held.extend(
+            by_ordinal
+                .values()
+                .filter(|p| {
+                    p.held
+                        && !p.terminating
+                        && p.phase != Phase::Terminal
+                        && set.index(p.ordinal) >= partition
+                        && p.revision != set.target_revision(p.ordinal)
+                })
+                .map(|p| p.ordinal),
+        );
+    }
+    held.sort_unstable();
+
     Plan {
         replacing,
         actions,
         requeue_after: requeue,
         counts,
+        held,
     }
 }
 

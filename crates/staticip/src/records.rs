@@ -36,11 +36,8 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
     if record.metadata.deletion_timestamp.is_some() {
         return finalize(&ctx, &record).await;
     }
-    // Decisions read the pod and set caches: not before they are filled.
-    let _ = ctx.pods.wait_until_ready().await;
-    let _ = ctx.sets.wait_until_ready().await;
-    let _ = ctx.ipam.pools.wait_until_ready().await;
-    let _ = ctx.ipam.blocks.wait_until_ready().await;
+    // Decisions read the pod, set, pool and block caches: not before they are filled.
+    ctx.caches_listed().await;
     let pod = ctx
         .pods
         .get(&ObjectRef::new(&record.spec.pod_name).within(&ns))
@@ -67,6 +64,7 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
         Decision::Release { .. } => "release",
         Decision::Wait { .. } => "wait",
     };
+    tracing::trace!(namespace = %ns, record = %name, ?decision, pod = ?pod, ?identity, "decision");
     if label != "wait" {
         ctx.metrics
             .record_decisions

@@ -50,7 +50,7 @@ fn verdict(record: Option<&StaticIP>, ip: IpAddr, holder: &Holder) -> Verdict {
 
 pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Judging holders needs the record cache filled.
-    let _ = ctx.records.wait_until_ready().await;
+    ctx.caches_listed().await;
     let name = block.name_any();
     let pool = block.spec.pool.clone();
     let store = ApiBlockStore::new(ctx.ipam.client.clone(), ctx.ipam.reserved(&pool))

@@ -540,11 +540,13 @@ fn held_static_ip_pods_are_not_taken_down() {
         vec![2, 1],
         "3 is held: the window moves past it"
     );
+    assert_eq!(plan1.held, vec![3]);
     // Scale-in waits for a held pod, in order.
     set.identities = vec![0, 1];
     set.strategy = Strategy::OnDelete;
     let plan2 = plan(&set, &pods, NOW);
     assert_eq!(deleted(&plan2, DeleteReason::ScaleIn), Vec::<i32>::new());
+    assert_eq!(plan2.held, vec![3], "the plan says what it waits for");
     pods[3].held = false;
     let plan3 = plan(&set, &pods, NOW);
     assert_eq!(deleted(&plan3, DeleteReason::ScaleIn), vec![3]);

@@ -96,7 +96,7 @@ pub async fn start_ests(
         &args,
         &[
             ("KUBECONFIG", kubeconfig.as_str()),
-            ("ESTS_LOG", "info,ests_controller=debug,ests_staticip=debug"),
+            ("ESTS_LOG", "info,ests_controller=debug,ests_staticip=trace"),
             ("POD_NAME", name),
         ],
     )
