@@ -5,6 +5,7 @@
 
 pub mod allocator;
 pub mod identity;
+pub mod pin;
 pub mod pods;
 pub mod revision;
 pub mod rollout;

@@ -149,14 +149,12 @@ impl Ipam {
             if cidrs.is_empty() {
                 continue;
             }
-            match self.assign_family(&pool, &cidrs, v6, node, &holder).await {
-                Ok(address) => got.push(address),
-                Err(e) => {
-                    // Both families or neither.
-                    self.give_back(&pool, &got, &holder).await;
-                    return Err(e);
-                }
-            }
+            // Both families or neither: the record is written only with all of them. What
+            // one family got before another failed stays held by the record on its block —
+            // never given back here, as it may be an address the record already holds under
+            // a write this cache has not seen — and is reused by the next attempt, or freed
+            // with the record.
+            got.push(self.assign_family(&pool, &cidrs, v6, node, &holder).await?);
         }
         if got.is_empty() {
             return Err(IpamError::BadPool {

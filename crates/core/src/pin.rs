@@ -1,0 +1,221 @@
+//! The Pod webhook's decision: a re-created static-IP pod gets its record's addresses and
+//! node — as annotations for the CNI and as a node pin the scheduler cannot ignore.
+//!
+//! Only intent is added; nothing is allocated here. A pod is pinned only if ests's controller
+//! created it for the set that owns its record, and only from a record at least as new as
+//! the one the controller stamped on it; anything else that claims to be a static-IP pod is
+//! refused, so nobody can take a kept address by labelling a pod.
+
+use std::net::IpAddr;
+
+use ests_api::{StaticIP, StaticIPPhase, keys};
+use k8s_openapi::api::core::v1::{
+    Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
+};
+use kube::ResourceExt;
+
+use crate::static_ip::record_ips;
+
+/// An annotation a CNI reads the pinned addresses from, and how its value is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniAnnotation {
+    pub key: String,
+    /// The value, with `{ips-json}` replaced by the addresses as a JSON list of strings
+    /// (`["10.0.0.5","fd00::5"]`), `{ips}` by them comma-separated, `{ipv4}` and `{ipv6}` by
+    /// the address of that family (empty if none).
+    pub format: String,
+}
+
+impl CniAnnotation {
+    /// Calico's: `cni.projectcalico.org/ipAddrs: ["<ip>"]`.
+    pub fn calico() -> Self {
+        Self {
+            key: "cni.projectcalico.org/ipAddrs".into(),
+            format: "{ips-json}".into(),
+        }
+    }
+
+    /// Parses `key=format`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let (key, format) = spec.split_once('=').ok_or_else(|| {
+            format!(
+                "{spec:?}: expected key=format, such as cni.projectcalico.org/ipAddrs={{ips-json}}"
+            )
+        })?;
+        if key.is_empty() || format.is_empty() {
+            return Err(format!("{spec:?}: key and format must not be empty"));
+        }
+        Ok(Self {
+            key: key.into(),
+            format: format.into(),
+        })
+    }
+
+    fn render(&self, ips: &[IpAddr]) -> String {
+        let strings: Vec<String> = ips.iter().map(ToString::to_string).collect();
+        let family = |v4: bool| {
+            ips.iter()
+                .find(|ip| ip.is_ipv4() == v4)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        };
+        self.format
+            .replace(
+                "{ips-json}",
+                &serde_json::to_string(&strings).unwrap_or_default(),
+            )
+            .replace("{ips}", &strings.join(","))
+            .replace("{ipv4}", &family(true))
+            .replace("{ipv6}", &family(false))
+    }
+}
+
+/// What the webhook is configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinSettings {
+    /// Usernames of ests's controller (its service account): the only creators of
+    /// static-IP pods.
+    pub controller_users: Vec<String>,
+    pub cni: Vec<CniAnnotation>,
+}
+
+/// The webhook's answer for a pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PinVerdict {
+    /// Admit with these changes (empty when the pod already carries them: reinvocation).
+    Pin(json_patch::Patch),
+    /// Admit as it is: not a static-IP pod, or a new identity whose record has no address yet.
+    Unchanged,
+    /// Refuse, saying why.
+    Deny(String),
+}
+
+/// The decision for `pod`, created by `user`, whose stamped record the webhook's cache holds
+/// as `record` (looked up by the pod's name and namespace).
+pub fn pin(pod: &Pod, record: Option<&StaticIP>, user: &str, settings: &PinSettings) -> PinVerdict {
+    let name = pod.name_any();
+    if pod
+        .labels()
+        .get(keys::STATIC_IP_POD_LABEL)
+        .map(String::as_str)
+        != Some("true")
+    {
+        return PinVerdict::Unchanged;
+    }
+    if !settings.controller_users.iter().any(|u| u == user) {
+        return PinVerdict::Deny(format!(
+            "pod {name} carries the label {}=true, which only the ests controller ({}) may set; {user} may not create static-IP pods",
+            keys::STATIC_IP_POD_LABEL,
+            settings.controller_users.join(", ")
+        ));
+    }
+    let Some(stamped_uid) = pod.annotations().get(keys::STATIC_IP_RECORD_UID) else {
+        return PinVerdict::Deny(format!(
+            "static-IP pod {name} lacks the annotation {}",
+            keys::STATIC_IP_RECORD_UID
+        ));
+    };
+    let stamped_version = pod
+        .annotations()
+        .get(keys::STATIC_IP_RECORD_VERSION)
+        .map(String::as_str)
+        .unwrap_or_default();
+    let Some(record) = record else {
+        return PinVerdict::Deny(format!(
+            "StaticIP {name} ({stamped_uid}) is not in the webhook's cache yet; the controller will retry"
+        ));
+    };
+    if record.uid().as_deref() != Some(stamped_uid.as_str()) {
+        return PinVerdict::Deny(format!(
+            "the webhook's cache holds StaticIP {name} with UID {}, not the stamped {stamped_uid}; the controller will retry",
+            record.uid().unwrap_or_default()
+        ));
+    }
+    if older(
+        record.resource_version().as_deref().unwrap_or_default(),
+        stamped_version,
+    ) {
+        return PinVerdict::Deny(format!(
+            "the webhook's cache holds StaticIP {name} at resourceVersion {}, older than the stamped {stamped_version}; the controller will retry",
+            record.resource_version().unwrap_or_default()
+        ));
+    }
+    let owner = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true));
+    if owner.map(|o| o.uid.as_str()) != Some(record.spec.workload.uid.as_str()) {
+        return PinVerdict::Deny(format!(
+            "pod {name} is not owned by the workload of StaticIP {name} ({} {}, UID {})",
+            record.spec.workload.kind, record.spec.workload.name, record.spec.workload.uid
+        ));
+    }
+    let bound = record
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase == StaticIPPhase::Bound);
+    let ips = record_ips(record);
+    let (true, false, Some(node)) = (bound, ips.is_empty(), record.spec.node.as_deref()) else {
+        // A new identity: its address is chosen later (CNI or extender).
+        return PinVerdict::Unchanged;
+    };
+    let mut pinned = pod.clone();
+    let joined: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    let annotations = pinned.annotations_mut();
+    annotations.insert(keys::STATIC_IP_POD_IP.into(), joined.join(","));
+    annotations.insert(keys::STATIC_IP_POD_NODE.into(), node.into());
+    for cni in &settings.cni {
+        annotations.insert(cni.key.clone(), cni.render(&ips));
+    }
+    pin_to_node(&mut pinned, node);
+    match (serde_json::to_value(pod), serde_json::to_value(&pinned)) {
+        (Ok(before), Ok(after)) => PinVerdict::Pin(json_patch::diff(&before, &after)),
+        (Err(e), _) | (_, Err(e)) => PinVerdict::Deny(format!("pod {name}: {e}")),
+    }
+}
+
+/// Whether resourceVersion `cached` is older than `stamped`. They are opaque strings to
+/// clients; etcd-backed ones are increasing integers, which is the only ordering used here.
+/// Anything else that differs counts as older, so the pod is retried rather than pinned
+/// from an unknown record.
+fn older(cached: &str, stamped: &str) -> bool {
+    match (cached.parse::<u64>(), stamped.parse::<u64>()) {
+        (Ok(c), Ok(s)) => c < s,
+        _ => cached != stamped,
+    }
+}
+
+/// ANDs `metadata.name In [node]` into every required node-selector term (required terms
+/// are ORed, so appending a term of its own would un-pin the pod); creates the term if
+/// there is none. Terms that already pin to `node` are left alone.
+fn pin_to_node(pod: &mut Pod, node: &str) {
+    let requirement = NodeSelectorRequirement {
+        key: "metadata.name".into(),
+        operator: "In".into(),
+        values: Some(vec![node.into()]),
+    };
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    let affinity = spec.affinity.get_or_insert_with(Affinity::default);
+    let node_affinity = affinity
+        .node_affinity
+        .get_or_insert_with(NodeAffinity::default);
+    let required = node_affinity
+        .required_during_scheduling_ignored_during_execution
+        .get_or_insert_with(|| NodeSelector {
+            node_selector_terms: Vec::new(),
+        });
+    if required.node_selector_terms.is_empty() {
+        required
+            .node_selector_terms
+            .push(NodeSelectorTerm::default());
+    }
+    for term in &mut required.node_selector_terms {
+        let fields = term.match_fields.get_or_insert_with(Vec::new);
+        if !fields.contains(&requirement) {
+            fields.push(requirement.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
