@@ -10,3 +10,4 @@ pub mod pods;
 pub mod revision;
 pub mod rollout;
 pub mod static_ip;
+pub mod validate;

@@ -6,6 +6,7 @@ mod leader;
 mod manifests;
 mod serve;
 mod static_ip;
+mod webhook;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -36,6 +37,9 @@ enum Command {
     /// Run the StaticIP manager on its own: records learn, keep and release their pods'
     /// addresses; IP range mode allocates from per-node blocks.
     StaticIp(static_ip::StaticIpArgs),
+    /// Run the admission webhook: pins re-created static-IP pods to their address and node,
+    /// and refuses EnhancedStatefulSets the CRD cannot check.
+    Webhook(webhook::WebhookArgs),
     /// Print the CustomResourceDefinitions generated from the API types, or write them and
     /// the ValidatingAdmissionPolicies to a config directory.
     Crd(manifests::CrdArgs),
@@ -68,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Controller(args) => controller::run(args).await,
         Command::StaticIp(args) => static_ip::run(args).await,
+        Command::Webhook(args) => webhook::run(args).await,
         Command::Crd(args) => manifests::run(&args),
     }
 }

@@ -1,0 +1,244 @@
+//! The ests admission webhook (`ests webhook`).
+//!
+//! - `POST /mutate-pods` (Pod CREATE, scoped by an objectSelector to the static-IP pod
+//!   label): a re-created static-IP pod gets its record's addresses and node
+//!   ([`ests_core::pin`]); other pods claiming to be static-IP pods are refused.
+//! - `POST /validate-sets` (EnhancedStatefulSet CREATE/UPDATE): what the CRD cannot check
+//!   ([`ests_core::validate`]).
+//!
+//! Records are read from a watch-fed cache: nothing on the request path calls the API
+//! server. Every malformed request gets a 400 with a JSON message, never a panic; bodies are
+//! size-limited.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod metrics;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use ests_api::{EnhancedStatefulSet, StaticIP};
+use ests_core::pin::{PinSettings, PinVerdict, pin};
+use ests_core::validate::set_admission;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::runtime::reflector::{ObjectRef, Store};
+use serde_json::json;
+
+pub use metrics::Metrics;
+
+/// Largest request body accepted. The API server's own limit on an object is 3 MiB; an
+/// AdmissionReview of an UPDATE carries two.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    pub records: Store<StaticIP>,
+    pub pin: Arc<PinSettings>,
+    pub metrics: Metrics,
+}
+
+/// The webhook's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/mutate-pods", post(mutate_pods))
+        .route("/validate-sets", post(validate_sets))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// A 400 with a JSON message: the body was not an AdmissionReview we can answer.
+fn bad_request(message: String) -> (StatusCode, Vec<u8>) {
+    let body = json!({"error": message}).to_string().into_bytes();
+    (StatusCode::BAD_REQUEST, body)
+}
+
+fn review_body(response: AdmissionResponse) -> (StatusCode, Vec<u8>) {
+    match serde_json::to_vec(&response.into_review()) {
+        Ok(body) => (StatusCode::OK, body),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": format!("serializing the review: {e}")})
+                .to_string()
+                .into_bytes(),
+        ),
+    }
+}
+
+/// Parses an AdmissionReview whose object is a `K`.
+fn parse<K>(body: &[u8]) -> Result<AdmissionRequest<K>, String>
+where
+    K: kube::Resource + serde::de::DeserializeOwned,
+{
+    let review: AdmissionReview<K> =
+        serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+    review
+        .try_into()
+        .map_err(|e| format!("not an AdmissionReview request: {e}"))
+}
+
+/// Answers a Pod admission review: the whole request path, without I/O.
+pub fn review_pod(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+    let request: AdmissionRequest<Pod> = match parse(body) {
+        Ok(request) => request,
+        Err(e) => {
+            let (code, body) = bad_request(e);
+            return (code, body, "malformed");
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    if request.operation != Operation::Create {
+        let (code, body) = review_body(response);
+        return (code, body, "allowed");
+    }
+    let Some(pod) = request.object.as_ref() else {
+        let (code, body) = review_body(response.deny("the request carries no pod"));
+        return (code, body, "denied");
+    };
+    // The API server names the pod in the request even when the object omits it.
+    let mut pod = pod.clone();
+    if pod.metadata.name.is_none() && !request.name.is_empty() {
+        pod.metadata.name = Some(request.name.clone());
+    }
+    let namespace = request
+        .namespace
+        .clone()
+        .or_else(|| pod.metadata.namespace.clone())
+        .unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let record = state.records.get(&ObjectRef::new(&name).within(&namespace));
+    match pin(
+        &pod,
+        record.as_deref(),
+        &request.user_info.username.clone().unwrap_or_default(),
+        &state.pin,
+    ) {
+        PinVerdict::Unchanged => {
+            let (code, body) = review_body(response);
+            (code, body, "allowed")
+        }
+        PinVerdict::Pin(patch) => {
+            let empty = patch.0.is_empty();
+            match response.with_patch(patch) {
+                Ok(response) => {
+                    let (code, body) = review_body(response);
+                    (code, body, if empty { "allowed" } else { "pinned" })
+                }
+                Err(e) => {
+                    let (code, body) = review_body(
+                        AdmissionResponse::from(&request).deny(format!("building the patch: {e}")),
+                    );
+                    (code, body, "error")
+                }
+            }
+        }
+        PinVerdict::Deny(message) => {
+            tracing::info!(namespace, pod = %name, %message, "refused a pod");
+            let (code, body) = review_body(response.deny(message));
+            (code, body, "denied")
+        }
+    }
+}
+
+/// Answers an EnhancedStatefulSet admission review, without I/O.
+pub fn review_set(body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+    // The set is parsed loosely first: a set the CRD schema admits but our types cannot
+    // read is refused with the reason rather than with a 400.
+    let request: AdmissionRequest<DynamicObject> = match parse(body) {
+        Ok(request) => request,
+        Err(e) => {
+            let (code, body) = bad_request(e);
+            return (code, body, "malformed");
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    let typed = |object: &Option<DynamicObject>| -> Result<Option<EnhancedStatefulSet>, String> {
+        object
+            .as_ref()
+            .map(|o| {
+                serde_json::to_value(o)
+                    .and_then(serde_json::from_value::<EnhancedStatefulSet>)
+                    .map_err(|e| format!("not an EnhancedStatefulSet: {e}"))
+            })
+            .transpose()
+    };
+    let (new, old) = match (typed(&request.object), typed(&request.old_object)) {
+        (Ok(new), Ok(old)) => (new, old),
+        (Err(e), _) | (_, Err(e)) => {
+            let (code, body) = review_body(response.deny(e));
+            return (code, body, "denied");
+        }
+    };
+    let Some(new) = new else {
+        let (code, body) = review_body(response);
+        return (code, body, "allowed");
+    };
+    let problems = set_admission(&new, old.as_ref());
+    if problems.is_empty() {
+        let (code, body) = review_body(response);
+        (code, body, "allowed")
+    } else {
+        let (code, body) = review_body(response.deny(problems.join("; ")));
+        (code, body, "denied")
+    }
+}
+
+fn respond(
+    metrics: &Metrics,
+    endpoint: &str,
+    started: Instant,
+    answer: (StatusCode, Vec<u8>, &str),
+) -> Response {
+    let (code, body, result) = answer;
+    metrics
+        .requests
+        .with_label_values(&[endpoint, result])
+        .inc();
+    metrics
+        .duration
+        .with_label_values(&[endpoint])
+        .observe(started.elapsed().as_secs_f64());
+    (code, [("content-type", "application/json")], body).into_response()
+}
+
+/// A body that could not be read (too large, cut off) as a JSON error.
+fn unreadable(rejection: BytesRejection) -> (StatusCode, Vec<u8>, &'static str) {
+    let body = json!({"error": rejection.body_text()})
+        .to_string()
+        .into_bytes();
+    (rejection.status(), body, "malformed")
+}
+
+async fn mutate_pods(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let answer = match body {
+        Ok(body) => review_pod(&state, &body),
+        Err(rejection) => unreadable(rejection),
+    };
+    respond(&state.metrics, "mutate-pods", started, answer)
+}
+
+async fn validate_sets(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let answer = match body {
+        Ok(body) => review_set(&body),
+        Err(rejection) => unreadable(rejection),
+    };
+    respond(&state.metrics, "validate-sets", started, answer)
+}
