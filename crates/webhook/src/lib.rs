@@ -82,6 +82,13 @@ where
 {
     let review: AdmissionReview<K> =
         serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+    // The answer must carry the request's version; only v1 is spoken.
+    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
+        return Err(format!(
+            "expected apiVersion admission.k8s.io/v1 and kind AdmissionReview, got {:?} {:?}",
+            review.types.api_version, review.types.kind
+        ));
+    }
     review
         .try_into()
         .map_err(|e| format!("not an AdmissionReview request: {e}"))

@@ -148,6 +148,11 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
+        // Answers are small: without this, Nagle's algorithm and the peer's delayed ACK add
+        // tens of milliseconds to a response.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
