@@ -95,6 +95,37 @@ async fn main() -> anyhow::Result<()> {
         ],
     )?;
     eprintln!("ests-dev: started ests controller ({})", ests.display());
+
+    // The admission webhook, on loopback with a certificate of the harness CA, registered
+    // with the API server by URL.
+    let serving = plane.pki.serving("ests-webhook", &[])?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let webhook_addr = format!("127.0.0.1:{port}");
+    plane.run_process(
+        "ests-webhook",
+        &ests,
+        &[
+            "webhook".into(),
+            format!("--listen={webhook_addr}"),
+            format!("--tls-cert-file={}", serving.cert.display()),
+            format!("--tls-key-file={}", serving.key.display()),
+            "--metrics-addr=127.0.0.1:0".into(),
+        ],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    )?;
+    ests_testenv::wait_for("the webhook listens", std::time::Duration::from_secs(30), || async {
+        Ok(tokio::net::TcpStream::connect(&webhook_addr).await.ok().map(|_| ()))
+    })
+    .await?;
+    let (mutating, validating) = ests_webhook::config::configurations(
+        &ests_webhook::config::Endpoint::Url(format!("https://{webhook_addr}")),
+        Some(plane.pki.ca_pem.as_bytes()),
+        ests_api::policy::DEFAULT_NAMESPACE,
+    );
+    for configuration in [serde_json::to_value(&mutating)?, serde_json::to_value(&validating)?] {
+        ests_testenv::resources::apply_value(&client, &configuration, None, false).await?;
+    }
+    eprintln!("ests-dev: started and registered ests webhook on https://{webhook_addr}");
     if !args.no_samples {
         let dir = ests_testenv::bins::harness_dir().join("../../config/samples");
         let mut files: Vec<_> = std::fs::read_dir(&dir)
