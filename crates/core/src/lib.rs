@@ -4,9 +4,11 @@
 #![forbid(unsafe_code)]
 
 pub mod allocator;
+pub mod extender;
 pub mod identity;
 pub mod pin;
 pub mod pods;
+pub mod quantity;
 pub mod revision;
 pub mod rollout;
 pub mod static_ip;

@@ -99,7 +99,9 @@ async fn main() -> anyhow::Result<()> {
     // The admission webhook, on loopback with a certificate of the harness CA, registered
     // with the API server by URL.
     let serving = plane.pki.serving("ests-webhook", &[])?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let webhook_addr = format!("127.0.0.1:{port}");
     plane.run_process(
         "ests-webhook",
@@ -113,16 +115,26 @@ async fn main() -> anyhow::Result<()> {
         ],
         &[("KUBECONFIG", kubeconfig.as_str())],
     )?;
-    ests_testenv::wait_for("the webhook listens", std::time::Duration::from_secs(30), || async {
-        Ok(tokio::net::TcpStream::connect(&webhook_addr).await.ok().map(|_| ()))
-    })
+    ests_testenv::wait_for(
+        "the webhook listens",
+        std::time::Duration::from_secs(30),
+        || async {
+            Ok(tokio::net::TcpStream::connect(&webhook_addr)
+                .await
+                .ok()
+                .map(|_| ()))
+        },
+    )
     .await?;
     let (mutating, validating) = ests_webhook::config::configurations(
         &ests_webhook::config::Endpoint::Url(format!("https://{webhook_addr}")),
         Some(plane.pki.ca_pem.as_bytes()),
         ests_api::policy::DEFAULT_NAMESPACE,
     );
-    for configuration in [serde_json::to_value(&mutating)?, serde_json::to_value(&validating)?] {
+    for configuration in [
+        serde_json::to_value(&mutating)?,
+        serde_json::to_value(&validating)?,
+    ] {
         ests_testenv::resources::apply_value(&client, &configuration, None, false).await?;
     }
     eprintln!("ests-dev: started and registered ests webhook on https://{webhook_addr}");

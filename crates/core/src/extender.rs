@@ -1,0 +1,225 @@
+//! The scheduler extender's decisions, as pure functions of what its caches hold:
+//!
+//! - [`reservations`]: room each node keeps for static-IP pods that belong there but are not
+//!   running there now (the design's rule);
+//! - [`filter`]: the source document's two predicates — a pinned pod fits only its node
+//!   (CheckPodAnnotationWithStaticIPPred), and a node fits a pod only with room left after
+//!   the reservations of *other* identities (PodFitsResourcesWithStaticIPPodPred) — plus a
+//!   node's static-IP room in IP range mode;
+//! - [`score`]: prefer nodes with more room left after the pod and the reservations.
+
+use std::collections::BTreeMap;
+
+use crate::quantity::{Resources, add, max, show};
+
+/// A Bound record, as the reservation rule reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordView {
+    /// `namespace/name` of the record (= of the pod identity).
+    pub identity: String,
+    /// The node the record pins its identity to.
+    pub node: String,
+    /// The record is Bound (its address and node are known).
+    pub bound: bool,
+    /// The identity is within its set's range (records kept after scale-in hold only their IP).
+    pub in_range: bool,
+    /// The identity's pod is bound to the record's node now (its requests count as used).
+    pub pod_on_node: bool,
+    /// The requests of the set's current revision's pod template.
+    pub current_requests: Resources,
+    /// The requests of the update revision's pod template.
+    pub update_requests: Resources,
+}
+
+/// What one node keeps for static-IP pods that are not running there now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// Per identity: the larger of its revisions' requests.
+    pub by_identity: BTreeMap<String, Resources>,
+}
+
+impl Reserved {
+    /// The total, leaving out `identity` (a pod never competes with its own reservation).
+    pub fn total_except(&self, identity: Option<&str>) -> Resources {
+        let mut total = Resources::new();
+        for (id, r) in &self.by_identity {
+            if Some(id.as_str()) != identity {
+                add(&mut total, r);
+            }
+        }
+        total
+    }
+}
+
+/// The reservation rule: for every Bound record of an identity in its set's range whose pod
+/// is not bound to the record's node now, the record's node keeps the larger of the current
+/// and update revisions' requests.
+pub fn reservations(records: &[RecordView]) -> BTreeMap<String, Reserved> {
+    let mut by_node: BTreeMap<String, Reserved> = BTreeMap::new();
+    for r in records
+        .iter()
+        .filter(|r| r.bound && r.in_range && !r.pod_on_node)
+    {
+        by_node
+            .entry(r.node.clone())
+            .or_default()
+            .by_identity
+            .insert(
+                r.identity.clone(),
+                max(&r.current_requests, &r.update_requests),
+            );
+    }
+    by_node
+}
+
+/// A node as the predicates read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    /// Allocatable resources, including `pods` (the pod count, in milli-units like the rest).
+    pub allocatable: Resources,
+    /// Requests of the non-terminated pods bound to the node (and `pods`: their number).
+    pub requested: Resources,
+    pub reserved: Reserved,
+    /// IP range mode: addresses the node can still hand out (free addresses of its blocks,
+    /// plus those of blocks it could claim); None when no pool concerns the pod.
+    pub static_ip_room: Option<u64>,
+}
+
+/// A pod as the predicates read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodView {
+    /// `namespace/name`; for a static-IP pod also its identity.
+    pub key: String,
+    /// Requests (the larger of the sum of containers and each init container, plus
+    /// overhead), without `pods`.
+    pub requests: Resources,
+    /// The node the pod is pinned to by its record, and the record.
+    pub pinned: Option<(String, String)>,
+    /// The pod needs a new address from the node's blocks (range mode, first placement).
+    pub needs_static_ip: bool,
+    /// The pod is a static-IP pod (its own reservation does not count against it).
+    pub static_ip: bool,
+}
+
+/// Whether a node fits a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fit {
+    Fits,
+    /// Not now; preemption or time may help.
+    No(String),
+    /// Never, whatever is evicted (the pin).
+    Never(String),
+}
+
+/// The two predicates, and the static-IP room.
+pub fn filter(pod: &PodView, node: &NodeView) -> Fit {
+    if let Some((pinned, record)) = &pod.pinned
+        && *pinned != node.name
+    {
+        return Fit::Never(format!("pinned to {pinned} by StaticIP {record}"));
+    }
+    let own = pod.static_ip.then_some(pod.key.as_str());
+    let reserved = node.reserved.total_except(own);
+    let mut wanted = pod.requests.clone();
+    wanted.insert("pods".into(), 1000);
+    for (name, want) in &wanted {
+        if *want <= 0 {
+            continue;
+        }
+        let allocatable = node.allocatable.get(name).copied().unwrap_or(0);
+        // Resources the node does not advertise (cluster-level ones such as the static-IP
+        // marker) are not the node's to check.
+        if !node.allocatable.contains_key(name)
+            && name != "cpu"
+            && name != "memory"
+            && name != "pods"
+        {
+            continue;
+        }
+        let used = node.requested.get(name).copied().unwrap_or(0);
+        let held = reserved.get(name).copied().unwrap_or(0);
+        if used + want > allocatable {
+            return Fit::No(format!(
+                "insufficient {name}: {} of {} requested",
+                show(name, used),
+                show(name, allocatable)
+            ));
+        }
+        if used + held + want > allocatable {
+            return Fit::No(format!(
+                "{} {name} reserved for static-IP pods",
+                show(name, held)
+            ));
+        }
+    }
+    if pod.needs_static_ip && node.static_ip_room == Some(0) {
+        return Fit::No("no static IP left in the node's blocks".into());
+    }
+    Fit::Fits
+}
+
+/// Highest score the extender API allows.
+pub const MAX_SCORE: i64 = 10;
+
+/// 0..=10: the share of the node's CPU and memory (the scarcer of the two) still free after
+/// the pod and the reservations of other identities; 0 for a node that does not fit.
+pub fn score(pod: &PodView, node: &NodeView) -> i64 {
+    if filter(pod, node) != Fit::Fits {
+        return 0;
+    }
+    let own = pod.static_ip.then_some(pod.key.as_str());
+    let reserved = node.reserved.total_except(own);
+    let mut worst = MAX_SCORE;
+    for name in ["cpu", "memory"] {
+        let allocatable = node.allocatable.get(name).copied().unwrap_or(0);
+        if allocatable <= 0 {
+            continue;
+        }
+        let left = allocatable
+            - node.requested.get(name).copied().unwrap_or(0)
+            - reserved.get(name).copied().unwrap_or(0)
+            - pod.requests.get(name).copied().unwrap_or(0);
+        let share = (left.max(0) * i128::from(MAX_SCORE)) / allocatable;
+        worst = worst.min(i64::try_from(share).unwrap_or(0));
+    }
+    worst.clamp(0, MAX_SCORE)
+}
+
+#[cfg(test)]
+mod tests;
+
+/// A pod spec's requests, as the scheduler counts them: the larger of the sum over its
+/// containers and each init container alone, plus the pod overhead. Quantities that do not
+/// parse are reported, never guessed.
+pub fn pod_requests(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<Resources, String> {
+    let of = |c: &k8s_openapi::api::core::v1::Container| -> Result<Resources, String> {
+        let mut r = Resources::new();
+        for (name, q) in c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            r.insert(
+                name.clone(),
+                crate::quantity::parse_milli(&q.0)
+                    .map_err(|e| format!("container {}: {name}: {e}", c.name))?,
+            );
+        }
+        Ok(r)
+    };
+    let mut total = Resources::new();
+    for c in &spec.containers {
+        add(&mut total, &of(c)?);
+    }
+    for c in spec.init_containers.iter().flatten() {
+        total = max(&total, &of(c)?);
+    }
+    for (name, q) in spec.overhead.iter().flatten() {
+        let overhead = Resources::from([(name.clone(), crate::quantity::parse_milli(&q.0)?)]);
+        add(&mut total, &overhead);
+    }
+    Ok(total)
+}

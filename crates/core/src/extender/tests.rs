@@ -1,0 +1,241 @@
+use super::*;
+
+fn res(cpu_milli: i128, memory_mi: i128) -> Resources {
+    Resources::from([
+        ("cpu".to_string(), cpu_milli),
+        ("memory".to_string(), memory_mi * 1024 * 1024 * 1000),
+    ])
+}
+
+fn node(
+    name: &str,
+    cpu: i128,
+    memory_mi: i128,
+    used_cpu: i128,
+    used_mem: i128,
+    pods: i128,
+) -> NodeView {
+    let mut allocatable = res(cpu, memory_mi);
+    allocatable.insert("pods".into(), 110_000);
+    let mut requested = res(used_cpu, used_mem);
+    requested.insert("pods".into(), pods * 1000);
+    NodeView {
+        name: name.into(),
+        allocatable,
+        requested,
+        reserved: Reserved::default(),
+        static_ip_room: None,
+    }
+}
+
+fn record(
+    identity: &str,
+    node: &str,
+    bound: bool,
+    in_range: bool,
+    on_node: bool,
+    current: Resources,
+    update: Resources,
+) -> RecordView {
+    RecordView {
+        identity: identity.into(),
+        node: node.into(),
+        bound,
+        in_range,
+        pod_on_node: on_node,
+        current_requests: current,
+        update_requests: update,
+    }
+}
+
+#[test]
+fn reservations_follow_the_rule() {
+    let records = vec![
+        // Bound, in range, pod away (being re-created): reserved, the larger revision.
+        record(
+            "ns/web-0",
+            "n1",
+            true,
+            true,
+            false,
+            res(500, 256),
+            res(1000, 128),
+        ),
+        // Pod running there: its requests are already counted as used.
+        record(
+            "ns/web-1",
+            "n1",
+            true,
+            true,
+            true,
+            res(500, 256),
+            res(500, 256),
+        ),
+        // Kept after scale-in: holds only its IP.
+        record(
+            "ns/web-5",
+            "n1",
+            true,
+            false,
+            false,
+            res(500, 256),
+            res(500, 256),
+        ),
+        // Not Bound yet (new identity): nothing to hold.
+        record(
+            "ns/web-6",
+            "n2",
+            false,
+            true,
+            false,
+            res(500, 256),
+            res(500, 256),
+        ),
+        record(
+            "ns/db-0",
+            "n2",
+            true,
+            true,
+            false,
+            res(200, 64),
+            res(200, 64),
+        ),
+    ];
+    let r = reservations(&records);
+    assert_eq!(r.len(), 2);
+    assert_eq!(
+        r["n1"].by_identity,
+        BTreeMap::from([("ns/web-0".to_string(), res(1000, 256))])
+    );
+    assert_eq!(r["n2"].total_except(None), res(200, 64));
+    assert_eq!(r["n2"].total_except(Some("ns/db-0")), Resources::new());
+}
+
+#[test]
+fn a_pinned_pod_fits_only_its_node() {
+    let pod = PodView {
+        key: "ns/web-0".into(),
+        requests: res(100, 64),
+        pinned: Some(("n1".into(), "ns/web-0".into())),
+        static_ip: true,
+        ..PodView::default()
+    };
+    assert_eq!(filter(&pod, &node("n1", 4000, 8192, 0, 0, 0)), Fit::Fits);
+    assert_eq!(
+        filter(&pod, &node("n2", 4000, 8192, 0, 0, 0)),
+        Fit::Never("pinned to n1 by StaticIP ns/web-0".into())
+    );
+}
+
+#[test]
+fn capacity_table() {
+    // n1: 4 CPUs, 3.5 used, 0.4 reserved for ns/web-0 whose pod is being re-created.
+    let mut n1 = node("n1", 4000, 8192, 3500, 1024, 10);
+    n1.reserved
+        .by_identity
+        .insert("ns/web-0".into(), res(400, 512));
+    let ordinary = |cpu| PodView {
+        key: "ns/other".into(),
+        requests: res(cpu, 64),
+        ..PodView::default()
+    };
+    let returning = PodView {
+        key: "ns/web-0".into(),
+        requests: res(400, 512),
+        pinned: Some(("n1".into(), "ns/web-0".into())),
+        static_ip: true,
+        ..PodView::default()
+    };
+    let cases: Vec<(&str, PodView, Fit)> = vec![
+        (
+            "small pod fits beside the reservation",
+            ordinary(100),
+            Fit::Fits,
+        ),
+        (
+            "a pod that would take the reserved room does not fit",
+            ordinary(200),
+            Fit::No("400m cpu reserved for static-IP pods".into()),
+        ),
+        (
+            "a pod larger than what is left at all",
+            ordinary(600),
+            Fit::No("insufficient cpu: 3500m of 4000m requested".into()),
+        ),
+        (
+            "the returning identity uses its own reservation",
+            returning,
+            Fit::Fits,
+        ),
+    ];
+    for (what, pod, want) in cases {
+        assert_eq!(filter(&pod, &n1), want, "{what}");
+    }
+    // Pod count.
+    let full = node("n3", 4000, 8192, 0, 0, 110);
+    assert!(matches!(filter(&ordinary(1), &full), Fit::No(m) if m.contains("insufficient pods")));
+    // Static-IP room in range mode.
+    let mut no_ips = node("n4", 4000, 8192, 0, 0, 0);
+    no_ips.static_ip_room = Some(0);
+    let first = PodView {
+        key: "ns/web-9".into(),
+        requests: res(1, 1),
+        needs_static_ip: true,
+        static_ip: true,
+        ..PodView::default()
+    };
+    assert_eq!(
+        filter(&first, &no_ips),
+        Fit::No("no static IP left in the node's blocks".into())
+    );
+    no_ips.static_ip_room = Some(3);
+    assert_eq!(filter(&first, &no_ips), Fit::Fits);
+    // A cluster-level resource the node does not advertise is not checked here.
+    let mut marked = ordinary(1);
+    marked
+        .requests
+        .insert("jke.jdcloud.com/static-ip".into(), 1000);
+    assert_eq!(filter(&marked, &node("n5", 4000, 8192, 0, 0, 0)), Fit::Fits);
+}
+
+#[test]
+fn scores_prefer_room_left_after_reservations() {
+    let pod = PodView {
+        key: "ns/p".into(),
+        requests: res(1000, 1024),
+        ..PodView::default()
+    };
+    let empty = node("a", 4000, 8192, 0, 0, 0);
+    let half = node("b", 4000, 8192, 2000, 0, 0);
+    let mut reserved = node("c", 4000, 8192, 0, 0, 0);
+    reserved
+        .reserved
+        .by_identity
+        .insert("ns/x".into(), res(2000, 0));
+    let full = node("d", 4000, 8192, 3500, 0, 0);
+    let s: Vec<i64> = [&empty, &half, &reserved, &full]
+        .iter()
+        .map(|n| score(&pod, n))
+        .collect();
+    assert_eq!(s, vec![7, 2, 2, 0]);
+    assert!(s.iter().all(|s| (0..=MAX_SCORE).contains(s)));
+}
+
+#[test]
+fn pod_requests_count_like_the_scheduler() {
+    let spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(serde_json::json!({
+        "containers": [
+            {"name": "a", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
+            {"name": "b", "resources": {"requests": {"cpu": "250m"}}}
+        ],
+        "initContainers": [{"name": "init", "resources": {"requests": {"cpu": "1", "memory": "32Mi"}}}],
+        "overhead": {"cpu": "10m"}
+    }))
+    .expect("spec");
+    assert_eq!(pod_requests(&spec), Ok(res(1010, 64)));
+    let bad: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(serde_json::json!({
+        "containers": [{"name": "a", "resources": {"requests": {"cpu": "lots"}}}]
+    }))
+    .expect("spec");
+    assert!(pod_requests(&bad).is_err_and(|e| e.contains("container a: cpu")));
+}
