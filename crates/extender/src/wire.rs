@@ -1,0 +1,154 @@
+//! The kube-scheduler extender API (`k8s.io/kube-scheduler/extender/v1`), exactly as the
+//! scheduler writes and reads it.
+//!
+//! The Go structs carry no JSON tags, so keys are the Go field names in PascalCase; Go
+//! decodes case-insensitively, so the lowercase keys of pre-1.17 copies are accepted too.
+//! `rename_all = "PascalCase"` gets the acronyms wrong (`PodUID`, `UID`,
+//! `NumPDBViolations`): those are renamed by hand. The objects inside are ordinary
+//! Kubernetes JSON.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use serde::{Deserialize, Serialize};
+
+/// Highest score a prioritize answer may give; the scheduler does not clamp.
+pub const MAX_EXTENDER_PRIORITY: i64 = 10;
+
+/// A list of nodes, as `v1.NodeList` (only `items` matters here).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeList {
+    #[serde(default)]
+    pub items: Vec<Node>,
+}
+
+/// The body of filter and prioritize calls.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExtenderArgs {
+    #[serde(alias = "pod")]
+    pub pod: Pod,
+    /// Full nodes, when the extender is not `nodeCacheCapable`.
+    #[serde(default, alias = "nodes")]
+    pub nodes: Option<NodeList>,
+    /// Node names, when it is.
+    #[serde(default, alias = "nodenames", alias = "nodeNames")]
+    pub node_names: Option<Vec<String>>,
+}
+
+impl ExtenderArgs {
+    /// The candidate nodes' names, whichever form the request used.
+    pub fn candidates(&self) -> Vec<String> {
+        match (&self.node_names, &self.nodes) {
+            (Some(names), _) => names.clone(),
+            (None, Some(list)) => list
+                .items
+                .iter()
+                .filter_map(|n| n.metadata.name.clone())
+                .collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// The answer to a filter call. `NodeNames` (or `Nodes`) must always be present: a missing
+/// list makes the scheduler treat every node as filtered out.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExtenderFilterResult {
+    #[serde(alias = "nodes")]
+    pub nodes: Option<NodeList>,
+    #[serde(alias = "nodenames", alias = "nodeNames")]
+    pub node_names: Option<Vec<String>>,
+    #[serde(default, alias = "failedNodes")]
+    pub failed_nodes: BTreeMap<String, String>,
+    /// Nodes preemption cannot help; wins over `FailedNodes`.
+    #[serde(default)]
+    pub failed_and_unresolvable_nodes: BTreeMap<String, String>,
+    #[serde(default, alias = "error")]
+    pub error: String,
+}
+
+/// One node's score in a prioritize answer (the answer is a bare JSON array of these).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct HostPriority {
+    #[serde(alias = "host")]
+    pub host: String,
+    #[serde(alias = "score")]
+    pub score: i64,
+}
+
+/// The body of a bind call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExtenderBindingArgs {
+    #[serde(alias = "podName")]
+    pub pod_name: String,
+    #[serde(alias = "podNamespace")]
+    pub pod_namespace: String,
+    #[serde(rename = "PodUID", alias = "podUID")]
+    pub pod_uid: String,
+    #[serde(alias = "node")]
+    pub node: String,
+}
+
+/// The answer to a bind call: an empty `Error` means bound.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExtenderBindingResult {
+    #[serde(default, alias = "error")]
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_parse_in_both_node_forms_and_legacy_case() {
+        let cached: ExtenderArgs = serde_json::from_value(json!({
+            "Pod": {"metadata": {"name": "web-0"}}, "Nodes": null, "NodeNames": ["n1", "n2"]
+        }))
+        .expect("nodeCacheCapable form");
+        assert_eq!(cached.candidates(), ["n1", "n2"]);
+        let full: ExtenderArgs = serde_json::from_value(json!({
+            "pod": {"metadata": {"name": "web-0"}}, "nodes": {"items": [{"metadata": {"name": "n3"}}]}
+        }))
+        .expect("full nodes, legacy lowercase keys");
+        assert_eq!(full.candidates(), ["n3"]);
+        let bind: ExtenderBindingArgs = serde_json::from_value(json!({
+            "PodName": "web-0", "PodNamespace": "ns", "PodUID": "u-1", "Node": "n1"
+        }))
+        .expect("bind args");
+        assert_eq!(bind.pod_uid, "u-1");
+    }
+
+    #[test]
+    fn answers_use_the_exact_keys() {
+        let result = ExtenderFilterResult {
+            node_names: Some(vec![]),
+            ..ExtenderFilterResult::default()
+        };
+        let v = serde_json::to_value(&result).expect("json");
+        assert_eq!(
+            v,
+            json!({"Nodes": null, "NodeNames": [], "FailedNodes": {}, "FailedAndUnresolvableNodes": {}, "Error": ""})
+        );
+        let scores = serde_json::to_value(vec![HostPriority {
+            host: "n1".into(),
+            score: 7,
+        }])
+        .expect("json");
+        assert_eq!(scores, json!([{"Host": "n1", "Score": 7}]));
+        assert_eq!(
+            serde_json::to_value(ExtenderBindingArgs {
+                pod_uid: "u".into(),
+                ..Default::default()
+            })
+            .expect("json")["PodUID"],
+            "u"
+        );
+    }
+}
