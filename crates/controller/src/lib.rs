@@ -14,7 +14,6 @@ mod revisions;
 mod status;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ests_api::{EnhancedStatefulSet, StaticIP};
 use futures::StreamExt;
@@ -24,7 +23,6 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use kube::{Api, Client};
-use tokio::sync::watch;
 
 pub use expectations::Expectations;
 pub use metrics::Metrics;
@@ -65,30 +63,15 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     /// Turns true once every cache above has listed.
-    listed: watch::Receiver<bool>,
+    listed: ests_cache::Listed,
 }
 
 impl Context {
     /// Resolves once every cache has listed: a reconcile never plans from a half-filled
     /// cache (which would, for one, write a status counting no pods after a restart).
     pub async fn caches_listed(&self) {
-        let mut listed = self.listed.clone();
-        let _ = listed.wait_for(|l| *l).await;
+        self.listed.wait().await;
     }
-}
-
-/// Resolves once `store` has listed. kube-runtime's readiness future keeps a single waker,
-/// so of several tasks waiting on one store only the last to poll is woken; polling it
-/// again every 100 ms makes a lost wake-up cost at most that.
-async fn listed<K>(store: &Store<K>)
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
-        .await
-        .is_err()
-    {}
 }
 
 /// Settings of the controller.
@@ -144,24 +127,17 @@ pub async fn run(
     // Claims only feed the cache; they trigger nothing.
     tokio::spawn(claim_events.for_each(|_| async {}));
 
-    let (listed_tx, listed_rx) = watch::channel(false);
-    {
-        let (pods, revisions, claims, records) = (
-            pods.clone(),
-            revisions.clone(),
-            claims.clone(),
-            records.clone(),
-        );
-        tokio::spawn(async move {
-            listed(&pods).await;
-            listed(&revisions).await;
-            listed(&claims).await;
-            listed(&records).await;
-            let _ = listed_tx.send(true);
-        });
-    }
+    let listed = ests_cache::Listed::spawn(
+        "controller",
+        vec![
+            ests_cache::wait_for(&pods),
+            ests_cache::wait_for(&revisions),
+            ests_cache::wait_for(&claims),
+            ests_cache::wait_for(&records),
+        ],
+    );
     let ctx = Arc::new(Context {
-        listed: listed_rx,
+        listed,
         recorder: Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER)),
         client: client.clone(),
         pods,

@@ -105,12 +105,12 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     .touched_objects();
     tokio::spawn(stream.for_each(|_| async {}));
     {
-        let (records, ready) = (records.clone(), ready.clone());
+        let (listed, ready) = (
+            ests_cache::Listed::spawn("webhook", vec![ests_cache::wait_for(&records)]),
+            ready.clone(),
+        );
         tokio::spawn(async move {
-            while tokio::time::timeout(Duration::from_millis(100), records.wait_until_ready())
-                .await
-                .is_err()
-            {}
+            listed.wait().await;
             tracing::info!("StaticIP cache listed; ready");
             ready.store(true, Ordering::SeqCst);
         });

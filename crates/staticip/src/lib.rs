@@ -19,7 +19,6 @@ pub mod records;
 pub mod sweep;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ests_api::{EnhancedStatefulSet, IPBlock, StaticIP, StaticIPPool, keys};
 use futures::StreamExt;
@@ -27,7 +26,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::watch;
 
 pub use ipam::Ipam;
 pub use metrics::Metrics;
@@ -62,29 +60,14 @@ pub struct Context {
     pub sets: Store<EnhancedStatefulSet>,
     pub metrics: Metrics,
     /// Turns true once every cache above has listed.
-    listed: watch::Receiver<bool>,
+    listed: ests_cache::Listed,
 }
 
 impl Context {
     /// Resolves once every cache has listed (at once after that).
     pub async fn caches_listed(&self) {
-        let mut listed = self.listed.clone();
-        let _ = listed.wait_for(|l| *l).await;
+        self.listed.wait().await;
     }
-}
-
-/// Resolves once `store` has listed. kube-runtime's readiness future keeps a single waker,
-/// so of several tasks waiting on one store only the last to poll is woken; polling it
-/// again every 100 ms makes a lost wake-up cost at most that.
-async fn listed<K>(store: &Store<K>)
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
-        .await
-        .is_err()
-    {}
 }
 
 /// Settings of the manager.
@@ -149,27 +132,18 @@ pub async fn run(
     // Pools only feed the cache.
     tokio::spawn(pool_stream.for_each(|_| async {}));
 
-    let (listed_tx, listed_rx) = watch::channel(false);
-    {
-        let (records, pods, sets, pools, blocks) = (
-            records.clone(),
-            pods.clone(),
-            sets.clone(),
-            pools.clone(),
-            blocks.clone(),
-        );
-        tokio::spawn(async move {
-            listed(&records).await;
-            listed(&pods).await;
-            listed(&sets).await;
-            listed(&pools).await;
-            listed(&blocks).await;
-            tracing::debug!("caches listed");
-            let _ = listed_tx.send(true);
-        });
-    }
+    let listed = ests_cache::Listed::spawn(
+        "static-ip manager",
+        vec![
+            ests_cache::wait_for(&records),
+            ests_cache::wait_for(&pods),
+            ests_cache::wait_for(&sets),
+            ests_cache::wait_for(&pools),
+            ests_cache::wait_for(&blocks),
+        ],
+    );
     let ctx = Arc::new(Context {
-        listed: listed_rx,
+        listed,
         ipam: Ipam {
             client: client.clone(),
             pools,

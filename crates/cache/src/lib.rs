@@ -1,0 +1,72 @@
+//! Knowing when watch caches have listed.
+//!
+//! A component that decides from caches must not decide from half-filled ones (a controller
+//! would count no pods after a restart; a webhook would refuse pods whose records it has not
+//! read yet). kube-runtime's `Store::wait_until_ready` keeps a single waker, so of several
+//! tasks waiting on one store only the last to poll is woken. [`Listed`] waits for every
+//! store once, in one task, and lets any number of waiters through a watch channel.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::time::Duration;
+
+use kube::runtime::reflector::Store;
+use tokio::sync::watch;
+
+/// Resolves once `store` has listed, polling its readiness every 100 ms so that a lost
+/// wake-up costs at most that.
+pub async fn listed<K>(store: &Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
+}
+
+/// A future that resolves once one store has listed.
+pub type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The waiting for one store, to hand to [`Listed::spawn`].
+pub fn wait_for<K>(store: &Store<K>) -> Wait
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    let store = store.clone();
+    Box::pin(async move { listed(&store).await })
+}
+
+/// Turns true once every store given to [`Listed::spawn`] has listed.
+#[derive(Clone)]
+pub struct Listed(watch::Receiver<bool>);
+
+impl Listed {
+    /// Waits for `stores` (see [`wait_for`]) in a task of its own.
+    pub fn spawn(what: &'static str, stores: Vec<Wait>) -> Self {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            for store in stores {
+                store.await;
+            }
+            tracing::debug!(what, "caches listed");
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    /// Resolves once every store has listed (at once after that).
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|l| *l).await;
+    }
+
+    /// Whether every store has listed.
+    pub fn done(&self) -> bool {
+        *self.0.borrow()
+    }
+}
