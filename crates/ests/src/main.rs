@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod controller;
+mod extender;
 mod leader;
 mod manifests;
 mod serve;
@@ -37,6 +38,9 @@ enum Command {
     /// Run the StaticIP manager on its own: records learn, keep and release their pods'
     /// addresses; IP range mode allocates from per-node blocks.
     StaticIp(static_ip::StaticIpArgs),
+    /// Run the scheduler extender: pinned static-IP pods fit only their node, and nodes keep
+    /// room for the static-IP pods that belong there.
+    Extender(extender::ExtenderArgs),
     /// Run the admission webhook: pins re-created static-IP pods to their address and node,
     /// and refuses EnhancedStatefulSets the CRD cannot check.
     Webhook(webhook::WebhookArgs),
@@ -73,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Controller(args) => controller::run(args).await,
         Command::StaticIp(args) => static_ip::run(args).await,
         Command::Webhook(args) => webhook::run(args).await,
+        Command::Extender(args) => extender::run(args).await,
         Command::Crd(args) => manifests::run(&args),
     }
 }

@@ -1,0 +1,142 @@
+//! The scheduler extender wired into the real kube-scheduler: re-created static-IP pods land
+//! back on their record's node even without the webhook's affinity pin, and ordinary pods
+//! are scheduled (and bound by the default binder) as before.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ests_api::{StaticIP, StaticIPPhase, keys};
+use ests_testenv::{InvariantChecker, LogsOnFailure, wait_for};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::json;
+use support::*;
+
+const T: Duration = Duration::from_secs(120);
+
+/// Starts `ests extender` and restarts kube-scheduler with it configured.
+async fn with_extender(env: &Env) -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    start_ests(
+        env.plane,
+        "ests-extender",
+        "extender",
+        &[&format!("--listen=127.0.0.1:{port}")],
+    )
+    .await?;
+    wait_for("the extender listens", T, || async {
+        Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ()))
+    })
+    .await?;
+    let extenders = format!(
+        "extenders:\n- urlPrefix: http://127.0.0.1:{port}\n  filterVerb: filter\n  prioritizeVerb: prioritize\n  weight: 1\n  nodeCacheCapable: true\n  httpTimeout: 2s\n  ignorable: false\n"
+    );
+    env.plane.restart_scheduler(Some(&extenders)).await
+}
+
+async fn record_nodes(env: &Env, ns: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let api: Api<StaticIP> = Api::namespaced(env.client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == StaticIPPhase::Bound)
+        })
+        .filter_map(|r| Some((r.name_any(), r.spec.node.clone()?)))
+        .collect())
+}
+
+async fn pod_nodes(
+    env: &Env,
+    ns: &str,
+    selector: &str,
+) -> anyhow::Result<BTreeMap<String, (String, String)>> {
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let node = p.spec.as_ref()?.node_name.clone()?;
+            Some((p.name_any(), (p.uid()?, node)))
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn pinned_pods_land_on_their_node_and_ordinary_pods_still_schedule() -> anyhow::Result<()> {
+    let env = env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    with_extender(&env).await?;
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    let ns = "ext-pin";
+    let sets = namespace(&env, ns).await?;
+    let mut set = simple_set("pinned", 9, "Parallel", 3);
+    set["metadata"]["annotations"] = json!({keys::STATIC_IP_ENABLE: "true"});
+    apply(&env, ns, &set).await?;
+    wait_status(&sets, "pinned", "9 ready", T, |s| s.ready_replicas == 9).await?;
+    let homes = wait_for("9 records Bound", T, || async {
+        let homes = record_nodes(&env, ns).await?;
+        Ok((homes.len() == 9).then_some(homes))
+    })
+    .await?;
+    let spread: std::collections::BTreeSet<_> = homes.values().collect();
+    assert!(spread.len() > 1, "records on several nodes: {homes:?}");
+
+    // Re-created without the webhook's affinity pin: only the extender sends them home.
+    let before = pod_nodes(&env, ns, "app=pinned").await?;
+    Api::<Pod>::namespaced(env.client.clone(), ns)
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("app=pinned"),
+        )
+        .await?;
+    let after = wait_for("9 pods re-created and scheduled", T, || async {
+        let now = pod_nodes(&env, ns, "app=pinned").await?;
+        let fresh = now.len() == 9
+            && now
+                .iter()
+                .all(|(n, (uid, _))| before.get(n).is_none_or(|(old, _)| old != uid));
+        Ok(fresh.then_some(now))
+    })
+    .await?;
+    for (name, (_, node)) in &after {
+        assert_eq!(
+            Some(node),
+            homes.get(name),
+            "{name} back on its record's node"
+        );
+    }
+
+    // An ordinary pod is scheduled and bound by the default binder.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let plain: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "plain"},
+        "spec": {"containers": [{"name": "app", "image": "app:v1"}]}
+    }))?;
+    pods.create(&PostParams::default(), &plain).await?;
+    wait_for("the ordinary pod is bound", T, || async {
+        Ok(pods
+            .get("plain")
+            .await?
+            .spec
+            .and_then(|s| s.node_name)
+            .map(|_| ()))
+    })
+    .await?;
+    checker.finish()
+}
