@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ests_api::{StaticIP, StaticIPPhase, keys};
+use ests_testenv::nodes::{NodeSpec, create_nodes};
 use ests_testenv::{InvariantChecker, LogsOnFailure, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -17,8 +18,16 @@ use support::*;
 
 const T: Duration = Duration::from_secs(120);
 
-/// Starts `ests extender` and restarts kube-scheduler with it configured.
+/// Starts `ests extender` and restarts kube-scheduler with it configured (once per binary).
 async fn with_extender(env: &Env) -> anyhow::Result<()> {
+    static STARTED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    STARTED
+        .get_or_try_init(|| start_extender(env))
+        .await
+        .map(|_| ())
+}
+
+async fn start_extender(env: &Env) -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -139,4 +148,93 @@ async fn pinned_pods_land_on_their_node_and_ordinary_pods_still_schedule() -> an
     })
     .await?;
     checker.finish()
+}
+
+#[tokio::test]
+async fn a_pod_created_in_the_gap_does_not_take_a_static_ip_pods_room() -> anyhow::Result<()> {
+    let env = env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    with_extender(&env).await?;
+    let ns = "ext-reserve";
+    // A node with room for one 600m pod, kept for this test's pods.
+    create_nodes(
+        &env.client,
+        &[NodeSpec::new("ext-tiny")
+            .capacity("1", "2Gi", "10")
+            .owned_by(ns)],
+    )
+    .await?;
+    let sets = namespace(&env, ns).await?;
+    let placement = json!({
+        "nodeSelector": {"kubernetes.io/hostname": "ext-tiny"},
+        "tolerations": [{"key": "ests.test/owner", "operator": "Equal", "value": ns, "effect": "NoSchedule"}]
+    });
+    let mut set = simple_set("db", 1, "Parallel", 1);
+    set["metadata"]["annotations"] = json!({keys::STATIC_IP_ENABLE: "true"});
+    set["spec"]["template"]["spec"]["containers"][0]["resources"] =
+        json!({"requests": {"cpu": "600m"}});
+    if let (Some(spec), Some(extra)) = (
+        set["spec"]["template"]["spec"].as_object_mut(),
+        placement.as_object(),
+    ) {
+        spec.extend(extra.clone());
+    }
+    apply(&env, ns, &set).await?;
+    wait_status(&sets, "db", "1 ready", T, |s| s.ready_replicas == 1).await?;
+    wait_for("db-0's record Bound on ext-tiny", T, || async {
+        Ok((record_nodes(&env, ns)
+            .await?
+            .get("db-0")
+            .map(String::as_str)
+            == Some("ext-tiny"))
+        .then_some(()))
+    })
+    .await?;
+
+    // A competitor that needs the same room waits for it, first in line.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let mut competitor = json!({
+        "metadata": {"name": "competitor"},
+        "spec": {"containers": [{"name": "app", "image": "app:v1", "resources": {"requests": {"cpu": "600m"}}}]}
+    });
+    if let (Some(spec), Some(extra)) = (competitor["spec"].as_object_mut(), placement.as_object()) {
+        spec.extend(extra.clone());
+    }
+    pods.create(&PostParams::default(), &serde_json::from_value(competitor)?)
+        .await?;
+    let old = pods.get("db-0").await?.uid();
+    // The static-IP pod is re-created: its room is kept for it.
+    pods.delete("db-0", &DeleteParams::default()).await?;
+    let back = wait_for("db-0 back on ext-tiny", T, || async {
+        let pod = pods.get_opt("db-0").await?;
+        let back = pod
+            .filter(|p| p.uid() != old)
+            .and_then(|p| p.spec?.node_name);
+        Ok((back.as_deref() == Some("ext-tiny")).then_some(()))
+    })
+    .await;
+    if let Err(e) = back {
+        let show = |p: Option<Pod>| {
+            p.map(|p| {
+                format!(
+                    "node {:?}, conditions {:?}",
+                    p.spec.and_then(|s| s.node_name),
+                    p.status.and_then(|s| s.conditions)
+                )
+            })
+        };
+        anyhow::bail!(
+            "{e}\ndb-0: {:?}\ncompetitor: {:?}",
+            show(pods.get_opt("db-0").await?),
+            show(pods.get_opt("competitor").await?)
+        );
+    }
+    let competitor = pods.get("competitor").await?;
+    assert_eq!(
+        competitor.spec.and_then(|s| s.node_name),
+        None,
+        "the competitor did not take the static-IP pod's room"
+    );
+    pods.delete("competitor", &DeleteParams::default()).await?;
+    Ok(())
 }
