@@ -169,3 +169,65 @@ pub fn pod_view(pod: &Pod, records: &[Arc<StaticIP>]) -> PodView {
         static_ip,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn arc<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).expect("object"))
+    }
+
+    #[test]
+    fn snapshots_count_bound_pods_and_reserve_for_absent_static_ip_pods() {
+        let nodes: Vec<Arc<Node>> = vec![arc(json!({
+            "metadata": {"name": "n1"},
+            "status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"}}
+        }))];
+        let set: Arc<EnhancedStatefulSet> = arc(json!({
+            "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "EnhancedStatefulSet",
+            "metadata": {"name": "db", "namespace": "ns", "uid": "set-1"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "db"}},
+                     "template": {"metadata": {"labels": {"app": "db"}},
+                                  "spec": {"containers": [{"image": "db", "resources": {"requests": {"cpu": "500m"}}}]}}}
+        }));
+        let record = |name: &str| -> Arc<StaticIP> {
+            arc(json!({
+                "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "StaticIP",
+                "metadata": {"name": name, "namespace": "ns",
+                             "ownerReferences": [{"apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "EnhancedStatefulSet",
+                                                  "name": "db", "uid": "set-1", "controller": true}]},
+                "spec": {"workload": {"apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "EnhancedStatefulSet", "name": "db", "uid": "set-1"},
+                         "podName": name, "ips": [{"ip": "10.0.0.1"}], "node": "n1"},
+                "status": {"phase": "Bound"}
+            }))
+        };
+        // db-0 runs on n1; db-1's pod is gone; db-5 was scaled in.
+        let pods: Vec<Arc<Pod>> = vec![arc(json!({
+            "metadata": {"name": "db-0", "namespace": "ns", "labels": {"staticip.jke.jdcloud.com/enabled": "true"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "db", "resources": {"requests": {"cpu": "500m"}}}]}
+        }))];
+        let records = vec![record("db-0"), record("db-1"), record("db-5")];
+        let snap = snapshot(&nodes, &pods, &records, &[set]);
+        let n1 = &snap.nodes["n1"];
+        assert_eq!(n1.requested.get("cpu"), Some(&500));
+        assert_eq!(n1.requested.get("pods"), Some(&1000));
+        assert_eq!(
+            n1.reserved.by_identity.keys().collect::<Vec<_>>(),
+            ["ns/db-1"]
+        );
+        assert_eq!(n1.allocatable.get("cpu"), Some(&2000));
+
+        // db-1's new pod is pinned to n1 by its record.
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "db-1", "namespace": "ns", "labels": {"staticip.jke.jdcloud.com/enabled": "true"}},
+            "spec": {"containers": [{"name": "db", "resources": {"requests": {"cpu": "500m"}}}]}
+        }))
+        .expect("pod");
+        let view = pod_view(&pod, &records);
+        assert_eq!(view.pinned, Some(("n1".into(), "ns/db-1".into())));
+        assert!(view.static_ip);
+        assert_eq!(view.requests.get("cpu"), Some(&500));
+    }
+}
