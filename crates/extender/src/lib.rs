@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use ests_api::{EnhancedStatefulSet, StaticIP};
-use ests_core::extender::{Fit, filter, score};
+use ests_core::extender::{Fit, PodView, filter, score};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::Store;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
@@ -98,16 +98,13 @@ fn bad_request(message: String) -> (StatusCode, Vec<u8>, &'static str) {
     )
 }
 
-fn parse(body: &[u8]) -> Result<ExtenderArgs, String> {
-    serde_json::from_slice(body).map_err(|e| format!("not ExtenderArgs: {e}"))
-}
-
-/// Answers a filter call from the caches.
-pub fn answer_filter(caches: &Caches, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
-    let args = match parse(body) {
-        Ok(args) => args,
-        Err(e) => return bad_request(e),
-    };
+/// The request, the nodes as the predicates see them, and the pod.
+fn inputs(
+    caches: &Caches,
+    body: &[u8],
+) -> Result<(ExtenderArgs, views::Snapshot, PodView), String> {
+    let args: ExtenderArgs =
+        serde_json::from_slice(body).map_err(|e| format!("not ExtenderArgs: {e}"))?;
     let records = caches.records.state();
     let snapshot = views::snapshot(
         &caches.nodes.state(),
@@ -116,6 +113,15 @@ pub fn answer_filter(caches: &Caches, body: &[u8]) -> (StatusCode, Vec<u8>, &'st
         &caches.sets.state(),
     );
     let pod = views::pod_view(&args.pod, &records);
+    Ok((args, snapshot, pod))
+}
+
+/// Answers a filter call from the caches.
+pub fn answer_filter(caches: &Caches, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+    let (args, snapshot, pod) = match inputs(caches, body) {
+        Ok(inputs) => inputs,
+        Err(e) => return bad_request(e),
+    };
     let mut result = ExtenderFilterResult::default();
     let mut kept = Vec::new();
     for name in args.candidates() {
@@ -159,18 +165,10 @@ pub fn answer_filter(caches: &Caches, body: &[u8]) -> (StatusCode, Vec<u8>, &'st
 
 /// Answers a prioritize call from the caches.
 pub fn answer_prioritize(caches: &Caches, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
-    let args = match parse(body) {
-        Ok(args) => args,
+    let (args, snapshot, pod) = match inputs(caches, body) {
+        Ok(inputs) => inputs,
         Err(e) => return bad_request(e),
     };
-    let records = caches.records.state();
-    let snapshot = views::snapshot(
-        &caches.nodes.state(),
-        &caches.pods.state(),
-        &records,
-        &caches.sets.state(),
-    );
-    let pod = views::pod_view(&args.pod, &records);
     let scores: Vec<HostPriority> = args
         .candidates()
         .into_iter()

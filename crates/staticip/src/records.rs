@@ -110,22 +110,7 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
                 show(&record.spec.ips)
             );
             tracing::warn!(namespace = %ns, record = %name, %message, "address mismatch");
-            let mut conditions = conditions_of(&record);
-            set_condition(
-                &mut conditions,
-                CONDITION_BOUND,
-                false,
-                "IPMismatch",
-                message,
-            );
-            set_condition(
-                &mut conditions,
-                CONDITION_POD_PRESENT,
-                true,
-                "PodPresent",
-                String::new(),
-            );
-            write_status(&api, &record, json!({"conditions": conditions})).await?;
+            refuse_binding(&api, &record, "IPMismatch", message).await?;
         }
         Decision::AddressTaken {
             pod_uid,
@@ -137,22 +122,7 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
                  this identity gets no static address from that pod (re-create it for a new one)"
             );
             tracing::warn!(namespace = %ns, record = %name, %message, "address taken");
-            let mut conditions = conditions_of(&record);
-            set_condition(
-                &mut conditions,
-                CONDITION_BOUND,
-                false,
-                "AddressTaken",
-                message,
-            );
-            set_condition(
-                &mut conditions,
-                CONDITION_POD_PRESENT,
-                true,
-                "PodPresent",
-                String::new(),
-            );
-            write_status(&api, &record, json!({"conditions": conditions})).await?;
+            refuse_binding(&api, &record, "AddressTaken", message).await?;
         }
         Decision::PodGone => {
             let mut conditions = conditions_of(&record);
@@ -290,6 +260,25 @@ async fn bind(
         }),
     )
     .await
+}
+
+/// Reports why the record is not bound to its (present) pod.
+async fn refuse_binding(
+    api: &Api<StaticIP>,
+    record: &StaticIP,
+    reason: &str,
+    message: String,
+) -> Result<(), Error> {
+    let mut conditions = conditions_of(record);
+    set_condition(&mut conditions, CONDITION_BOUND, false, reason, message);
+    set_condition(
+        &mut conditions,
+        CONDITION_POD_PRESENT,
+        true,
+        "PodPresent",
+        String::new(),
+    );
+    write_status(api, record, json!({"conditions": conditions})).await
 }
 
 /// IP range mode: addresses on `node`'s blocks, then the record. If the record changed in
