@@ -119,6 +119,43 @@ pub async fn create_nodes(client: &Client, specs: &[NodeSpec]) -> anyhow::Result
     for spec in specs {
         wait_node_ready(client, &spec.name, true, Duration::from_secs(60)).await?;
     }
+    warm_ip_pools(client, specs).await
+}
+
+/// Runs one pod on each node until it has an IP, then deletes it. KWOK creates a node's IP
+/// pool when the node's first pod needs an address, and two first pods at once can each
+/// create one (check-then-store in `PodController.ipPool`): both then get the pool's first
+/// address. After this, every node's pool exists before any test's pods arrive.
+async fn warm_ip_pools(client: &Client, specs: &[NodeSpec]) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let name = |node: &str| format!("kwok-ip-pool-warmup-{node}");
+    for spec in specs {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name(&spec.name)},
+            "spec": {"nodeName": spec.name, "containers": [{"name": "warmup", "image": "warmup"}]}
+        }))?;
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .with_context(|| format!("creating the IP pool warm-up pod of {}", spec.name))?;
+    }
+    for spec in specs {
+        let pod_name = name(&spec.name);
+        wait_for(
+            format!("{pod_name} has an IP"),
+            Duration::from_secs(60),
+            || async {
+                let pod = pods.get(&pod_name).await?;
+                Ok(pod.status.and_then(|s| s.pod_ip).map(|_| ()))
+            },
+        )
+        .await?;
+    }
+    for spec in specs {
+        pods.delete(&name(&spec.name), &DeleteParams::default().grace_period(0))
+            .await
+            .with_context(|| format!("deleting the IP pool warm-up pod of {}", spec.name))?;
+    }
     Ok(())
 }
 
