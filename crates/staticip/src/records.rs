@@ -240,15 +240,7 @@ async fn bind(
     message: String,
 ) -> Result<(), Error> {
     tracing::info!(namespace = record.namespace().unwrap_or_default(), record = %record.name_any(), %message, "bound");
-    let mut conditions = conditions_of(record);
-    set_condition(&mut conditions, CONDITION_BOUND, true, reason, message);
-    set_condition(
-        &mut conditions,
-        CONDITION_POD_PRESENT,
-        true,
-        "PodPresent",
-        String::new(),
-    );
+    let conditions = with_pod_present(record, true, reason, message);
     write_status(
         api,
         record,
@@ -269,8 +261,19 @@ async fn refuse_binding(
     reason: &str,
     message: String,
 ) -> Result<(), Error> {
+    let conditions = with_pod_present(record, false, reason, message);
+    write_status(api, record, json!({"conditions": conditions})).await
+}
+
+/// The record's conditions with its pod present and Bound set to `bound` for `reason`.
+fn with_pod_present(
+    record: &StaticIP,
+    bound: bool,
+    reason: &str,
+    message: String,
+) -> Vec<Condition> {
     let mut conditions = conditions_of(record);
-    set_condition(&mut conditions, CONDITION_BOUND, false, reason, message);
+    set_condition(&mut conditions, CONDITION_BOUND, bound, reason, message);
     set_condition(
         &mut conditions,
         CONDITION_POD_PRESENT,
@@ -278,7 +281,7 @@ async fn refuse_binding(
         "PodPresent",
         String::new(),
     );
-    write_status(api, record, json!({"conditions": conditions})).await
+    conditions
 }
 
 /// IP range mode: addresses on `node`'s blocks, then the record. If the record changed in
