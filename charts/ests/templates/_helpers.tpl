@@ -1,0 +1,167 @@
+{{/*
+Name of the chart, or nameOverride.
+*/}}
+{{- define "ests.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Prefix of every resource name: fullnameOverride, or the release name when it already
+contains the chart name (release "ests" gives "ests"), or "<release>-<chart>".
+Kept short enough for "-controller-metrics" and friends.
+*/}}
+{{- define "ests.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "ests.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels of every object.
+*/}}
+{{- define "ests.labels" -}}
+helm.sh/chart: {{ include "ests.chart" . }}
+app.kubernetes.io/name: {{ include "ests.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ests
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of one component: include with (dict "ctx" $ "component" "controller").
+*/}}
+{{- define "ests.componentLabels" -}}
+{{ include "ests.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+Selector labels of one component (never change: Deployment selectors are immutable).
+*/}}
+{{- define "ests.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ests.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+Name of a component's objects (Deployment, ServiceAccount, Service): "<fullname>-<component>".
+*/}}
+{{- define "ests.componentName" -}}
+{{- printf "%s-%s" (include "ests.fullname" .ctx) .component }}
+{{- end }}
+
+{{/*
+The ests image.
+*/}}
+{{- define "ests.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+Username of the controller's ServiceAccount: the only creator of static-IP pods.
+*/}}
+{{- define "ests.controllerUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "ests.componentName" (dict "ctx" . "component" "controller")) }}
+{{- end }}
+
+{{/*
+Name of the controller's leader-election Lease.
+*/}}
+{{- define "ests.controllerLease" -}}
+{{- include "ests.componentName" (dict "ctx" . "component" "controller") }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the webhook's serving certificate.
+*/}}
+{{- define "ests.webhookSecret" -}}
+{{- printf "%s-webhook-tls" (include "ests.fullname" .) }}
+{{- end }}
+
+{{/*
+Where kube-scheduler reaches the extender.
+*/}}
+{{- define "ests.extenderURL" -}}
+{{- if .Values.extender.url }}
+{{- .Values.extender.url | trimSuffix "/" }}
+{{- else if .Values.extender.service.clusterIP }}
+{{- printf "http://%s:%v" .Values.extender.service.clusterIP .Values.extender.port }}
+{{- else }}
+{{- printf "http://%s.%s.svc:%v" (include "ests.componentName" (dict "ctx" . "component" "extender")) .Release.Namespace .Values.extender.port }}
+{{- end }}
+{{- end }}
+
+{{/*
+The extenders list of a KubeSchedulerConfiguration (same as config/scheduler).
+*/}}
+{{- define "ests.schedulerExtenders" -}}
+extenders:
+- urlPrefix: {{ include "ests.extenderURL" . }}
+  filterVerb: filter
+  prioritizeVerb: prioritize
+  weight: 1
+  nodeCacheCapable: true
+  httpTimeout: {{ .Values.extender.httpTimeout }}
+  ignorable: {{ .Values.extender.ignorable }}
+{{- end }}
+
+{{/*
+Pod anti-affinity spreading a component's replicas over nodes:
+(dict "ctx" $ "component" "webhook" "mode" "soft").
+*/}}
+{{- define "ests.antiAffinity" -}}
+podAntiAffinity:
+{{- if eq .mode "hard" }}
+  requiredDuringSchedulingIgnoredDuringExecution:
+    - topologyKey: kubernetes.io/hostname
+      labelSelector:
+        matchLabels:
+          {{- include "ests.selectorLabels" . | nindent 10 }}
+{{- else }}
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "ests.selectorLabels" . | nindent 12 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Env of every ests container: its pod's name and namespace (leader identity, Lease
+namespace) and the log settings.
+*/}}
+{{- define "ests.env" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: ESTS_LOG
+  value: {{ .Values.logLevel | quote }}
+- name: ESTS_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- end }}
