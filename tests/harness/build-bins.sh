@@ -10,11 +10,21 @@ K8S_VERSION="${K8S_VERSION:-1.36.4}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# Karmada's module has no replace directives but the proxy refuses its version list, so it is
+# fetched by exact version through a wrapper module. v1.16.0 builds with Go 1.26.
+KARMADA_VERSION="${KARMADA_VERSION:-v1.16.0}"
 CACHE="${ESTS_CACHE:-$HOME/.cache/ests}"
 OUT="$CACHE/bin-k8s${K8S_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}-helm${HELM_VERSION}"
-WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm karmadactl)
+# karmadactl is cached under its own version (so a new Karmada pin does not rebuild
+# Kubernetes) and linked into $OUT.
+KARMADA_OUT="$CACHE/bin-karmada${KARMADA_VERSION}"
 
-have_all() { for b in "${WANT[@]}"; do [ -x "$OUT/$b" ] || return 1; done; }
+karmadactl_linked() { [ "$(readlink "$OUT/karmadactl" 2>/dev/null)" = "$KARMADA_OUT/karmadactl" ]; }
+have_all() {
+  for b in "${WANT[@]}"; do [ -x "$OUT/$b" ] || return 1; done
+  karmadactl_linked
+}
 if have_all; then echo "$OUT"; exit 0; fi
 
 command -v go >/dev/null || { echo "build-bins: go is not installed" >&2; exit 1; }
@@ -73,6 +83,16 @@ if [ ! -x "$OUT/helm" ]; then
  -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${MINOR}" \
     "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" >&2
 fi
+
+if [ ! -x "$KARMADA_OUT/karmadactl" ]; then
+  log "karmadactl $KARMADA_VERSION"
+  W="$CACHE/wrap-karmada-${KARMADA_VERSION}"; rm -rf "$W"; mkdir -p "$W" "$KARMADA_OUT"; cd "$W"
+  go mod init ests.local/karmadactl >/dev/null 2>&1
+  go get "github.com/karmada-io/karmada@${KARMADA_VERSION}" >&2
+  go build -mod=mod -ldflags "-s -w" -o "$KARMADA_OUT/karmadactl" \
+    github.com/karmada-io/karmada/cmd/karmadactl >&2
+fi
+karmadactl_linked || ln -sfn "$KARMADA_OUT/karmadactl" "$OUT/karmadactl"
 
 have_all || { log "some binaries are missing in $OUT"; exit 1; }
 echo "$OUT"

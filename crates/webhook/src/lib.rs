@@ -5,6 +5,9 @@
 //!   ([`ests_core::pin`]); other pods claiming to be static-IP pods are refused.
 //! - `POST /validate-sets` (EnhancedStatefulSet CREATE/UPDATE): what the CRD cannot check
 //!   ([`ests_core::validate`]).
+//! - `POST /interpret` (Karmada's Resource Interpreter webhook, `ResourceInterpreterContext`
+//!   for EnhancedStatefulSet): the same answers as the Lua customization in
+//!   `config/karmada` ([`interpreter`]).
 //!
 //! Records are read from a watch-fed cache: nothing on the request path calls the API
 //! server. Every malformed request gets a 400 with a JSON message, never a panic; bodies are
@@ -12,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod interpreter;
 pub mod metrics;
 pub mod tls;
 
@@ -53,6 +57,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/mutate-pods", post(mutate_pods))
         .route("/validate-sets", post(validate_sets))
+        .route("/interpret", post(interpret))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -248,4 +253,47 @@ async fn validate_sets(
         Err(rejection) => unreadable(rejection),
     };
     respond(&state.metrics, "validate-sets", started, answer)
+}
+
+/// Answers a Karmada `ResourceInterpreterContext`, without I/O.
+pub fn review_interpretation(body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+    let context: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            let (code, body) = bad_request(format!("not a ResourceInterpreterContext: {e}"));
+            return (code, body, "malformed");
+        }
+    };
+    match interpreter::answer(&context) {
+        Ok(reply) => {
+            let result = if reply["response"]["successful"] == json!(true) {
+                "answered"
+            } else {
+                "refused"
+            };
+            match serde_json::to_vec(&reply) {
+                Ok(body) => (StatusCode::OK, body, result),
+                Err(e) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": format!("serializing the reply: {e}")})
+                        .to_string()
+                        .into_bytes(),
+                    "error",
+                ),
+            }
+        }
+        Err(e) => {
+            let (code, body) = bad_request(e);
+            (code, body, "malformed")
+        }
+    }
+}
+
+async fn interpret(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let answer = match body {
+        Ok(body) => review_interpretation(&body),
+        Err(rejection) => unreadable(rejection),
+    };
+    respond(&state.metrics, "interpret", started, answer)
 }
