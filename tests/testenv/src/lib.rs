@@ -7,6 +7,7 @@
 
 pub mod bins;
 pub mod control_plane;
+pub mod helm;
 pub mod invariants;
 pub mod monitor;
 pub mod nodes;
