@@ -62,6 +62,8 @@ pub struct Context {
     pub expectations: Expectations,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    /// See [`Settings::extender_binds`].
+    pub extender_binds: bool,
     /// Turns true once every cache above has listed.
     listed: ests_cache::Listed,
 }
@@ -79,6 +81,9 @@ impl Context {
 pub struct Settings {
     /// Sets reconciled at once.
     pub concurrency: u16,
+    /// The scheduler extender binds range-mode static-IP pods: they request the managed
+    /// resource `jke.jdcloud.com/static-ip`, which routes them to its bind verb.
+    pub extender_binds: bool,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -146,6 +151,7 @@ pub async fn run(
         records,
         expectations: Expectations::default(),
         metrics,
+        extender_binds: settings.extender_binds,
     });
     Controller::new(Api::<EnhancedStatefulSet>::all(client), config)
         .owns_stream(pod_events)

@@ -15,7 +15,7 @@ use ests_core::identity::{max_unavailable, pod_name, spec_ordinals};
 use ests_core::pods::{build_claims, build_pod, claim_name};
 use ests_core::revision::template_of;
 use ests_core::rollout::{self, Action as Step, DeleteReason, ReplaceReason, SetView, Strategy};
-use ests_core::static_ip::{self, IpSettings, holds_pod, stamp};
+use ests_core::static_ip::{self, IpSettings, holds_pod, request_static_ip, stamp};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -352,7 +352,12 @@ async fn create_pod(
     // The record exists before the pod, and the pod names the record it was created with.
     if let Some(settings) = ip_settings {
         match records::ensure(ctx, set, settings, &name).await? {
-            RecordState::Ready(record) => stamp(&mut pod, &record),
+            RecordState::Ready(record) => {
+                stamp(&mut pod, &record);
+                if ctx.extender_binds && settings.pool.is_some() {
+                    request_static_ip(&mut pod);
+                }
+            }
             RecordState::Wait(why) => {
                 publish(
                     ctx,

@@ -81,9 +81,9 @@ pub struct NodeView {
     /// Requests of the non-terminated pods bound to the node (and `pods`: their number).
     pub requested: Resources,
     pub reserved: Reserved,
-    /// IP range mode: addresses the node can still hand out (free addresses of its blocks,
-    /// plus those of blocks it could claim); None when no pool concerns the pod.
-    pub static_ip_room: Option<u64>,
+    /// IP range mode, per pool: addresses the node's blocks can still hand out (for a
+    /// dual-stack pool, the scarcer family). A pool absent here has no block on the node.
+    pub static_ip_room: BTreeMap<String, u64>,
 }
 
 /// A pod as the predicates read it.
@@ -96,10 +96,19 @@ pub struct PodView {
     pub requests: Resources,
     /// The node the pod is pinned to by its record, and the record.
     pub pinned: Option<(String, String)>,
-    /// The pod needs a new address from the node's blocks (range mode, first placement).
-    pub needs_static_ip: bool,
+    /// IP range mode, first placement: the pod needs a new address from the node's blocks.
+    pub needs_ip: Option<IpNeed>,
     /// The pod is a static-IP pod (its own reservation does not count against it).
     pub static_ip: bool,
+}
+
+/// A range-mode pod's need for an address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpNeed {
+    /// The record's pool.
+    pub pool: String,
+    /// The pool still has blocks a node could claim, so no node is short of addresses.
+    pub claimable: bool,
 }
 
 /// Whether a node fits a pod.
@@ -153,8 +162,14 @@ pub fn filter(pod: &PodView, node: &NodeView) -> Fit {
             ));
         }
     }
-    if pod.needs_static_ip && node.static_ip_room == Some(0) {
-        return Fit::No("no static IP left in the node's blocks".into());
+    if let Some(need) = &pod.needs_ip
+        && !need.claimable
+        && node.static_ip_room.get(&need.pool).copied().unwrap_or(0) == 0
+    {
+        return Fit::No(format!(
+            "no address of StaticIPPool {} left in the node's blocks, and no free block to claim",
+            need.pool
+        ));
     }
     Fit::Fits
 }
@@ -184,6 +199,68 @@ pub fn score(pod: &PodView, node: &NodeView) -> i64 {
         worst = worst.min(i64::try_from(share).unwrap_or(0));
     }
     worst.clamp(0, MAX_SCORE)
+}
+
+/// What the extender's bind does for a pod before the Binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindStep {
+    /// Not a range-mode static-IP pod (or a record-mode one): just the Binding.
+    Bind,
+    /// The pod's range-mode record has no address yet: allocate on the chosen node first.
+    Allocate,
+    /// The record holds these addresses on the chosen node: the pod must carry them
+    /// (annotations) before it is bound.
+    Annotate(Vec<std::net::IpAddr>),
+    /// Binding here would break the record's promise.
+    Refuse(String),
+}
+
+/// The bind decision for `pod` on `node`, from the live pod and its live record.
+pub fn bind_step(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    record: Option<&ests_api::StaticIP>,
+    node: &str,
+) -> BindStep {
+    use ests_api::keys;
+    use kube::ResourceExt;
+    let name = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    if pod
+        .labels()
+        .get(keys::STATIC_IP_POD_LABEL)
+        .map(String::as_str)
+        != Some("true")
+    {
+        return BindStep::Bind;
+    }
+    let Some(stamp) = pod.annotations().get(keys::STATIC_IP_RECORD_UID) else {
+        return BindStep::Refuse(format!(
+            "static-IP pod {name} lacks the annotation {}",
+            keys::STATIC_IP_RECORD_UID
+        ));
+    };
+    let Some(record) = record else {
+        return BindStep::Refuse(format!("StaticIP {name} does not exist"));
+    };
+    if record.uid().as_deref() != Some(stamp.as_str()) {
+        return BindStep::Refuse(format!(
+            "StaticIP {name} has UID {}, not the {stamp} stamped on the pod",
+            record.uid().unwrap_or_default()
+        ));
+    }
+    if record.spec.pool.is_none() {
+        return BindStep::Bind;
+    }
+    let ips = crate::static_ip::record_ips(record);
+    if ips.is_empty() {
+        return BindStep::Allocate;
+    }
+    match record.spec.node.as_deref() {
+        Some(held_on) if held_on == node => BindStep::Annotate(ips),
+        held_on => BindStep::Refuse(format!(
+            "StaticIP {name} holds its addresses on node {}, not {node}",
+            held_on.unwrap_or("(none)")
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! the one the controller stamped on it; anything else that claims to be a static-IP pod is
 //! refused, so nobody can take a kept address by labelling a pod.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ests_api::{StaticIP, StaticIPPhase, keys};
@@ -160,18 +161,33 @@ pub fn pin(pod: &Pod, record: Option<&StaticIP>, user: &str, settings: &PinSetti
         return PinVerdict::Unchanged;
     };
     let mut pinned = pod.clone();
-    let joined: Vec<String> = ips.iter().map(ToString::to_string).collect();
-    let annotations = pinned.annotations_mut();
-    annotations.insert(keys::STATIC_IP_POD_IP.into(), joined.join(","));
-    annotations.insert(keys::STATIC_IP_POD_NODE.into(), node.into());
-    for cni in &settings.cni {
-        annotations.insert(cni.key.clone(), cni.render(&ips));
-    }
+    pinned
+        .annotations_mut()
+        .extend(address_annotations(&ips, node, &settings.cni));
     pin_to_node(&mut pinned, node);
     match (serde_json::to_value(pod), serde_json::to_value(&pinned)) {
         (Ok(before), Ok(after)) => PinVerdict::Pin(json_patch::diff(&before, &after)),
         (Err(e), _) | (_, Err(e)) => PinVerdict::Deny(format!("pod {name}: {e}")),
     }
+}
+
+/// The annotations that give a pod its addresses: ests's own (`staticip.jke.jdcloud.com/ip`,
+/// comma-separated, and `.../node`) and each configured CNI's. The webhook adds them at
+/// creation; the extender's bind adds them to a range-mode pod before binding it.
+pub fn address_annotations(
+    ips: &[IpAddr],
+    node: &str,
+    cni: &[CniAnnotation],
+) -> BTreeMap<String, String> {
+    let joined: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    let mut annotations = BTreeMap::from([
+        (keys::STATIC_IP_POD_IP.to_string(), joined.join(",")),
+        (keys::STATIC_IP_POD_NODE.to_string(), node.to_string()),
+    ]);
+    for c in cni {
+        annotations.insert(c.key.clone(), c.render(ips));
+    }
+    annotations
 }
 
 /// Whether resourceVersion `cached` is older than `stamped`. They are opaque strings to

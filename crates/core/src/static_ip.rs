@@ -16,6 +16,7 @@ use ests_api::{
     EnhancedStatefulSet, ReleasePolicy, StaticIP, StaticIPPhase, StaticIPSpec, WorkloadReference,
 };
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
@@ -179,6 +180,22 @@ pub fn stamp(pod: &mut Pod, record: &StaticIP) {
         keys::STATIC_IP_RECORD_VERSION.into(),
         record.resource_version().unwrap_or_default(),
     );
+}
+
+/// Makes an IP-range-mode pod request one `jke.jdcloud.com/static-ip` (on its first
+/// container, requests and limits alike, as extended resources must be): the managed
+/// resource that sends the pod to the extender's bind verb, where it gets its addresses from
+/// the chosen node's blocks. The scheduler ignores the resource itself (ignoredByScheduler).
+pub fn request_static_ip(pod: &mut Pod) {
+    let Some(container) = pod.spec.as_mut().and_then(|s| s.containers.first_mut()) else {
+        return;
+    };
+    let one = Quantity("1".into());
+    let resources = container.resources.get_or_insert_with(Default::default);
+    for list in [&mut resources.requests, &mut resources.limits] {
+        list.get_or_insert_with(Default::default)
+            .insert(keys::STATIC_IP_RESOURCE.into(), one.clone());
+    }
 }
 
 /// The addresses a pod runs with (status.podIPs, else status.podIP).

@@ -30,6 +30,13 @@ pub struct ControllerArgs {
     /// run it separately with `ests static-ip`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "ESTS_STATIC_IP_MANAGER")]
     pub static_ip_manager: bool,
+
+    /// The scheduler extender binds IP-range-mode pods (`ests extender --bind`, with the
+    /// bind entry in the scheduler's configuration): such pods request the managed resource
+    /// jke.jdcloud.com/static-ip so the scheduler sends them to it. Leave off otherwise: a
+    /// scheduler that does not manage the resource could not place them.
+    #[arg(long, env = "ESTS_EXTENDER_BINDS")]
+    pub extender_binds: bool,
 }
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
@@ -45,6 +52,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 
     let settings = Settings {
         concurrency: args.concurrency,
+        extender_binds: args.extender_binds,
     };
     let with_manager = args.static_ip_manager;
     let concurrency = args.concurrency;

@@ -1,11 +1,18 @@
 //! `ests extender`: the scheduler extender, answering kube-scheduler from watch caches.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
-use ests_extender::{AppState, Caches, Metrics, router};
+use ests_core::pin::CniAnnotation;
+use ests_extender::bind::Binder;
+use ests_extender::watch::SharedIndex;
+use ests_extender::{AppState, Metrics, router};
+use ests_staticip::Ipam;
+use ests_webhook::tls::{CertFiles, reloading_config};
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
@@ -14,13 +21,39 @@ use crate::serve;
 
 #[derive(clap::Args, Debug)]
 pub struct ExtenderArgs {
-    /// Address of the HTTP server kube-scheduler calls (urlPrefix in its configuration).
+    /// Address of the server kube-scheduler calls (urlPrefix in its configuration).
     #[arg(long, default_value = "0.0.0.0:8888", env = "ESTS_EXTENDER_ADDR")]
     pub listen: SocketAddr,
 
     /// Address of the plain-HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8083", env = "ESTS_METRICS_ADDR")]
     pub metrics_addr: SocketAddr,
+
+    /// Answer the bind verb: range-mode static-IP pods (those requesting the managed
+    /// resource jke.jdcloud.com/static-ip) get their addresses from the chosen node's blocks
+    /// before they are bound. Requires the bind extender entry in the scheduler's
+    /// configuration and `ests controller --extender-binds`.
+    #[arg(long, env = "ESTS_EXTENDER_BIND")]
+    pub bind: bool,
+
+    /// Annotation a CNI reads a pod's addresses from, as key=format, written at bind
+    /// (`{ips-json}`, `{ips}`, `{ipv4}`, `{ipv6}` are replaced); repeat or separate with ';'.
+    /// Default: Calico's cni.projectcalico.org/ipAddrs={ips-json}. Use the webhook's setting.
+    #[arg(long = "cni-annotation", env = "ESTS_CNI_ANNOTATIONS", value_delimiter = ';', value_parser = CniAnnotation::parse)]
+    pub cni_annotations: Vec<CniAnnotation>,
+
+    /// Serve HTTPS with this certificate (PEM; reloaded when the file changes). Without it
+    /// the extender serves plain HTTP, for a scheduler on the same host or network policy.
+    #[arg(long, env = "ESTS_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The private key of --tls-cert-file (PEM).
+    #[arg(long, env = "ESTS_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// How often the certificate files are checked for a new certificate, in seconds.
+    #[arg(long, default_value_t = 10, env = "ESTS_CERT_RELOAD_SECONDS")]
+    pub cert_reload_seconds: u64,
 }
 
 /// A store fed by a watch of every object of `K`, running until the process ends.
@@ -52,24 +85,39 @@ pub async fn run(args: ExtenderArgs) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry).context("registering extender metrics")?;
     let ready = Arc::new(AtomicBool::new(false));
-    let health = serve::spawn(args.metrics_addr, registry, ready.clone()).await?;
+    let health = serve::spawn(args.metrics_addr, registry.clone(), ready.clone()).await?;
     tracing::info!(addr = %health, "serving metrics and health");
 
-    let caches = Caches {
-        nodes: cache(&client),
-        pods: cache(&client),
-        records: cache(&client),
-        sets: cache(&client),
+    let index = SharedIndex::default();
+    let mut waits = vec![];
+    let binder = if args.bind {
+        // Allocation reads pools and blocks from caches of its own and writes by
+        // compare-and-swap; the index's copies only serve the predicates.
+        let ipam = Ipam {
+            client: client.clone(),
+            pools: cache(&client),
+            blocks: cache(&client),
+            metrics: ests_staticip::Metrics::register(&registry)
+                .context("registering allocation metrics")?,
+        };
+        waits.push(ests_cache::wait_for(&ipam.pools));
+        waits.push(ests_cache::wait_for(&ipam.blocks));
+        let cni = if args.cni_annotations.is_empty() {
+            vec![CniAnnotation::calico()]
+        } else {
+            args.cni_annotations
+        };
+        Some(Arc::new(Binder {
+            client: client.clone(),
+            ipam,
+            cni,
+        }))
+    } else {
+        None
     };
-    let listed = ests_cache::Listed::spawn(
-        "extender",
-        vec![
-            ests_cache::wait_for(&caches.nodes),
-            ests_cache::wait_for(&caches.pods),
-            ests_cache::wait_for(&caches.records),
-            ests_cache::wait_for(&caches.sets),
-        ],
-    );
+    let indexed = ests_extender::watch::follow(&client, &index, &metrics);
+    waits.push(Box::pin(async move { indexed.wait().await }));
+    let listed = ests_cache::Listed::spawn("extender", waits);
     {
         let (listed, ready) = (listed.clone(), ready.clone());
         tokio::spawn(async move {
@@ -78,13 +126,38 @@ pub async fn run(args: ExtenderArgs) -> anyhow::Result<()> {
             ready.store(true, Ordering::SeqCst);
         });
     }
-    let app = router(AppState { caches, metrics });
+    let app = router(AppState {
+        index,
+        metrics,
+        binder,
+    });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving the scheduler extender");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(serve::shutdown_signal())
-        .await
-        .context("serving the extender")
+    let addr = listener.local_addr()?;
+    match (args.tls_cert_file, args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let tls = reloading_config(
+                CertFiles { cert, key },
+                Duration::from_secs(args.cert_reload_seconds.max(1)),
+                |result| {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "reloading the serving certificate");
+                    }
+                },
+            )
+            .await
+            .context("loading the serving certificate")?;
+            tracing::info!(%addr, bind = args.bind, "serving the scheduler extender over HTTPS");
+            ests_webhook::tls::serve(listener, tls, app, serve::shutdown_signal()).await;
+            Ok(())
+        }
+        _ => {
+            tracing::info!(%addr, bind = args.bind, "serving the scheduler extender over HTTP");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(serve::shutdown_signal())
+                .await
+                .context("serving the extender")
+        }
+    }
 }

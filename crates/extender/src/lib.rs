@@ -5,13 +5,19 @@
 //! - `POST /filter`: the pinned-node predicate and the capacity predicate with reservations
 //!   for static-IP pods; failures say why, per node.
 //! - `POST /prioritize`: prefer nodes with room left after the reservations (0..10).
+//! - `POST /bind` (with `--bind`): range-mode static-IP pods get their addresses from the
+//!   chosen node's blocks, then the Binding ([`bind`]).
 //!
-//! Bind for IP range mode (allocating at bind) is still to come (issue 7).
+//! The answers come from the [`index`], fed by watches ([`watch`]).
 #![forbid(unsafe_code)]
 
-pub mod views;
+pub mod bind;
+pub mod index;
+pub mod watch;
 pub mod wire;
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -21,13 +27,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use ests_api::{EnhancedStatefulSet, StaticIP};
-use ests_core::extender::{Fit, PodView, filter, score};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::runtime::reflector::Store;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use ests_core::extender::{Fit, filter, score};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde_json::json;
 
+use crate::index::Index;
+use crate::watch::SharedIndex;
 use crate::wire::{ExtenderArgs, ExtenderFilterResult, HostPriority, NodeList};
 
 /// Largest request body accepted (full Node lists of big clusters are large).
@@ -38,6 +43,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub struct Metrics {
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
+    /// Objects held in the index, by kind.
+    pub cached: IntGaugeVec,
 }
 
 impl Metrics {
@@ -60,32 +67,34 @@ impl Metrics {
                 ]),
                 &["verb"],
             )?,
+            cached: IntGaugeVec::new(
+                Opts::new(
+                    "ests_extender_cached_objects",
+                    "Objects the extender's index holds, by kind (pods: bound, running ones)",
+                ),
+                &["kind"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
+        registry.register(Box::new(m.cached.clone()))?;
         Ok(m)
     }
 }
 
-/// The caches the extender answers from.
-#[derive(Clone)]
-pub struct Caches {
-    pub nodes: Store<Node>,
-    pub pods: Store<Pod>,
-    pub records: Store<StaticIP>,
-    pub sets: Store<EnhancedStatefulSet>,
-}
-
 #[derive(Clone)]
 pub struct AppState {
-    pub caches: Caches,
+    pub index: SharedIndex,
     pub metrics: Metrics,
+    /// Present when this extender binds range-mode static-IP pods.
+    pub binder: Option<Arc<bind::Binder>>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/filter", post(filter_handler))
         .route("/prioritize", post(prioritize_handler))
+        .route("/bind", post(bind_handler))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -98,48 +107,39 @@ fn bad_request(message: String) -> (StatusCode, Vec<u8>, &'static str) {
     )
 }
 
-/// The request, the nodes as the predicates see them, and the pod.
-fn inputs(
-    caches: &Caches,
-    body: &[u8],
-) -> Result<(ExtenderArgs, views::Snapshot, PodView), String> {
-    let args: ExtenderArgs =
-        serde_json::from_slice(body).map_err(|e| format!("not ExtenderArgs: {e}"))?;
-    let records = caches.records.state();
-    let snapshot = views::snapshot(
-        &caches.nodes.state(),
-        &caches.pods.state(),
-        &records,
-        &caches.sets.state(),
-    );
-    let pod = views::pod_view(&args.pod, &records);
-    Ok((args, snapshot, pod))
+fn parse(body: &[u8]) -> Result<ExtenderArgs, String> {
+    serde_json::from_slice(body).map_err(|e| format!("not ExtenderArgs: {e}"))
 }
 
-/// Answers a filter call from the caches.
-pub fn answer_filter(caches: &Caches, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
-    let (args, snapshot, pod) = match inputs(caches, body) {
-        Ok(inputs) => inputs,
+/// Answers a filter call from the index.
+pub fn answer_filter(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+    let args = match parse(body) {
+        Ok(args) => args,
         Err(e) => return bad_request(e),
     };
+    let pod = index.pod_view(&args.pod);
     let mut result = ExtenderFilterResult::default();
-    let mut kept = Vec::new();
-    for name in args.candidates() {
-        let fit = match snapshot.nodes.get(&name) {
+    let mut kept = HashSet::new();
+    for name in args.candidate_names() {
+        let fit = match index.node(name) {
             Some(node) => filter(&pod, node),
             None => Fit::No(format!("node {name} is not in the extender's cache yet")),
         };
         match fit {
-            Fit::Fits => kept.push(name),
+            Fit::Fits => {
+                kept.insert(name.to_string());
+            }
             Fit::No(why) => {
-                result.failed_nodes.insert(name, why);
+                result.failed_nodes.insert(name.to_string(), why);
             }
             Fit::Never(why) => {
-                result.failed_and_unresolvable_nodes.insert(name, why);
+                result
+                    .failed_and_unresolvable_nodes
+                    .insert(name.to_string(), why);
             }
         }
     }
-    // Answer in the form the request used; the list is always present.
+    // Answer in the form the request used, in its order; the list is always present.
     match (&args.node_names, args.nodes) {
         (None, Some(list)) => {
             result.nodes = Some(NodeList {
@@ -155,7 +155,16 @@ pub fn answer_filter(caches: &Caches, body: &[u8]) -> (StatusCode, Vec<u8>, &'st
                     .collect(),
             });
         }
-        _ => result.node_names = Some(kept),
+        (names, _) => {
+            result.node_names = Some(
+                names
+                    .iter()
+                    .flatten()
+                    .filter(|n| kept.contains(*n))
+                    .cloned()
+                    .collect(),
+            );
+        }
     }
     match serde_json::to_vec(&result) {
         Ok(body) => (StatusCode::OK, body, "ok"),
@@ -163,18 +172,21 @@ pub fn answer_filter(caches: &Caches, body: &[u8]) -> (StatusCode, Vec<u8>, &'st
     }
 }
 
-/// Answers a prioritize call from the caches.
-pub fn answer_prioritize(caches: &Caches, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
-    let (args, snapshot, pod) = match inputs(caches, body) {
-        Ok(inputs) => inputs,
+/// Answers a prioritize call from the index.
+pub fn answer_prioritize(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+    let args = match parse(body) {
+        Ok(args) => args,
         Err(e) => return bad_request(e),
     };
+    let pod = index.pod_view(&args.pod);
     let scores: Vec<HostPriority> = args
-        .candidates()
-        .into_iter()
+        .candidate_names()
         .map(|host| {
-            let score = snapshot.nodes.get(&host).map_or(0, |n| score(&pod, n));
-            HostPriority { host, score }
+            let score = index.node(host).map_or(0, |n| score(&pod, n));
+            HostPriority {
+                host: host.to_string(),
+                score,
+            }
         })
         .collect();
     match serde_json::to_vec(&scores) {
@@ -214,7 +226,7 @@ async fn filter_handler(
 ) -> Response {
     let started = Instant::now();
     let answer = match body {
-        Ok(body) => answer_filter(&state.caches, &body),
+        Ok(body) => watch::read(&state.index, |index| answer_filter(index, &body)),
         Err(rejection) => unreadable(rejection),
     };
     respond(&state.metrics, "filter", started, answer)
@@ -226,8 +238,26 @@ async fn prioritize_handler(
 ) -> Response {
     let started = Instant::now();
     let answer = match body {
-        Ok(body) => answer_prioritize(&state.caches, &body),
+        Ok(body) => watch::read(&state.index, |index| answer_prioritize(index, &body)),
         Err(rejection) => unreadable(rejection),
     };
     respond(&state.metrics, "prioritize", started, answer)
+}
+
+async fn bind_handler(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let answer = match body {
+        Ok(body) => match &state.binder {
+            Some(binder) => binder.answer(&body).await,
+            None => bad_request(
+                "this extender does not bind (start it with --bind to let it bind range-mode static-IP pods)"
+                    .into(),
+            ),
+        },
+        Err(rejection) => unreadable(rejection),
+    };
+    respond(&state.metrics, "bind", started, answer)
 }

@@ -37,16 +37,14 @@ pub struct ExtenderArgs {
 }
 
 impl ExtenderArgs {
-    /// The candidate nodes' names, whichever form the request used.
-    pub fn candidates(&self) -> Vec<String> {
+    /// The candidate nodes' names, whichever form the request used, borrowed.
+    pub fn candidate_names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         match (&self.node_names, &self.nodes) {
-            (Some(names), _) => names.clone(),
-            (None, Some(list)) => list
-                .items
-                .iter()
-                .filter_map(|n| n.metadata.name.clone())
-                .collect(),
-            (None, None) => Vec::new(),
+            (Some(names), _) => Box::new(names.iter().map(String::as_str)),
+            (None, Some(list)) => {
+                Box::new(list.items.iter().filter_map(|n| n.metadata.name.as_deref()))
+            }
+            (None, None) => Box::new(std::iter::empty()),
         }
     }
 }
@@ -112,12 +110,12 @@ mod tests {
             "Pod": {"metadata": {"name": "web-0"}}, "Nodes": null, "NodeNames": ["n1", "n2"]
         }))
         .expect("nodeCacheCapable form");
-        assert_eq!(cached.candidates(), ["n1", "n2"]);
+        assert_eq!(cached.candidate_names().collect::<Vec<_>>(), ["n1", "n2"]);
         let full: ExtenderArgs = serde_json::from_value(json!({
             "pod": {"metadata": {"name": "web-0"}}, "nodes": {"items": [{"metadata": {"name": "n3"}}]}
         }))
         .expect("full nodes, legacy lowercase keys");
-        assert_eq!(full.candidates(), ["n3"]);
+        assert_eq!(full.candidate_names().collect::<Vec<_>>(), ["n3"]);
         let bind: ExtenderBindingArgs = serde_json::from_value(json!({
             "PodName": "web-0", "PodNamespace": "ns", "PodUID": "u-1", "Node": "n1"
         }))

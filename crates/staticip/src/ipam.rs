@@ -13,10 +13,12 @@ use ests_api::{IPBlock, IPBlockSpec, StaticIP, StaticIPAddress, StaticIPPool};
 use ests_core::allocator::{
     AllocError, Holder, MAX_CAS_ATTEMPTS, allocate_in, block_name, blocks_of, release_in,
 };
+use ests_core::static_ip::record_ips;
 use ipnet::IpNet;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
+use serde_json::json;
 
 use crate::blocks::ApiBlockStore;
 use crate::metrics::Metrics;
@@ -49,6 +51,15 @@ pub struct Ipam {
     pub pools: Store<StaticIPPool>,
     pub blocks: Store<IPBlock>,
     pub metrics: Metrics,
+}
+
+/// What [`Ipam::assign_to_record`] did.
+#[derive(Debug)]
+pub enum Assignment {
+    /// The record now holds the addresses: the record as written.
+    Written(StaticIP),
+    /// The record changed since it was read; the record as it is now (None if it is gone).
+    Changed(Option<StaticIP>),
 }
 
 /// A pool as allocation reads it.
@@ -128,6 +139,69 @@ impl Ipam {
             .with_label_values(&[pool_name.as_str(), outcome])
             .inc();
         result
+    }
+
+    /// [`Ipam::assign`], then the addresses and node written to the record — only if the
+    /// record is unchanged since it was read (its resourceVersion). If it changed (another
+    /// allocator got there first), the addresses it does not hold go back at once and the
+    /// record as it is now is returned; anything a crash leaves behind, the block sweeper
+    /// frees.
+    pub async fn assign_to_record(
+        &self,
+        record: &StaticIP,
+        node: &str,
+    ) -> Result<Assignment, IpamError> {
+        let name = record.name_any();
+        let api: Api<StaticIP> =
+            Api::namespaced(self.client.clone(), &record.namespace().unwrap_or_default());
+        let addresses = self.assign(record, node).await?;
+        let patch = json!({
+            "metadata": {"resourceVersion": record.resource_version()},
+            "spec": {"ips": addresses, "node": node},
+        });
+        let lost = match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(written) => return Ok(Assignment::Written(written)),
+            Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
+                self.metrics
+                    .conflicts
+                    .with_label_values(&["StaticIP"])
+                    .inc();
+                s.is_conflict()
+            }
+            Err(source) => {
+                return Err(IpamError::Kube {
+                    context: format!("writing the addresses of StaticIP {name}"),
+                    source,
+                });
+            }
+        };
+        let fresh = if lost {
+            api.get_opt(&name).await.map_err(|source| IpamError::Kube {
+                context: format!("reading StaticIP {name}"),
+                source,
+            })?
+        } else {
+            None
+        };
+        let same = fresh.as_ref().filter(|f| f.uid() == record.uid());
+        if same.is_some_and(|f| f.spec.ips.is_empty()) {
+            // The record is still waiting for addresses (only its status changed): what it
+            // got stays held under its UID and is reused by the next attempt.
+            return Ok(Assignment::Changed(fresh));
+        }
+        let kept = same.map(record_ips).unwrap_or_default();
+        let extra: Vec<StaticIPAddress> = addresses
+            .into_iter()
+            .filter(|a| a.ip.parse().is_ok_and(|ip| !kept.contains(&ip)))
+            .collect();
+        if !extra.is_empty() {
+            tracing::info!(record = %name, ips = ?extra, "lost the race for the record; giving the addresses back");
+            self.give_back_unkept(record, &extra).await?;
+        }
+        Ok(Assignment::Changed(fresh))
     }
 
     async fn assign_in_pool(

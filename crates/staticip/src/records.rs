@@ -23,6 +23,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
+use crate::ipam::Assignment;
 use crate::{Context, Error};
 
 /// Look again at least this often (TTLs, a pod that comes back).
@@ -284,9 +285,8 @@ fn with_pod_present(
     conditions
 }
 
-/// IP range mode: addresses on `node`'s blocks, then the record. If the record changed in
-/// between (another manager got there first), the addresses the record does not hold go
-/// back at once; anything a crash leaves behind, the block sweeper frees.
+/// IP range mode: addresses on `node`'s blocks, then the record (see
+/// [`crate::Ipam::assign_to_record`]); a record changed in between is looked at again.
 async fn allocate(
     ctx: &Context,
     api: &Api<StaticIP>,
@@ -294,8 +294,24 @@ async fn allocate(
     node: &str,
 ) -> Result<(), Error> {
     let name = record.name_any();
-    let addresses = match ctx.ipam.assign(record, node).await {
-        Ok(addresses) => addresses,
+    match ctx.ipam.assign_to_record(record, node).await {
+        Ok(Assignment::Written(written)) => {
+            let addresses = &written.spec.ips;
+            tracing::info!(namespace = record.namespace().unwrap_or_default(), record = %name, ips = %show(addresses), %node, "allocated");
+            let mut conditions = conditions_of(&written);
+            set_condition(
+                &mut conditions,
+                CONDITION_BOUND,
+                false,
+                "Allocated",
+                format!(
+                    "{} allocated on node {node}; waiting for a pod that runs with it",
+                    show(addresses)
+                ),
+            );
+            write_status(api, &written, json!({"conditions": conditions})).await
+        }
+        Ok(Assignment::Changed(_)) => Ok(()),
         Err(e) => {
             let mut conditions = conditions_of(record);
             set_condition(
@@ -306,48 +322,11 @@ async fn allocate(
                 e.to_string(),
             );
             write_status(api, record, json!({"conditions": conditions})).await?;
-            return Err(Error::Allocation(format!(
+            Err(Error::Allocation(format!(
                 "StaticIP {name} on node {node}: {e}"
-            )));
-        }
-    };
-    if write_spec(ctx, api, record, Some(&addresses), node).await? {
-        tracing::info!(namespace = record.namespace().unwrap_or_default(), record = %name, ips = %show(&addresses), %node, "allocated");
-        let mut conditions = conditions_of(record);
-        set_condition(
-            &mut conditions,
-            CONDITION_BOUND,
-            false,
-            "Allocated",
-            format!(
-                "{} allocated on node {node}; waiting for a pod that runs with it",
-                show(&addresses)
-            ),
-        );
-        return write_status(api, record, json!({"conditions": conditions})).await;
-    }
-    // Lost the race for the record: keep only what it holds now.
-    let fresh = api
-        .get(&name)
-        .await
-        .map_err(|e| Error::kube(format!("reading StaticIP {name}"), e))?;
-    if fresh.uid() == record.uid() && !fresh.spec.ips.is_empty() {
-        let held = record_ips(&fresh);
-        let extra: Vec<StaticIPAddress> = addresses
-            .into_iter()
-            .filter(|a| a.ip.parse().is_ok_and(|ip| !held.contains(&ip)))
-            .collect();
-        if !extra.is_empty() {
-            tracing::info!(record = %name, ips = %show(&extra), "lost the race for the record; giving the addresses back");
-            ctx.ipam
-                .give_back_unkept(&fresh, &extra)
-                .await
-                .map_err(|e| {
-                    Error::Allocation(format!("giving back addresses of StaticIP {name}: {e}"))
-                })?;
+            )))
         }
     }
-    Ok(())
 }
 
 /// Deletes the record, which frees its addresses, once the API server confirms that no pod

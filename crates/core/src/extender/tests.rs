@@ -24,7 +24,7 @@ fn node(
         allocatable,
         requested,
         reserved: Reserved::default(),
-        static_ip_room: None,
+        static_ip_room: BTreeMap::new(),
     }
 }
 
@@ -174,22 +174,41 @@ fn capacity_table() {
     // Pod count.
     let full = node("n3", 4000, 8192, 0, 0, 110);
     assert!(matches!(filter(&ordinary(1), &full), Fit::No(m) if m.contains("insufficient pods")));
-    // Static-IP room in range mode.
+    // Static-IP room in range mode: a node without blocks of the pool, or with its blocks
+    // full, fits only while the pool has a block to claim.
     let mut no_ips = node("n4", 4000, 8192, 0, 0, 0);
-    no_ips.static_ip_room = Some(0);
-    let first = PodView {
+    let mut first = PodView {
         key: "ns/web-9".into(),
         requests: res(1, 1),
-        needs_static_ip: true,
+        needs_ip: Some(IpNeed {
+            pool: "blue".into(),
+            claimable: false,
+        }),
         static_ip: true,
         ..PodView::default()
     };
-    assert_eq!(
-        filter(&first, &no_ips),
-        Fit::No("no static IP left in the node's blocks".into())
+    let short = Fit::No(
+        "no address of StaticIPPool blue left in the node's blocks, and no free block to claim"
+            .into(),
     );
-    no_ips.static_ip_room = Some(3);
+    assert_eq!(filter(&first, &no_ips), short);
+    no_ips.static_ip_room.insert("blue".into(), 0);
+    assert_eq!(filter(&first, &no_ips), short);
+    no_ips.static_ip_room.insert("blue".into(), 3);
     assert_eq!(filter(&first, &no_ips), Fit::Fits);
+    no_ips.static_ip_room.insert("blue".into(), 0);
+    first.needs_ip = Some(IpNeed {
+        pool: "blue".into(),
+        claimable: true,
+    });
+    assert_eq!(filter(&first, &no_ips), Fit::Fits);
+    // Another pool's room does not count.
+    first.needs_ip = Some(IpNeed {
+        pool: "green".into(),
+        claimable: false,
+    });
+    no_ips.static_ip_room.insert("blue".into(), 3);
+    assert!(matches!(filter(&first, &no_ips), Fit::No(_)));
     // A cluster-level resource the node does not advertise is not checked here.
     let mut marked = ordinary(1);
     marked
@@ -238,4 +257,80 @@ fn pod_requests_count_like_the_scheduler() {
     }))
     .expect("spec");
     assert!(pod_requests(&bad).is_err_and(|e| e.contains("container a: cpu")));
+}
+
+#[test]
+fn bind_allocates_then_annotates_and_refuses_broken_promises() {
+    use ests_api::StaticIP;
+    use k8s_openapi::api::core::v1::Pod;
+    let pod = |labelled: bool, stamp: Option<&str>| -> Pod {
+        let mut labels = serde_json::Map::new();
+        if labelled {
+            labels.insert("staticip.jke.jdcloud.com/enabled".into(), "true".into());
+        }
+        let mut annotations = serde_json::Map::new();
+        if let Some(stamp) = stamp {
+            annotations.insert("staticip.jke.jdcloud.com/record-uid".into(), stamp.into());
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db-0", "namespace": "ns", "labels": labels, "annotations": annotations},
+            "spec": {"containers": []}
+        }))
+        .expect("pod")
+    };
+    let record = |pool: Option<&str>, ips: &[&str], node: Option<&str>| -> StaticIP {
+        let ips: Vec<serde_json::Value> =
+            ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "StaticIP",
+            "metadata": {"name": "db-0", "namespace": "ns", "uid": "r-1"},
+            "spec": {"workload": {"apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "EnhancedStatefulSet", "name": "db", "uid": "s-1"},
+                     "podName": "db-0", "ips": ips, "node": node, "pool": pool}
+        }))
+        .expect("record")
+    };
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().expect("ip") };
+    let fresh = record(Some("blue"), &[], None);
+    let held = record(Some("blue"), &["10.40.0.5", "fd00::5"], Some("n1"));
+    let record_mode = record(None, &[], None);
+    let cases: Vec<(&str, Pod, Option<&StaticIP>, BindStep)> =
+        vec![
+        ("ordinary pod", pod(false, None), None, BindStep::Bind),
+        ("record mode", pod(true, Some("r-1")), Some(&record_mode), BindStep::Bind),
+        ("first placement", pod(true, Some("r-1")), Some(&fresh), BindStep::Allocate),
+        (
+            "addresses on this node",
+            pod(true, Some("r-1")),
+            Some(&held),
+            BindStep::Annotate(vec![ip("10.40.0.5"), ip("fd00::5")]),
+        ),
+        (
+            "no stamp",
+            pod(true, None),
+            Some(&fresh),
+            BindStep::Refuse(
+                "static-IP pod ns/db-0 lacks the annotation staticip.jke.jdcloud.com/record-uid"
+                    .into(),
+            ),
+        ),
+        (
+            "record gone",
+            pod(true, Some("r-1")),
+            None,
+            BindStep::Refuse("StaticIP ns/db-0 does not exist".into()),
+        ),
+        (
+            "another record",
+            pod(true, Some("r-0")),
+            Some(&fresh),
+            BindStep::Refuse("StaticIP ns/db-0 has UID r-1, not the r-0 stamped on the pod".into()),
+        ),
+    ];
+    for (what, pod, record, want) in cases {
+        assert_eq!(bind_step(&pod, record, "n1"), want, "{what}");
+    }
+    assert_eq!(
+        bind_step(&pod(true, Some("r-1")), Some(&held), "n2"),
+        BindStep::Refuse("StaticIP ns/db-0 holds its addresses on node n1, not n2".into())
+    );
 }

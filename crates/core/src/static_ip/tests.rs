@@ -455,3 +455,32 @@ fn record_mode_never_learns_an_address_another_record_keeps() {
     .expect("pod");
     assert!(!holds_pod(&pod, Some(&reported)));
 }
+
+#[test]
+fn range_mode_pods_request_the_managed_resource_on_their_first_container() {
+    let mut pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "db-0"},
+        "spec": {"containers": [
+            {"name": "db", "resources": {"requests": {"cpu": "1"}}},
+            {"name": "sidecar"}
+        ]}
+    }))
+    .expect("pod");
+    request_static_ip(&mut pod);
+    request_static_ip(&mut pod);
+    let spec = pod.spec.expect("spec");
+    let resources = spec.containers[0].resources.as_ref().expect("resources");
+    let one = Some(&Quantity("1".into()));
+    for list in [&resources.requests, &resources.limits] {
+        assert_eq!(
+            list.as_ref()
+                .and_then(|l| l.get("jke.jdcloud.com/static-ip")),
+            one
+        );
+    }
+    assert_eq!(
+        resources.requests.as_ref().and_then(|r| r.get("cpu")),
+        Some(&Quantity("1".into()))
+    );
+    assert!(spec.containers[1].resources.is_none());
+}
