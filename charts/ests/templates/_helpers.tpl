@@ -122,6 +122,16 @@ extenders:
   nodeCacheCapable: true
   httpTimeout: {{ .Values.extender.httpTimeout }}
   ignorable: {{ .Values.extender.ignorable }}
+{{- if .Values.extender.bind }}
+- urlPrefix: {{ include "ests.extenderURL" . }}
+  bindVerb: bind
+  nodeCacheCapable: true
+  httpTimeout: {{ .Values.extender.bindHTTPTimeout }}
+  ignorable: false
+  managedResources:
+  - name: jke.jdcloud.com/static-ip
+    ignoredByScheduler: true
+{{- end }}
 {{- end }}
 
 {{/*

@@ -419,10 +419,10 @@ async fn rbac_has_no_wildcard_no_secret_access_and_binds_only_the_charts_account
 fn without_helm_labels(mut doc: Value) -> Value {
     if let Some(labels) = doc["metadata"]["labels"].as_object_mut() {
         labels.retain(|k, _| k.starts_with("rbac.authorization.k8s.io/aggregate-to"));
-        if labels.is_empty() {
-            if let Some(meta) = doc["metadata"].as_object_mut() {
-                meta.remove("labels");
-            }
+        if labels.is_empty()
+            && let Some(meta) = doc["metadata"].as_object_mut()
+        {
+            meta.remove("labels");
         }
     }
     doc
@@ -560,9 +560,22 @@ async fn config_is_in_step_with_the_chart() -> anyhow::Result<()> {
         "change charts/ests/templates/webhook-configurations.yaml to match config/webhook",
     );
 
-    // Scheduler: the chart's extender entry is config/scheduler's.
+    // Scheduler: the chart's extender entries are config/scheduler's; with the bind entry
+    // when config/scheduler has one (the chart adds it with `extender.bind`).
     let scheduler = read_documents(&repo().join("config/scheduler/kube-scheduler-config.yaml"))?;
-    let config_map = one(&docs, "ConfigMap", "ests-scheduler-config");
+    let binds = scheduler[0]["extenders"]
+        .as_array()
+        .is_some_and(|e| e.iter().any(|x| x.get("bindVerb").is_some()));
+    let bind_docs = if binds {
+        render(&Values {
+            files: Vec::new(),
+            set: vec![("extender.bind".into(), "true".into())],
+        })
+        .await?
+    } else {
+        docs.clone()
+    };
+    let config_map = one(&bind_docs, "ConfigMap", "ests-scheduler-config");
     let chart_scheduler: Value = serde_saphyr::from_str(
         config_map["data"]["kube-scheduler-config.yaml"]
             .as_str()
@@ -833,7 +846,7 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
         &values,
         format!(
             "webhook:\n  url: https://127.0.0.1:{webhook_port}\n  tls:\n    extraIPAddresses: [127.0.0.1]\n\
-             extender:\n  url: http://127.0.0.1:{extender_port}\n"
+             extender:\n  url: http://127.0.0.1:{extender_port}\n  bind: true\n"
         ),
     )?;
     let helm = Helm::locate()?;
@@ -969,6 +982,64 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
         pod.annotations().get(keys::STATIC_IP_POD_IP),
         Some(&before.ip),
         "the webhook pinned the re-created pod"
+    );
+
+    // IP range mode: the extender allocates at bind, so each pod starts with the record's
+    // address from the pool.
+    apply_value(
+        &admin,
+        &json!({
+            "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "StaticIPPool",
+            "metadata": {"name": "helm-e2e-pool"},
+            "spec": {"cidrs": ["10.42.0.0/26"], "ipv4BlockPrefixLength": 28}
+        }),
+        None,
+        false,
+    )
+    .await?;
+    let mut ranged = support::simple_set("ranged", 2, "Parallel", 2);
+    ranged["metadata"]["annotations"] = json!({
+        keys::STATIC_IP_ENABLE: "true",
+        keys::STATIC_IP_POOL: "helm-e2e-pool",
+    });
+    apply_value(&alice, &ranged, Some(ns), false).await?;
+    let records: Api<StaticIP> = Api::namespaced(admin.clone(), ns);
+    wait_for(
+        "2 range-mode pods running with their records' addresses",
+        T,
+        || async {
+            let mut placed = 0;
+            for pod in pods
+                .list(&ListParams::default().labels("app=ranged"))
+                .await?
+                .items
+            {
+                let Some(record) = records.get_opt(&pod.name_any()).await? else {
+                    continue;
+                };
+                let status = pod.status.as_ref();
+                let ip = status.and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+                let bound = record
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == StaticIPPhase::Bound && s.pod_uid == pod.uid());
+                if bound
+                    && status.and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && ip.starts_with("10.42.0.")
+                    && record.spec.ips.iter().any(|a| a.ip == ip)
+                {
+                    placed += 1;
+                }
+            }
+            Ok((placed == 2).then_some(()))
+        },
+    )
+    .await?;
+    let extender_log = std::fs::read_to_string(plane.log_path("helm-extender"))?;
+    assert!(
+        extender_log.contains("allocated at bind"),
+        "the extender bound the range-mode pods:\n{}",
+        plane.log_tail("helm-extender", 20)
     );
 
     // Exactly the chart's RBAC sufficed: nothing the components did was refused.
