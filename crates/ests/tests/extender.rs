@@ -22,33 +22,9 @@ const T: Duration = Duration::from_secs(120);
 async fn with_extender(env: &Env) -> anyhow::Result<()> {
     static STARTED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     STARTED
-        .get_or_try_init(|| start_extender(env))
+        .get_or_try_init(|| async { start_extender(env.plane, false).await.map(|_| ()) })
         .await
         .map(|_| ())
-}
-
-async fn start_extender(env: &Env) -> anyhow::Result<()> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    start_ests(
-        env.plane,
-        "ests-extender",
-        "extender",
-        &[&format!("--listen=127.0.0.1:{port}")],
-    )
-    .await?;
-    wait_for("the extender listens", T, || async {
-        Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ()))
-    })
-    .await?;
-    let extenders = format!(
-        "extenders:\n- urlPrefix: http://127.0.0.1:{port}\n  filterVerb: filter\n  prioritizeVerb: prioritize\n  weight: 1\n  nodeCacheCapable: true\n  httpTimeout: 2s\n  ignorable: false\n"
-    );
-    env.plane.restart_scheduler(Some(&extenders)).await
 }
 
 async fn record_nodes(env: &Env, ns: &str) -> anyhow::Result<BTreeMap<String, String>> {

@@ -184,3 +184,41 @@ pub fn new_template(container: Option<&str>, image: &str, annotations: Value) ->
 pub fn names(set: &str, ordinals: impl IntoIterator<Item = i32>) -> Vec<String> {
     ordinals.into_iter().map(|o| format!("{set}-{o}")).collect()
 }
+
+/// Starts `ests extender` (with `extra` flags) on a free loopback port and restarts
+/// kube-scheduler with it configured: one entry filtering and prioritizing every pod, and
+/// with `bind`, a second that binds the pods requesting jke.jdcloud.com/static-ip — the
+/// shape of config/scheduler/kube-scheduler-config.yaml.
+pub async fn start_extender(plane: &ControlPlane, bind: bool) -> anyhow::Result<u16> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let listen = format!("--listen=127.0.0.1:{port}");
+    let mut args = vec![listen.as_str()];
+    if bind {
+        args.push("--bind");
+    }
+    start_ests(plane, "ests-extender", "extender", &args).await?;
+    ests_testenv::wait_for(
+        "the extender listens",
+        std::time::Duration::from_secs(120),
+        || async {
+            Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    let mut extenders = format!(
+        "extenders:\n- urlPrefix: http://127.0.0.1:{port}\n  filterVerb: filter\n  prioritizeVerb: prioritize\n  weight: 1\n  nodeCacheCapable: true\n  httpTimeout: 2s\n  ignorable: false\n"
+    );
+    if bind {
+        extenders.push_str(&format!(
+            "- urlPrefix: http://127.0.0.1:{port}\n  bindVerb: bind\n  nodeCacheCapable: true\n  httpTimeout: 10s\n  ignorable: false\n  managedResources:\n  - name: {}\n    ignoredByScheduler: true\n",
+            ests_api::keys::STATIC_IP_RESOURCE
+        ));
+    }
+    plane.restart_scheduler(Some(&extenders)).await?;
+    Ok(port)
+}

@@ -1,0 +1,241 @@
+//! IP range mode with the extender binding: a first-time pod gets its address from the
+//! chosen node's blocks at bind — before it runs, so it never starts with another address —
+//! and keeps it when re-created; a node takes no more range-mode pods than its blocks and
+//! the pool allow.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ests_api::{IPBlock, StaticIP, StaticIPPhase, keys};
+use ests_testenv::nodes::{NodeSpec, create_nodes};
+use ests_testenv::{InvariantChecker, LogsOnFailure, wait_for};
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::json;
+use support::*;
+
+const T: Duration = Duration::from_secs(120);
+
+/// Bound records: pod name -> (pod UID, node, addresses).
+async fn bound(env: &Env, ns: &str) -> anyhow::Result<BTreeMap<String, (String, String, String)>> {
+    let api: Api<StaticIP> = Api::namespaced(env.client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|r| {
+            let status = r.status.as_ref()?;
+            (status.phase == StaticIPPhase::Bound).then_some(())?;
+            let ips: Vec<&str> = r.spec.ips.iter().map(|a| a.ip.as_str()).collect();
+            Some((
+                r.name_any(),
+                (status.pod_uid.clone()?, r.spec.node.clone()?, ips.join(",")),
+            ))
+        })
+        .collect())
+}
+
+/// Running pods: name -> (UID, node, pod IP).
+async fn running(
+    env: &Env,
+    ns: &str,
+) -> anyhow::Result<BTreeMap<String, (String, String, String)>> {
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default().labels("app=ranged"))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            (status.phase.as_deref() == Some("Running")).then_some(())?;
+            Some((
+                p.name_any(),
+                (
+                    p.uid()?,
+                    p.spec.as_ref()?.node_name.clone()?,
+                    status.pod_ip.clone()?,
+                ),
+            ))
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn range_mode_pods_get_their_address_at_bind_and_keep_it() -> anyhow::Result<()> {
+    let env = bare_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    start_controller(
+        env.plane,
+        "ests-controller",
+        &["--leader-election=false", "--extender-binds"],
+    )
+    .await?;
+    start_extender(env.plane, true).await?;
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    let ns = "ext-bind";
+    let nodes: Vec<NodeSpec> = ["bind-a", "bind-b", "bind-c"]
+        .into_iter()
+        .map(|name| {
+            let mut node = NodeSpec::new(name).owned_by(ns);
+            node.labels.insert("ests.test/owner".into(), ns.into());
+            node
+        })
+        .collect();
+    create_nodes(&env.client, &nodes).await?;
+    let sets = namespace(&env, ns).await?;
+    // Two blocks of 6 usable addresses: 12 addresses for 14 pods.
+    apply(
+        &env,
+        ns,
+        &json!({
+            "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "StaticIPPool",
+            "metadata": {"name": "bind-pool"},
+            "spec": {"cidrs": ["10.41.0.0/28"], "ipv4BlockPrefixLength": 29}
+        }),
+    )
+    .await?;
+    let mut set = simple_set("ranged", 14, "Parallel", 14);
+    set["metadata"]["annotations"] = json!({
+        keys::STATIC_IP_ENABLE: "true",
+        keys::STATIC_IP_POOL: "bind-pool",
+        keys::STATIC_IP_RELEASE_POLICY: "Never",
+    });
+    set["spec"]["template"]["spec"]["tolerations"] = json!([
+        {"key": "ests.test/owner", "operator": "Equal", "value": ns, "effect": "NoSchedule"}
+    ]);
+    set["spec"]["template"]["spec"]["nodeSelector"] = json!({"ests.test/owner": ns});
+    apply(&env, ns, &set).await?;
+
+    let first = wait_for("12 pods Running with Bound records", T, || async {
+        let (pods, records) = (running(&env, ns).await?, bound(&env, ns).await?);
+        Ok((pods.len() == 12 && records.len() == 12).then_some((pods, records)))
+    })
+    .await?;
+    let (pods, records) = first;
+    let pool: IpNet = "10.41.0.0/28".parse()?;
+    let mut seen = BTreeSet::new();
+    for (name, (uid, node, ip)) in &pods {
+        // The first pod of the identity runs with the record's address: allocated at bind,
+        // before it started — not learnt afterwards, not re-created for it.
+        assert_eq!(
+            records.get(name),
+            Some(&(uid.clone(), node.clone(), ip.clone())),
+            "{name}: record bound to the pod that runs with its address"
+        );
+        let addr: IpAddr = ip.parse()?;
+        assert!(pool.contains(&addr), "{name}: {addr} from the pool");
+        assert!(seen.insert(addr), "{addr} handed out twice");
+    }
+    // Every address is on a block of its pod's node.
+    let blocks: Vec<IPBlock> = Api::<IPBlock>::all(env.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|b| b.spec.pool == "bind-pool")
+        .collect();
+    for (name, (_, node, ip)) in &pods {
+        let block = blocks
+            .iter()
+            .find(|b| b.spec.allocations.contains_key(ip))
+            .unwrap_or_else(|| panic!("{name}: {ip} on no block"));
+        assert_eq!(block.spec.node.as_deref(), Some(node.as_str()), "{name}");
+    }
+    // The managed resource routed them to the extender's bind.
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let one = api.get(pods.keys().next().expect("a pod")).await?;
+    let requests = one.spec.as_ref().and_then(|s| {
+        s.containers[0]
+            .resources
+            .as_ref()?
+            .requests
+            .as_ref()?
+            .get(keys::STATIC_IP_RESOURCE)
+            .cloned()
+    });
+    assert_eq!(requests.map(|q| q.0), Some("1".to_string()));
+
+    // The two left over wait: no node has an address for them.
+    let pending: Vec<String> = api
+        .list(&ListParams::default().labels("app=ranged"))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(pending.len(), 2, "pending: {pending:?}");
+    let events: Api<Event> = Api::namespaced(env.client.clone(), ns);
+    wait_for("the scheduler says why", T, || async {
+        let said = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("FailedScheduling")
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("no address of StaticIPPool bind-pool"))
+            });
+        Ok(said.then_some(()))
+    })
+    .await?;
+
+    // Every running pod is re-created: each comes back on its node with its address.
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("app=ranged"),
+    )
+    .await?;
+    let again = wait_for("12 pods back", T, || async {
+        let now = running(&env, ns).await?;
+        let fresh = now.len() == 12
+            && now
+                .iter()
+                .all(|(n, (uid, _, _))| pods.get(n).is_none_or(|(old, _, _)| old != uid));
+        Ok(fresh.then_some(now))
+    })
+    .await?;
+    let homes: BTreeSet<(String, String)> = pods
+        .values()
+        .map(|(_, node, ip)| (node.clone(), ip.clone()))
+        .collect();
+    let back: BTreeSet<(String, String)> = again
+        .values()
+        .map(|(_, node, ip)| (node.clone(), ip.clone()))
+        .collect();
+    assert_eq!(back, homes, "the same addresses on the same nodes");
+    for (name, (_, node, ip)) in &again {
+        if let Some((_, old_node, old_ip)) = pods.get(name) {
+            assert_eq!((node, ip), (old_node, old_ip), "{name} kept its address");
+        }
+    }
+
+    // An ordinary pod is still bound by the default binder.
+    let plain: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "plain"},
+        "spec": {"containers": [{"name": "app", "image": "app:v1"}],
+                 "tolerations": [{"key": "ests.test/owner", "operator": "Equal", "value": ns, "effect": "NoSchedule"}]}
+    }))?;
+    api.create(&PostParams::default(), &plain).await?;
+    wait_for("the ordinary pod is bound", T, || async {
+        Ok(api
+            .get("plain")
+            .await?
+            .spec
+            .and_then(|s| s.node_name)
+            .map(|_| ()))
+    })
+    .await?;
+    sets.delete("ranged", &DeleteParams::default()).await?;
+    checker.finish()
+}
