@@ -34,6 +34,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -744,6 +745,105 @@ async fn run_component(
     Ok(())
 }
 
+/// Runs the harness's kube-scheduler as the chart's second scheduler: the chart's
+/// configuration (with a kubeconfig holding a token of the chart's ServiceAccount for it),
+/// the Deployment's flags, loopback ports. Waits until it holds its Lease.
+async fn run_second_scheduler(
+    plane: &ControlPlane,
+    admin: &Client,
+    running: &mut Running<'_>,
+) -> anyhow::Result<()> {
+    let name = format!("{RELEASE}-scheduler");
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), NAMESPACE)
+        .get(&name)
+        .await?;
+    let pod = deployment
+        .spec
+        .template
+        .spec
+        .with_context(|| format!("{name} has no pod spec"))?;
+    let account = pod
+        .service_account_name
+        .clone()
+        .with_context(|| format!("{name} names no ServiceAccount"))?;
+    let command = pod
+        .containers
+        .first()
+        .and_then(|c| c.command.clone())
+        .with_context(|| format!("{name} has no command"))?;
+    let config_map = Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE)
+        .get(&name)
+        .await?;
+    let dir = plane.dir.join("helm-scheduler");
+    let (config_dir, cert_dir) = (dir.join("config"), dir.join("certs"));
+    std::fs::create_dir_all(&config_dir)?;
+    std::fs::create_dir_all(&cert_dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    service_account_kubeconfig(
+        admin,
+        &plane.server,
+        &plane.pki.ca_cert,
+        NAMESPACE,
+        &account,
+        &kubeconfig,
+    )
+    .await?;
+    let mut config: Value = serde_saphyr::from_str(
+        config_map
+            .data
+            .as_ref()
+            .and_then(|d| d.get("config.yaml"))
+            .with_context(|| format!("ConfigMap {name} has no config.yaml"))?,
+    )?;
+    config["clientConnection"] = json!({"kubeconfig": kubeconfig.display().to_string()});
+    std::fs::write(
+        config_dir.join("config.yaml"),
+        serde_saphyr::to_string(&config)?,
+    )?;
+    let kubeconfig = kubeconfig.display().to_string();
+    let mut args: Vec<String> = command
+        .iter()
+        .skip(1)
+        .map(|a| {
+            a.replace("/etc/ests-scheduler", &config_dir.display().to_string())
+                .replace("/var/run/ests-scheduler", &cert_dir.display().to_string())
+        })
+        .collect();
+    args.extend([
+        "--bind-address=127.0.0.1".to_string(),
+        format!("--secure-port={}", free_port()?),
+        format!("--authentication-kubeconfig={kubeconfig}"),
+        format!("--authorization-kubeconfig={kubeconfig}"),
+    ]);
+    eprintln!("running helm-scheduler: kube-scheduler {}", args.join(" "));
+    plane.run_process(
+        "helm-scheduler",
+        &plane.bin.join("kube-scheduler"),
+        &args,
+        &[],
+    )?;
+    running.names.push("helm-scheduler".into());
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), NAMESPACE);
+    let exited = wait_for("the second scheduler leads", T, || async {
+        if !plane.is_running("helm-scheduler") {
+            return Ok(Some(true));
+        }
+        let lease = leases.get_opt(&name).await?;
+        Ok(lease
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .map(|_| false))
+    })
+    .await?;
+    if exited {
+        bail!(
+            "the second scheduler exited:\n{}",
+            plane.log_tail("helm-scheduler", 40)
+        );
+    }
+    Ok(())
+}
+
 /// Whether the client's user may `verb` `resource` of jke.jdcloud.com in `namespace`.
 async fn may(client: &Client, verb: &str, resource: &str, namespace: &str) -> anyhow::Result<bool> {
     let review = SelfSubjectAccessReview {
@@ -846,7 +946,8 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
         &values,
         format!(
             "webhook:\n  url: https://127.0.0.1:{webhook_port}\n  tls:\n    extraIPAddresses: [127.0.0.1]\n\
-             extender:\n  url: http://127.0.0.1:{extender_port}\n  bind: true\n"
+             extender:\n  url: http://127.0.0.1:{extender_port}\n  bind: true\n\
+             scheduler:\n  secondScheduler:\n    enabled: true\n"
         ),
     )?;
     let helm = Helm::locate()?;
@@ -1042,8 +1143,26 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
         plane.log_tail("helm-extender", 20)
     );
 
+    // The second-scheduler option: kube-scheduler with the chart's configuration, under its
+    // ServiceAccount, leads and places a pod that asks for it.
+    run_second_scheduler(plane, &admin, &mut running).await?;
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "second-scheduler-pod", "namespace": ns},
+        "spec": {
+            "schedulerName": "ests-scheduler",
+            "containers": [{"name": "app", "image": "app:v1"}]
+        }
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    wait_for("the second scheduler places its pod", T, || async {
+        let pod = pods.get(&pod.name_any()).await?;
+        Ok(pod.spec.and_then(|s| s.node_name))
+    })
+    .await?;
+
     // Exactly the chart's RBAC sufficed: nothing the components did was refused.
-    for component in ["controller", "webhook", "extender"] {
+    for component in ["controller", "webhook", "extender", "scheduler"] {
         let log = std::fs::read_to_string(plane.log_path(&format!("helm-{component}")))?;
         let refused: Vec<&str> = log
             .lines()
