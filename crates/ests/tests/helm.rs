@@ -107,6 +107,17 @@ async fn chart_lints_strictly_with_default_values_and_every_option_on() -> anyho
         let docs = render(&values).await?;
         assert!(!docs.is_empty(), "{values:?} renders nothing");
     }
+    // values.schema.json refuses a misspelt or out-of-range value rather than ignoring it.
+    for (key, value) in [("webhook.replica", "3"), ("webhook.antiAffinity", "maybe")] {
+        let values = Values {
+            files: Vec::new(),
+            set: vec![(key.into(), value.into())],
+        };
+        let refused = helm
+            .template(&chart_dir(), RELEASE, NAMESPACE, &values)
+            .await;
+        assert!(refused.is_err(), "{key}={value} accepted");
+    }
     Ok(())
 }
 
