@@ -323,6 +323,23 @@ impl ControlPlane {
             .any(|p| p.name == name && p.exited().is_none())
     }
 
+    /// The pid of the running process `name` (to read its CPU time and memory).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.lock()
+            .processes
+            .iter_mut()
+            .filter(|p| p.name == name)
+            .find_map(|p| p.exited().is_none().then(|| p.pid()))
+    }
+
+    /// Starts kube-scheduler again after [`Self::stop_process`], with `extra` as in
+    /// [`Self::restart_scheduler`], and waits until it is healthy.
+    pub async fn start_scheduler_with(&self, extra: Option<&str>) -> anyhow::Result<()> {
+        self.start_scheduler(extra)?;
+        self.wait_ready("kube-scheduler", || https_healthy(self.scheduler_port))
+            .await
+    }
+
     /// Kills the processes called `name` with SIGKILL, as a crash would.
     pub fn kill_process(&self, name: &str) -> anyhow::Result<()> {
         self.end_processes(name, Process::kill)
