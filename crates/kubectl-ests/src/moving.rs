@@ -17,7 +17,7 @@ pub struct SetFacts {
     pub static_ip: bool,
     /// Names of the volumeClaimTemplates.
     pub claim_templates: Vec<String>,
-    /// Both PVC retention policies are Retain.
+    /// Both PVC retention policies are explicitly Retain.
     pub claims_retained: bool,
 }
 
@@ -27,10 +27,8 @@ impl SetFacts {
         let spec = &set.spec;
         let reserved = reserved_ordinals(spec.reserve_ordinals.as_deref().unwrap_or_default())
             .map_err(|e| MoveError::Spec(e.to_string()))?;
-        let policy = spec
-            .persistent_volume_claim_retention_policy
-            .clone()
-            .unwrap_or_default();
+        // Absent means Retain today; the move writes it explicitly all the same.
+        let policy = spec.persistent_volume_claim_retention_policy.clone();
         Ok(Self {
             replicas: spec.replicas,
             start: spec.ordinals_start(),
@@ -47,8 +45,10 @@ impl SetFacts {
                 .flatten()
                 .filter_map(|c| c.metadata.name.clone())
                 .collect(),
-            claims_retained: policy.when_scaled == PvcRetentionPolicyType::Retain
-                && policy.when_deleted == PvcRetentionPolicyType::Retain,
+            claims_retained: policy.is_some_and(|p| {
+                p.when_scaled == PvcRetentionPolicyType::Retain
+                    && p.when_deleted == PvcRetentionPolicyType::Retain
+            }),
         })
     }
 

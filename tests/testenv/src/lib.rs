@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bins;
+pub mod clusters;
 pub mod control_plane;
 pub mod helm;
 pub mod invariants;
