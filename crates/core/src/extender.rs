@@ -130,10 +130,16 @@ pub fn filter(pod: &PodView, node: &NodeView) -> Fit {
     }
     let own = pod.static_ip.then_some(pod.key.as_str());
     let reserved = node.reserved.total_except(own);
-    let mut wanted = pod.requests.clone();
-    wanted.insert("pods".into(), 1000);
-    for (name, want) in &wanted {
-        if *want <= 0 {
+    // The pod's requests and one pod slot, without building a map per node (this runs for
+    // every candidate node of every pod).
+    let wanted = pod
+        .requests
+        .iter()
+        .filter(|(name, _)| name.as_str() != "pods")
+        .map(|(name, want)| (name.as_str(), *want))
+        .chain(std::iter::once(("pods", 1000)));
+    for (name, want) in wanted {
+        if want <= 0 {
             continue;
         }
         let allocatable = node.allocatable.get(name).copied().unwrap_or(0);

@@ -22,11 +22,77 @@ pub struct NodeList {
     pub items: Vec<Node>,
 }
 
+/// The parts of a pod the predicates read: its identity, labels, annotations and requests.
+/// The scheduler sends the whole object — managed fields, status, every container field —
+/// and building all of it would cost more than the predicates do; the rest is skipped.
+pub fn lean_pod<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Pod, D::Error> {
+    use k8s_openapi::api::core::v1::{Container, PodSpec, ResourceRequirements};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    #[derive(Deserialize, Default)]
+    #[serde(default, rename_all = "camelCase")]
+    struct Meta {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+        annotations: Option<BTreeMap<String, String>>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default, rename_all = "camelCase")]
+    struct LeanContainer {
+        name: String,
+        resources: Option<ResourceRequirements>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default, rename_all = "camelCase")]
+    struct Spec {
+        containers: Vec<LeanContainer>,
+        init_containers: Option<Vec<LeanContainer>>,
+        overhead: Option<BTreeMap<String, Quantity>>,
+        node_name: Option<String>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Lean {
+        metadata: Meta,
+        spec: Option<Spec>,
+    }
+    let container = |c: LeanContainer| Container {
+        name: c.name,
+        resources: c.resources,
+        ..Container::default()
+    };
+    let lean = Lean::deserialize(d)?;
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: lean.metadata.name,
+            namespace: lean.metadata.namespace,
+            uid: lean.metadata.uid,
+            labels: lean.metadata.labels,
+            annotations: lean.metadata.annotations,
+            ..ObjectMeta::default()
+        },
+        spec: lean.spec.map(|s| PodSpec {
+            containers: s.containers.into_iter().map(container).collect(),
+            init_containers: s
+                .init_containers
+                .map(|cs| cs.into_iter().map(container).collect()),
+            overhead: s.overhead,
+            node_name: s.node_name,
+            ..PodSpec::default()
+        }),
+        status: None,
+    })
+}
+
 /// The body of filter and prioritize calls.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "PascalCase")]
 pub struct ExtenderArgs {
-    #[serde(alias = "pod")]
+    /// The pod, with only what the predicates read (see [`lean_pod`]).
+    #[serde(alias = "pod", deserialize_with = "lean_pod")]
     pub pod: Pod,
     /// Full nodes, when the extender is not `nodeCacheCapable`.
     #[serde(default, alias = "nodes")]
@@ -148,5 +214,46 @@ mod tests {
             .expect("json")["PodUID"],
             "u"
         );
+    }
+
+    #[test]
+    fn the_pod_keeps_what_the_predicates_read() {
+        let args: ExtenderArgs = serde_json::from_value(json!({
+            "Pod": {
+                "metadata": {"name": "web-0", "namespace": "ns", "uid": "u-1",
+                             "labels": {"staticip.jke.jdcloud.com/enabled": "true"},
+                             "annotations": {"staticip.jke.jdcloud.com/node": "n1"},
+                             "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+                             "resourceVersion": "7"},
+                "spec": {"containers": [{"name": "app", "image": "app:v1", "env": [{"name": "A", "value": "1"}],
+                                         "resources": {"requests": {"cpu": "250m"}, "limits": {"cpu": "1"}}}],
+                         "initContainers": [{"name": "init", "resources": {"requests": {"cpu": "500m"}}}],
+                         "overhead": {"cpu": "10m"}, "nodeName": "n1", "volumes": [{"name": "v", "emptyDir": {}}]},
+                "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]}
+            },
+            "NodeNames": ["n1"]
+        }))
+        .expect("args");
+        let pod = &args.pod;
+        assert_eq!(pod.metadata.name.as_deref(), Some("web-0"));
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("ns"));
+        assert_eq!(pod.metadata.uid.as_deref(), Some("u-1"));
+        assert_eq!(
+            pod.metadata.labels.as_ref().map(|l| l.len()),
+            Some(1),
+            "labels kept"
+        );
+        assert!(
+            pod.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("staticip.jke.jdcloud.com/node"))
+        );
+        assert!(pod.metadata.managed_fields.is_none());
+        assert!(pod.status.is_none());
+        let spec = pod.spec.as_ref().expect("spec");
+        let requests = ests_core::extender::pod_requests(spec).expect("requests");
+        assert_eq!(requests.get("cpu"), Some(&510));
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
     }
 }
