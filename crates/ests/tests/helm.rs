@@ -962,15 +962,18 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
         ),
     )?;
     let helm = Helm::locate()?;
-    helm.install(
-        &plane.kubeconfig,
-        &chart_dir(),
-        RELEASE,
-        NAMESPACE,
-        &Values::file(&values),
-        T,
-    )
-    .await?;
+    let installed = helm
+        .install(
+            &plane.kubeconfig,
+            &chart_dir(),
+            RELEASE,
+            NAMESPACE,
+            &Values::file(&values),
+            T,
+        )
+        .await?;
+    assert!(installed.contains("NOTES:"), "{installed}");
+    eprintln!("{installed}");
 
     // The certificate the chart made, where the webhook process reads it.
     let secret = Api::<Secret>::namespaced(admin.clone(), NAMESPACE)
@@ -1186,6 +1189,56 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
             refused.join("\n")
         );
     }
+
+    // An upgrade keeps the webhook's certificate (the chart looks its Secret up), so the
+    // caBundle still matches what the running webhook serves.
+    helm.upgrade(
+        &plane.kubeconfig,
+        &chart_dir(),
+        RELEASE,
+        NAMESPACE,
+        &Values {
+            files: Vec::new(),
+            set: vec![("controller.concurrency".into(), "8".into())],
+        },
+        T,
+    )
+    .await?;
+    let upgraded = Api::<Secret>::namespaced(admin.clone(), NAMESPACE)
+        .get("ests-webhook-tls")
+        .await?;
+    assert_eq!(
+        upgraded.data, secret.data,
+        "the upgrade replaced the certificate"
+    );
+    let mutating = Api::<MutatingWebhookConfiguration>::all(admin.clone())
+        .get("ests-webhook")
+        .await?;
+    let bundle = mutating
+        .webhooks
+        .iter()
+        .flatten()
+        .map(|w| w.client_config.ca_bundle.clone())
+        .collect::<Vec<_>>();
+    let ca = secret.data.as_ref().and_then(|d| d.get("ca.crt")).cloned();
+    assert_eq!(
+        bundle,
+        vec![ca],
+        "caBundle is the Secret's CA after the upgrade"
+    );
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), NAMESPACE)
+        .get("ests-controller")
+        .await?;
+    let args = deployment
+        .spec
+        .template
+        .spec
+        .map(|s| s.containers[0].args.clone());
+    assert!(
+        args.flatten()
+            .is_some_and(|a| a.contains(&"--concurrency=8".to_string())),
+        "the upgrade applied the new value"
+    );
 
     drop(running);
     plane.restart_scheduler(None).await?;

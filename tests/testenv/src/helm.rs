@@ -154,6 +154,33 @@ impl Helm {
         self.run(&args, timeout + Duration::from_secs(30)).await
     }
 
+    /// `helm upgrade --reuse-values --wait` of an installed release.
+    pub async fn upgrade(
+        &self,
+        kubeconfig: &Path,
+        chart: &Path,
+        release: &str,
+        namespace: &str,
+        values: &Values,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let mut args = vec![
+            "upgrade".into(),
+            release.into(),
+            chart.display().to_string(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--namespace".into(),
+            namespace.into(),
+            "--reuse-values".into(),
+            "--wait".into(),
+            "--timeout".into(),
+            format!("{}s", timeout.as_secs()),
+        ];
+        args.extend(values.args());
+        self.run(&args, timeout + Duration::from_secs(30)).await
+    }
+
     /// `helm uninstall --wait`.
     pub async fn uninstall(
         &self,
