@@ -13,7 +13,7 @@ use kube::CustomResourceExt;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::Value;
 
-use crate::{EnhancedStatefulSet, IPBlock, StaticIP, StaticIPPool};
+use crate::{EnhancedStatefulSet, IPBlock, NodeMigration, StaticIP, StaticIPPool};
 
 /// Every CRD ests installs, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
@@ -22,6 +22,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         StaticIP::crd(),
         StaticIPPool::crd(),
         IPBlock::crd(),
+        NodeMigration::crd(),
     ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {

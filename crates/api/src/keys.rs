@@ -41,3 +41,11 @@ pub const SET_RECORDS_FINALIZER: &str = "jke.jdcloud.com/static-ip-records";
 /// Finalizer on IP-range-mode records: the record goes only after its addresses are freed
 /// on their blocks, once no pod of the identity runs.
 pub const RECORD_RELEASE_FINALIZER: &str = "jke.jdcloud.com/release-ip";
+
+/// Label on a node that replaces another in node migration: the value is the name of the
+/// node it replaces.
+pub const REPLACEMENT_FOR_LABEL: &str = "jke.jdcloud.com/replacement-for";
+/// The standard taint that releases a fenced node's pods and volumes.
+pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
+/// Label on the NodeMigrations ests creates by itself (automatic mode): the source node.
+pub const AUTO_MIGRATION_LABEL: &str = "jke.jdcloud.com/auto-migration-of";

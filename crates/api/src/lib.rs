@@ -8,6 +8,7 @@ pub mod crd;
 pub mod enhanced_stateful_set;
 pub mod ip_pool;
 pub mod keys;
+pub mod node_migration;
 pub mod policy;
 pub mod static_ip;
 
@@ -19,6 +20,10 @@ pub use enhanced_stateful_set::{
 };
 pub use ip_pool::{
     IPAllocation, IPBlock, IPBlockSpec, IPBlockStatus, StaticIPPool, StaticIPPoolSpec,
+};
+pub use node_migration::{
+    MigratingPod, MigrationMode, MigrationPhase, NodeMigration, NodeMigrationSpec,
+    NodeMigrationStatus,
 };
 pub use static_ip::{
     ReleasePolicy, StaticIP, StaticIPAddress, StaticIPPhase, StaticIPSpec, StaticIPStatus,

@@ -6,6 +6,7 @@
 pub mod allocator;
 pub mod extender;
 pub mod identity;
+pub mod migration;
 pub mod pin;
 pub mod pods;
 pub mod quantity;

@@ -1,0 +1,306 @@
+//! Node migration's decisions: from what the manager observes of a migration, its source
+//! and target nodes, their blocks, records and pods, the actions to take now.
+//!
+//! Every action is idempotent and its effect is visible in the cluster's objects (a block's
+//! node, a record's node, a taint, a pod's absence) or in the migration's status (fencedAt,
+//! NetworkMoved), so a manager that dies after any action plans the rest from what it finds.
+//! The safety rules live here, once:
+//!
+//! - nothing of a NotReady source is released (taint, force-delete) before it is fenced;
+//! - the network hook succeeds before any block or record moves, so no pod starts on the
+//!   target before its addresses are routed there;
+//! - a target that cannot hold every static-IP pod of the source is refused before anything
+//!   moves.
+
+use std::collections::BTreeMap;
+
+use ests_api::{MigrationMode, MigrationPhase};
+
+use crate::quantity::{Resources, add, show};
+
+/// A pod bound to the source node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePod {
+    /// `namespace/name`.
+    pub key: String,
+    /// It belongs to an identity whose record is moved (a static-IP pod of an ests set).
+    pub static_ip: bool,
+    /// Its set (`namespace/name`), for maxUnavailable in maintenance mode.
+    pub set: Option<String>,
+    /// Being deleted already.
+    pub terminating: bool,
+}
+
+/// A StaticIP record the migration concerns: one whose node is the source, or one it moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFacts {
+    /// `namespace/name` (= the pod identity).
+    pub key: String,
+    pub node: Option<String>,
+    pub ips: Vec<String>,
+    /// The identity's pod runs (Running) on the target.
+    pub running_on_target: bool,
+    /// The identity's pod is not bound yet and pinned (by annotation) to this node.
+    pub pending_pinned_to: Option<String>,
+}
+
+/// A set's disruption budget in maintenance mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub unavailable: i32,
+    pub max_unavailable: i32,
+}
+
+/// Everything a plan is made from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The source node's name.
+    pub source: String,
+    pub source_exists: bool,
+    pub source_ready: bool,
+    pub source_tainted: bool,
+    pub source_cordoned: bool,
+    /// The target: from the status, the spec, or a node labelled as the replacement.
+    pub target: Option<String>,
+    /// The target exists as a Node.
+    pub target_exists: bool,
+    /// Whether the target can hold what moves (see [`fits`]); None until checked.
+    pub fits: Option<Result<(), String>>,
+    pub confirm_fenced: bool,
+    /// From the status.
+    pub phase: MigrationPhase,
+    pub mode: Option<MigrationMode>,
+    pub fenced: bool,
+    pub network_moved: bool,
+    /// IP blocks whose node is the source.
+    pub blocks_on_source: Vec<String>,
+    /// Blocks already moved (from the status).
+    pub moved_blocks: usize,
+    pub records: Vec<RecordFacts>,
+    pub pods_on_source: Vec<SourcePod>,
+    /// Maintenance: per set, how many of its pods are unavailable and may be.
+    pub budgets: BTreeMap<String, Budget>,
+}
+
+/// One thing to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Persist the target and the mode in the status.
+    Start { target: String, mode: MigrationMode },
+    /// Ask the fencing hook (or take the operator's confirmation); on yes, persist fencedAt.
+    Fence,
+    /// Run the network hook for the source's blocks; on success, persist NetworkMoved.
+    MoveNetwork,
+    /// Compare-and-swap the block's node from the source to the target.
+    MoveBlock(String),
+    /// Point the record at the target (phase Migrating).
+    MoveRecord(String),
+    /// Maintenance: mark the source unschedulable.
+    Cordon,
+    /// Failure, fenced: the out-of-service taint on the source.
+    Taint,
+    /// Failure, fenced: delete the pod at once (its node is off).
+    ForceDelete(String),
+    /// Maintenance: the Eviction API (a PodDisruptionBudget may refuse; retried).
+    Evict(String),
+    /// A pod created before its record moved, pinned to the source: delete it so that it is
+    /// created again with the new pin.
+    Recreate(String),
+    /// Remove the source Node object: it holds nothing.
+    DeleteSource,
+}
+
+/// The plan for now: actions in order, the phase to show, and what is awaited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub phase: MigrationPhase,
+    pub actions: Vec<Action>,
+    /// Why the migration is not done yet (None once Completed).
+    pub waiting: Option<String>,
+}
+
+impl Plan {
+    fn wait(phase: MigrationPhase, actions: Vec<Action>, why: impl Into<String>) -> Self {
+        Self {
+            phase,
+            actions,
+            waiting: Some(why.into()),
+        }
+    }
+}
+
+/// What the target must hold: the static-IP pods of the source (their requests, and one pod
+/// slot each). Addresses need no room: the source's blocks move whole.
+pub fn fits(
+    allocatable: &Resources,
+    requested: &Resources,
+    moving: &[Resources],
+) -> Result<(), String> {
+    let mut needed = Resources::new();
+    for r in moving {
+        add(&mut needed, r);
+        add(&mut needed, &Resources::from([("pods".to_string(), 1000)]));
+    }
+    for (name, want) in &needed {
+        // Cluster-level resources no node advertises are not the node's to check.
+        let checked =
+            allocatable.contains_key(name) || matches!(name.as_str(), "cpu" | "memory" | "pods");
+        let free =
+            allocatable.get(name).copied().unwrap_or(0) - requested.get(name).copied().unwrap_or(0);
+        if checked && *want > free {
+            return Err(format!(
+                "the target has {} {name} free, the source's static-IP pods need {} {name}",
+                show(name, free.max(0)),
+                show(name, *want)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The plan for a migration as observed.
+pub fn plan(o: &Observed) -> Plan {
+    use MigrationPhase::*;
+    if o.phase == Completed {
+        return Plan {
+            phase: Completed,
+            actions: vec![],
+            waiting: None,
+        };
+    }
+    let Some(target) = o.target.clone().filter(|_| o.target_exists) else {
+        return Plan::wait(
+            Pending,
+            vec![],
+            match &o.target {
+                Some(t) => format!("target node {t} does not exist (yet)"),
+                None => "no target: name one in spec.targetNode or label a node jke.jdcloud.com/replacement-for=<source>".into(),
+            },
+        );
+    };
+    let mut actions = Vec::new();
+    let mode = match o.mode {
+        Some(mode) => mode,
+        None => {
+            let mode = if o.source_exists && o.source_ready {
+                MigrationMode::Maintenance
+            } else {
+                MigrationMode::Failure
+            };
+            actions.push(Action::Start {
+                target: target.clone(),
+                mode,
+            });
+            mode
+        }
+    };
+    // Before anything moves, the target must hold it all.
+    let started =
+        o.moved_blocks > 0 || o.records.iter().any(|r| r.node.as_deref() == Some(&target));
+    if !started {
+        match &o.fits {
+            None => return Plan::wait(Pending, actions, "checking the target's room"),
+            Some(Err(why)) => return Plan::wait(Refused, actions, why.clone()),
+            Some(Ok(())) => {}
+        }
+    }
+    if mode == MigrationMode::Failure && !o.fenced {
+        actions.push(Action::Fence);
+        return Plan::wait(
+            Fencing,
+            actions,
+            format!(
+                "{} is not Ready and may still run its pods: nothing of it is released until it is fenced (fencing hook, or spec.confirmFenced)",
+                o.source
+            ),
+        );
+    }
+    if !o.network_moved {
+        actions.push(Action::MoveNetwork);
+        return Plan::wait(Moving, actions, "moving the source's routes (network hook)");
+    }
+    actions.extend(o.blocks_on_source.iter().cloned().map(Action::MoveBlock));
+    let source_records: Vec<&RecordFacts> = o
+        .records
+        .iter()
+        .filter(|r| r.node.as_deref() != Some(target.as_str()))
+        .collect();
+    actions.extend(
+        source_records
+            .iter()
+            .map(|r| Action::MoveRecord(r.key.clone())),
+    );
+    // Pods made before their record moved, pinned to the source.
+    actions.extend(
+        o.records
+            .iter()
+            .filter(|r| r.pending_pinned_to.as_deref().is_some_and(|n| n != target))
+            .map(|r| Action::Recreate(r.key.clone())),
+    );
+    let leaving: Vec<&SourcePod> = o
+        .pods_on_source
+        .iter()
+        .filter(|p| p.static_ip && !p.terminating)
+        .collect();
+    match mode {
+        MigrationMode::Failure => {
+            if o.source_exists && !o.source_tainted {
+                actions.push(Action::Taint);
+            }
+            actions.extend(leaving.iter().map(|p| Action::ForceDelete(p.key.clone())));
+        }
+        MigrationMode::Maintenance => {
+            if o.source_exists && !o.source_cordoned {
+                actions.push(Action::Cordon);
+            }
+            // Within each set's maxUnavailable; the Eviction API adds the PDBs.
+            let mut budgets = o.budgets.clone();
+            for pod in leaving {
+                let allowed = match pod.set.as_ref().and_then(|s| budgets.get_mut(s)) {
+                    Some(b) if b.unavailable < b.max_unavailable => {
+                        b.unavailable += 1;
+                        true
+                    }
+                    Some(_) => false,
+                    None => true,
+                };
+                if allowed {
+                    actions.push(Action::Evict(pod.key.clone()));
+                }
+            }
+        }
+    }
+    let moving = o.records.len();
+    let running = o.records.iter().filter(|r| r.running_on_target).count();
+    if running < moving || !source_records.is_empty() || !o.blocks_on_source.is_empty() {
+        return Plan::wait(
+            Moving,
+            actions,
+            format!("{running} of {moving} static-IP pods run on {target}"),
+        );
+    }
+    // A fenced source is removed once it holds nothing (pods still terminating there are
+    // collected with it); a source in maintenance stays, cordoned, for the operator.
+    if mode == MigrationMode::Failure && o.source_exists {
+        let left = o.pods_on_source.iter().filter(|p| !p.terminating).count();
+        if left == 0 {
+            actions.push(Action::DeleteSource);
+        }
+        return Plan::wait(
+            Moving,
+            actions,
+            format!(
+                "removing {} once it holds nothing ({left} pods left)",
+                o.source
+            ),
+        );
+    }
+    Plan {
+        phase: Completed,
+        actions,
+        waiting: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
