@@ -13,9 +13,9 @@ use ests_api::EnhancedStatefulSet;
 use ests_testenv::clusters::{CrossClusterChecker, prepare, write_contexts_kubeconfig};
 use ests_testenv::resources::create_namespace;
 use ests_testenv::{ControlPlane, LogsOnFailure, wait_for};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use support::*;
 
@@ -178,6 +178,13 @@ async fn moving_boundary_ordinals_between_two_control_planes_keeps_one_pod_per_i
         args.extend_from_slice(extra);
         args
     };
+    // A Secret the pods use goes along when asked.
+    let secrets: Api<Secret> = Api::namespaced(east.client.clone(), ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "db-auth", "namespace": ns},
+        "stringData": {"password": "s3cret"}
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
     let plan = plugin(&move_args(&["--dry-run"])).await?;
     assert!(plan.contains("dry run: nothing changed"), "{plan}");
     assert_eq!(
@@ -185,8 +192,18 @@ async fn moving_boundary_ordinals_between_two_control_planes_keeps_one_pod_per_i
         3,
         "a dry run changes nothing"
     );
-    let out = plugin(&move_args(&[])).await?;
+    let out = plugin(&move_args(&["--copy-secret", "db-auth"])).await?;
     assert!(out.contains("db-2 now runs in west only"), "{out}");
+    let copied: Secret = Api::namespaced(west_client.clone(), ns)
+        .get("db-auth")
+        .await?;
+    assert_eq!(
+        copied
+            .data
+            .and_then(|d| d.get("password").cloned())
+            .map(|b| b.0),
+        Some(b"s3cret".to_vec())
+    );
     assert!(
         out.contains("set persistentVolumeClaimRetentionPolicy to Retain"),
         "{out}"

@@ -243,3 +243,76 @@ fn answers_echo_the_uid_patch_in_base64_and_refuse_other_kinds() {
 
     assert!(answer(&json!({"response": {}})).is_err());
 }
+
+#[test]
+fn hostile_contexts_get_an_answer_never_a_panic() {
+    let object = set(
+        json!({"replicas": 3, "template": {"spec": {"containers": []}}}),
+        Value::Null,
+    );
+    let base = json!({"request": {
+        "uid": "u", "kind": {"kind": "EnhancedStatefulSet"}, "operation": "InterpretReplica",
+        "object": object, "observedObject": object, "aggregatedStatus": [{"status": {}}], "replicas": 1}});
+    let operations = [
+        "InterpretReplica",
+        "ReviseReplica",
+        "Retain",
+        "AggregateStatus",
+        "InterpretStatus",
+        "InterpretHealth",
+        "InterpretDependency",
+        "Prune",
+        "",
+        "*",
+    ];
+    let weird = [
+        json!(null),
+        json!(1),
+        json!(-7.5),
+        json!("x"),
+        json!([]),
+        json!({}),
+        json!([1, {"a": null}]),
+        json!({"cpu": "1.5"}),
+        json!({"memory": "bogus"}),
+        json!({"containers": "no"}),
+    ];
+    let paths: [&[&str]; 12] = [
+        &["object"],
+        &["object", "spec"],
+        &["object", "spec", "replicas"],
+        &["object", "spec", "template"],
+        &["object", "spec", "template", "spec", "containers"],
+        &["object", "status"],
+        &["object", "metadata"],
+        &["observedObject"],
+        &["aggregatedStatus"],
+        &["replicas"],
+        &["kind"],
+        &["object", "spec", "template", "spec", "overhead"],
+    ];
+    let mut answered = 0;
+    for op in operations {
+        for path in paths {
+            for value in &weird {
+                let mut context = base.clone();
+                context["request"]["operation"] = json!(op);
+                let mut target = &mut context["request"];
+                for key in &path[..path.len() - 1] {
+                    target = &mut target[*key];
+                }
+                if let Some(o) = target.as_object_mut() {
+                    o.insert(path[path.len() - 1].to_string(), value.clone());
+                }
+                let reply = answer(&context).expect("a context with a request is answered");
+                assert_eq!(reply["response"]["uid"], "u");
+                let successful = reply["response"]["successful"]
+                    .as_bool()
+                    .expect("successful");
+                assert!(successful || reply["response"]["status"]["message"].is_string());
+                answered += 1;
+            }
+        }
+    }
+    assert_eq!(answered, operations.len() * paths.len() * weird.len());
+}
