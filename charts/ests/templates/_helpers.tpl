@@ -70,6 +70,53 @@ Name of a component's objects (Deployment, ServiceAccount, Service): "<fullname>
 {{- end }}
 
 {{/*
+Values keys of the components that run, as a comma-separated string: the StaticIP manager
+runs as its own Deployment only when the controller does not run it.
+*/}}
+{{- define "ests.componentKeys" -}}
+controller,webhook,extender{{ if not .Values.controller.staticIPManager }},staticIP{{ end }}
+{{- end }}
+
+{{/*
+Object name suffix of a component's values key.
+*/}}
+{{- define "ests.componentOf" -}}
+{{- if eq . "staticIP" }}static-ip{{ else }}{{ . }}{{ end }}
+{{- end }}
+
+{{/*
+RBAC rules of the StaticIP manager (crates/staticip), in the controller's role or its own.
+*/}}
+{{- define "ests.staticIPManagerRules" -}}
+# Records: learnt, bound and released (a release re-reads the record and deletes it at the
+# version it judged).
+- apiGroups: ["jke.jdcloud.com"]
+  resources: ["staticips"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
+- apiGroups: ["jke.jdcloud.com"]
+  resources: ["staticips/status"]
+  verbs: ["patch"]
+# Static-IP pods are watched; a release first asks the API server whether the pod exists.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["jke.jdcloud.com"]
+  resources: ["enhancedstatefulsets"]
+  verbs: ["list", "watch"]
+# IP range mode: blocks are the allocator's compare-and-swap store (replace at a
+# resourceVersion); the sweeper patches their status.
+- apiGroups: ["jke.jdcloud.com"]
+  resources: ["ipblocks"]
+  verbs: ["get", "list", "watch", "create", "update"]
+- apiGroups: ["jke.jdcloud.com"]
+  resources: ["ipblocks/status"]
+  verbs: ["patch"]
+- apiGroups: ["jke.jdcloud.com"]
+  resources: ["staticippools"]
+  verbs: ["list", "watch"]
+{{- end }}
+
+{{/*
 The ests image.
 */}}
 {{- define "ests.image" -}}

@@ -301,8 +301,17 @@ async fn rendered_objects_are_valid_kubernetes_objects() -> anyhow::Result<()> {
             one(&docs, "Certificate", "ests-webhook");
             assert!(anti["requiredDuringSchedulingIgnoredDuringExecution"].is_array());
             one(&docs, "ServiceMonitor", "ests");
-            assert_eq!(of_kind(&docs, "NetworkPolicy").len(), 3);
+            assert_eq!(of_kind(&docs, "NetworkPolicy").len(), 4);
             one(&docs, "Deployment", "ests-scheduler");
+            // The StaticIP manager on its own: its permissions leave the controller's role.
+            one(&docs, "Deployment", "ests-static-ip");
+            let blocks = |role: &Value| {
+                rules(role)
+                    .iter()
+                    .any(|r| strings(&r["resources"]).contains(&"ipblocks"))
+            };
+            assert!(!blocks(one(&docs, "ClusterRole", "ests-controller")));
+            assert!(blocks(one(&docs, "ClusterRole", "ests-static-ip")));
         }
     }
     Ok(())
@@ -670,6 +679,7 @@ async fn run_component(
     plane: &ControlPlane,
     admin: &Client,
     running: &mut Running<'_>,
+    prefix: &str,
     component: &str,
     listen_port: Option<u16>,
     mounts: &[(&str, &Path)],
@@ -691,7 +701,7 @@ async fn run_component(
         .first()
         .with_context(|| format!("{deployment_name} has no container"))?;
 
-    let kubeconfig = plane.dir.join(format!("kubeconfig-helm-{component}"));
+    let kubeconfig = plane.dir.join(format!("kubeconfig-{prefix}-{component}"));
     service_account_kubeconfig(
         admin,
         &plane.server,
@@ -718,7 +728,7 @@ async fn run_component(
         }
         args.push(arg);
     }
-    let name = format!("helm-{component}");
+    let name = format!("{prefix}-{component}");
     let kubeconfig = kubeconfig.display().to_string();
     let mut env: Vec<(String, String)> = container
         .env
@@ -763,7 +773,9 @@ async fn run_second_scheduler(
     plane: &ControlPlane,
     admin: &Client,
     running: &mut Running<'_>,
+    prefix: &str,
 ) -> anyhow::Result<()> {
+    let process = format!("{prefix}-scheduler");
     let name = format!("{RELEASE}-scheduler");
     let deployment = Api::<Deployment>::namespaced(admin.clone(), NAMESPACE)
         .get(&name)
@@ -785,7 +797,7 @@ async fn run_second_scheduler(
     let config_map = Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE)
         .get(&name)
         .await?;
-    let dir = plane.dir.join("helm-scheduler");
+    let dir = plane.dir.join(&process);
     let (config_dir, cert_dir) = (dir.join("config"), dir.join("certs"));
     std::fs::create_dir_all(&config_dir)?;
     std::fs::create_dir_all(&cert_dir)?;
@@ -826,17 +838,12 @@ async fn run_second_scheduler(
         format!("--authentication-kubeconfig={kubeconfig}"),
         format!("--authorization-kubeconfig={kubeconfig}"),
     ]);
-    eprintln!("running helm-scheduler: kube-scheduler {}", args.join(" "));
-    plane.run_process(
-        "helm-scheduler",
-        &plane.bin.join("kube-scheduler"),
-        &args,
-        &[],
-    )?;
-    running.names.push("helm-scheduler".into());
+    eprintln!("running {process}: kube-scheduler {}", args.join(" "));
+    plane.run_process(&process, &plane.bin.join("kube-scheduler"), &args, &[])?;
+    running.names.push(process.clone());
     let leases: Api<Lease> = Api::namespaced(admin.clone(), NAMESPACE);
     let exited = wait_for("the second scheduler leads", T, || async {
-        if !plane.is_running("helm-scheduler") {
+        if !plane.is_running(&process) {
             return Ok(Some(true));
         }
         let lease = leases.get_opt(&name).await?;
@@ -849,7 +856,7 @@ async fn run_second_scheduler(
     if exited {
         bail!(
             "the second scheduler exited:\n{}",
-            plane.log_tail("helm-scheduler", 40)
+            plane.log_tail(&process, 40)
         );
     }
     Ok(())
@@ -941,24 +948,51 @@ async fn bound_pods(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::Result<()> {
+    install_and_run(false).await
+}
+
+/// `controller.staticIPManager=false`: the manager runs as its own Deployment, under its
+/// own ServiceAccount, and the controller's role no longer has the manager's permissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_with_the_static_ip_manager_on_its_own() -> anyhow::Result<()> {
+    install_and_run(true).await
+}
+
+/// Installs the chart, runs its components as local processes under its ServiceAccounts,
+/// rolls out the examples, upgrades and uninstalls. The tests that do so take turns: the
+/// release's cluster-wide objects (webhook configurations, policies) are shared.
+async fn install_and_run(separate_manager: bool) -> anyhow::Result<()> {
+    let _turn = ests_testenv::cluster_lock().await;
     let plane = ests_testenv::shared().await?;
     let _logs = LogsOnFailure(plane);
     let admin = plane.client().await?;
-    let nodes: Vec<_> = (0..3).map(|i| NodeSpec::new(format!("node-{i}"))).collect();
-    create_nodes(&admin, &nodes).await?;
+    static NODES: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    NODES
+        .get_or_try_init(|| async {
+            let nodes: Vec<_> = (0..3).map(|i| NodeSpec::new(format!("node-{i}"))).collect();
+            create_nodes(&admin, &nodes).await
+        })
+        .await?;
+    let (prefix, cidr) = if separate_manager {
+        ("helm2", "10.43.0")
+    } else {
+        ("helm", "10.42.0")
+    };
 
     // The API server here cannot reach Service IPs (no kube-proxy, no pod network), so the
     // webhook configurations name the local webhook by URL (`webhook.url`, with 127.0.0.1
     // in the chart-made certificate), and the scheduler configuration names the local
     // extender (`extender.url`). Everything else is the chart's defaults.
     let (webhook_port, extender_port) = (free_port()?, free_port()?);
-    let values = plane.dir.join("helm-e2e-values.yaml");
+    let values = plane.dir.join(format!("{prefix}-values.yaml"));
     std::fs::write(
         &values,
         format!(
-            "webhook:\n  url: https://127.0.0.1:{webhook_port}\n  tls:\n    extraIPAddresses: [127.0.0.1]\n\
+            "controller:\n  staticIPManager: {}\n\
+             webhook:\n  url: https://127.0.0.1:{webhook_port}\n  tls:\n    extraIPAddresses: [127.0.0.1]\n\
              extender:\n  url: http://127.0.0.1:{extender_port}\n  bind: true\n\
-             scheduler:\n  secondScheduler:\n    enabled: true\n"
+             scheduler:\n  secondScheduler:\n    enabled: true\n",
+            !separate_manager
         ),
     )?;
     let helm = Helm::locate()?;
@@ -979,7 +1013,7 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
     let secret = Api::<Secret>::namespaced(admin.clone(), NAMESPACE)
         .get("ests-webhook-tls")
         .await?;
-    let tls_dir = plane.dir.join("helm-webhook-tls");
+    let tls_dir = plane.dir.join(format!("{prefix}-webhook-tls"));
     std::fs::create_dir_all(&tls_dir)?;
     for file in ["tls.crt", "tls.key"] {
         let data = secret
@@ -994,11 +1028,17 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
         plane,
         names: Vec::new(),
     };
-    run_component(plane, &admin, &mut running, "controller", None, &[]).await?;
+    run_component(plane, &admin, &mut running, prefix, "controller", None, &[]).await?;
+    let mut components = vec!["controller", "webhook", "extender", "scheduler"];
+    if separate_manager {
+        run_component(plane, &admin, &mut running, prefix, "static-ip", None, &[]).await?;
+        components.push("static-ip");
+    }
     run_component(
         plane,
         &admin,
         &mut running,
+        prefix,
         "webhook",
         Some(webhook_port),
         &[("/etc/ests/tls", &tls_dir)],
@@ -1008,6 +1048,7 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
         plane,
         &admin,
         &mut running,
+        prefix,
         "extender",
         Some(extender_port),
         &[],
@@ -1034,7 +1075,8 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
 
     // A user with the built-in `edit` role in their namespace: the aggregated roles let
     // them write sets and read, not write, StaticIPs.
-    let ns = "helm-e2e";
+    let ns = format!("{prefix}-e2e");
+    let ns = ns.as_str();
     create_namespace(&admin, ns).await?;
     apply_value(
         &admin,
@@ -1105,8 +1147,8 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
         &admin,
         &json!({
             "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "StaticIPPool",
-            "metadata": {"name": "helm-e2e-pool"},
-            "spec": {"cidrs": ["10.42.0.0/26"], "ipv4BlockPrefixLength": 28}
+            "metadata": {"name": format!("{prefix}-pool")},
+            "spec": {"cidrs": [format!("{cidr}.0/26")], "ipv4BlockPrefixLength": 28}
         }),
         None,
         false,
@@ -1115,7 +1157,7 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
     let mut ranged = support::simple_set("ranged", 2, "Parallel", 2);
     ranged["metadata"]["annotations"] = json!({
         keys::STATIC_IP_ENABLE: "true",
-        keys::STATIC_IP_POOL: "helm-e2e-pool",
+        keys::STATIC_IP_POOL: format!("{prefix}-pool"),
     });
     apply_value(&alice, &ranged, Some(ns), false).await?;
     let records: Api<StaticIP> = Api::namespaced(admin.clone(), ns);
@@ -1140,7 +1182,7 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
                     .is_some_and(|s| s.phase == StaticIPPhase::Bound && s.pod_uid == pod.uid());
                 if bound
                     && status.and_then(|s| s.phase.as_deref()) == Some("Running")
-                    && ip.starts_with("10.42.0.")
+                    && ip.starts_with(&format!("{cidr}."))
                     && record.spec.ips.iter().any(|a| a.ip == ip)
                 {
                     placed += 1;
@@ -1150,16 +1192,16 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
         },
     )
     .await?;
-    let extender_log = std::fs::read_to_string(plane.log_path("helm-extender"))?;
+    let extender_log = std::fs::read_to_string(plane.log_path(&format!("{prefix}-extender")))?;
     assert!(
         extender_log.contains("allocated at bind"),
         "the extender bound the range-mode pods:\n{}",
-        plane.log_tail("helm-extender", 20)
+        plane.log_tail(&format!("{prefix}-extender"), 20)
     );
 
     // The second-scheduler option: kube-scheduler with the chart's configuration, under its
     // ServiceAccount, leads and places a pod that asks for it.
-    run_second_scheduler(plane, &admin, &mut running).await?;
+    run_second_scheduler(plane, &admin, &mut running, prefix).await?;
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "second-scheduler-pod", "namespace": ns},
@@ -1176,8 +1218,8 @@ async fn helm_install_runs_ests_under_the_charts_service_accounts() -> anyhow::R
     .await?;
 
     // Exactly the chart's RBAC sufficed: nothing the components did was refused.
-    for component in ["controller", "webhook", "extender", "scheduler"] {
-        let log = std::fs::read_to_string(plane.log_path(&format!("helm-{component}")))?;
+    for component in components {
+        let log = std::fs::read_to_string(plane.log_path(&format!("{prefix}-{component}")))?;
         let refused: Vec<&str> = log
             .lines()
             .filter(|l| l.to_ascii_lowercase().contains("forbidden"))
