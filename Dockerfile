@@ -4,30 +4,22 @@
 #
 #   docker build -t <registry>/ests:<version> .
 #
-# Multi-arch: `docker buildx build --platform linux/amd64,linux/arm64 ...`; the build stage
-# runs on the build host and cross-compiles to musl for the target platform.
+# The build stage runs on the target platform (for several: `docker buildx build --platform
+# linux/amd64,linux/arm64`, emulated), so no cross toolchain is needed.
 
 ARG RUST_VERSION=1.89
 
-FROM --platform=$BUILDPLATFORM rust:${RUST_VERSION}-bookworm AS build
-ARG TARGETARCH
-# musl for a static binary; the C toolchain of the target for ring's assembly and C parts.
-RUN case "$TARGETARCH" in \
-      amd64) echo x86_64-unknown-linux-musl > /rust-target; cc=musl-tools ;; \
-      arm64) echo aarch64-unknown-linux-musl > /rust-target; cc="musl-tools gcc-aarch64-linux-gnu" ;; \
-      *) echo "unsupported architecture $TARGETARCH" >&2; exit 1 ;; \
-    esac \
- && apt-get update \
- && apt-get install -y --no-install-recommends $cc \
+FROM rust:${RUST_VERSION}-bookworm AS build
+# musl for a static binary; musl-tools gives ring's C and assembly parts a musl compiler.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/* \
- && rustup target add "$(cat /rust-target)"
-ENV CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc \
-    CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
+ && rustup target add "$(uname -m)-unknown-linux-musl"
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    target="$(cat /rust-target)" \
+    target="$(uname -m)-unknown-linux-musl" \
  && cargo build --release --locked -p ests --target "$target" \
  && install -D -m 0755 "target/$target/release/ests" /out/ests
 
