@@ -96,14 +96,21 @@ impl Progress {
             };
         }
         let paused = if self.paused { " (paused)" } else { "" };
-        format!(
-            "Waiting for partitioned roll out to finish{paused}: {} of {} new pods are updated, {} ready, {} available (partition {})...",
+        let counts = format!(
+            "{} of {} new pods are updated, {} ready, {} available",
             self.updated.min(self.target),
             self.target,
             self.ready.min(self.target),
             self.available.min(self.target),
-            self.partition
-        )
+        );
+        if self.partition > 0 {
+            format!(
+                "Waiting for partitioned roll out to finish{paused}: {counts} (partition {})...",
+                self.partition
+            )
+        } else {
+            format!("Waiting for roll out to finish{paused}: {counts}...")
+        }
     }
 
     /// A progress bar `width` characters wide, then the counts.
@@ -259,6 +266,13 @@ mod tests {
         assert_eq!(
             p.message("web"),
             "Waiting for partitioned roll out to finish (paused): 3 of 4 new pods are updated, 2 ready, 2 available (partition 1)..."
+        );
+        let mut whole = p.clone();
+        whole.partition = 0;
+        whole.paused = false;
+        assert_eq!(
+            whole.message("web"),
+            "Waiting for roll out to finish: 3 of 4 new pods are updated, 2 ready, 2 available..."
         );
         assert_eq!(
             p.bar(8),

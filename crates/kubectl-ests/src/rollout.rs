@@ -152,7 +152,7 @@ pub async fn history(
     writeln!(out, "enhancedstatefulset/{name}")?;
     writeln!(
         out,
-        "{:<10} {:<14} {:<9} CHANGE-CAUSE",
+        "{:<10} {:<14} {:<15} CHANGE-CAUSE",
         "REVISION", "HASH", "STATE"
     )?;
     for r in &history {
@@ -170,7 +170,7 @@ pub async fn history(
         };
         writeln!(
             out,
-            "{:<10} {:<14} {:<9} {}",
+            "{:<10} {:<14} {:<15} {}",
             r.number,
             r.hash,
             state,
