@@ -151,10 +151,11 @@ pub fn pin(pod: &Pod, record: Option<&StaticIP>, user: &str, settings: &PinSetti
             record.spec.workload.kind, record.spec.workload.name, record.spec.workload.uid
         ));
     }
+    // A record moving with its node (node migration) pins to its new node already.
     let bound = record
         .status
         .as_ref()
-        .is_some_and(|s| s.phase == StaticIPPhase::Bound);
+        .is_some_and(|s| matches!(s.phase, StaticIPPhase::Bound | StaticIPPhase::Migrating));
     let ips = record_ips(record);
     let (true, false, Some(node)) = (bound, ips.is_empty(), record.spec.node.as_deref()) else {
         // A new identity: its address is chosen later (CNI or extender).

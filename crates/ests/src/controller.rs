@@ -37,6 +37,9 @@ pub struct ControllerArgs {
     /// scheduler that does not manage the resource could not place them.
     #[arg(long, env = "ESTS_EXTENDER_BINDS")]
     pub extender_binds: bool,
+
+    #[command(flatten)]
+    pub migration: crate::migration::MigrationArgs,
 }
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
@@ -56,21 +59,47 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     };
     let with_manager = args.static_ip_manager;
     let concurrency = args.concurrency;
+    let migration = args
+        .migration
+        .node_migration
+        .then(|| args.migration.settings());
+    let migration_metrics = ests_migration::Metrics::register(&metrics.registry)
+        .context("registering migration metrics")?;
     leader::run_leading(
         client.clone(),
         &args.leader,
         "ests-controller",
         ready,
         |shutdown| async move {
-            if !with_manager {
-                return ests_controller::run(client, settings, metrics, shutdown).await;
-            }
             let shared = futures::FutureExt::shared(shutdown);
-            let (a, b) = tokio::join!(
+            let manager = async {
+                if with_manager {
+                    static_ip::run_manager(client.clone(), concurrency, ip_metrics, shared.clone())
+                        .await
+                } else {
+                    Ok(())
+                }
+            };
+            let migrations = async {
+                match migration {
+                    Some(settings) => {
+                        ests_migration::run(
+                            client.clone(),
+                            settings,
+                            migration_metrics,
+                            shared.clone(),
+                        )
+                        .await
+                    }
+                    None => Ok(()),
+                }
+            };
+            let (a, b, c) = tokio::join!(
                 ests_controller::run(client.clone(), settings, metrics, shared.clone()),
-                static_ip::run_manager(client, concurrency, ip_metrics, shared),
+                manager,
+                migrations,
             );
-            a.and(b)
+            a.and(b).and(c)
         },
     )
     .await

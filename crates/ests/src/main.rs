@@ -5,6 +5,7 @@ mod controller;
 mod extender;
 mod leader;
 mod manifests;
+mod migration;
 mod serve;
 mod static_ip;
 mod webhook;
@@ -44,6 +45,9 @@ enum Command {
     /// Run the admission webhook: pins re-created static-IP pods to their address and node,
     /// and refuses EnhancedStatefulSets the CRD cannot check.
     Webhook(webhook::WebhookArgs),
+    /// Move a node's static-IP pods, records and IP blocks to a replacement node: creates a
+    /// NodeMigration (and with --wait follows it to the end).
+    MigrateNode(migration::MigrateNodeArgs),
     /// Print the CustomResourceDefinitions generated from the API types, or write them and
     /// the ValidatingAdmissionPolicies to a config directory.
     Crd(manifests::CrdArgs),
@@ -78,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         Command::StaticIp(args) => static_ip::run(args).await,
         Command::Webhook(args) => webhook::run(args).await,
         Command::Extender(args) => extender::run(args).await,
+        Command::MigrateNode(args) => migration::migrate_node(args).await,
         Command::Crd(args) => manifests::run(&args),
     }
 }

@@ -304,10 +304,10 @@ impl Index {
     pub fn apply_record(&mut self, record: &StaticIP) {
         let entry = RecordEntry {
             node: record.spec.node.as_deref().map(|n| self.intern_node(n)),
-            bound: record
-                .status
-                .as_ref()
-                .is_some_and(|s| s.phase == StaticIPPhase::Bound),
+            // A record moving with its node (node migration) already belongs to its new node.
+            bound: record.status.as_ref().is_some_and(|s| {
+                matches!(s.phase, StaticIPPhase::Bound | StaticIPPhase::Migrating)
+            }),
             pool: record.spec.pool.as_deref().map(Box::from),
             has_ips: !record.spec.ips.is_empty(),
             owner_uid: record

@@ -429,7 +429,7 @@ fn conditions_of(record: &StaticIP) -> Vec<Condition> {
 }
 
 /// Sets a condition, keeping its transition time when its status does not change.
-fn set_condition(
+pub fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
     ok: bool,

@@ -275,3 +275,20 @@ fn cni_annotation_specs_parse() {
     assert!(CniAnnotation::parse("novalue").is_err());
     assert!(CniAnnotation::parse("=x").is_err());
 }
+
+#[test]
+fn a_migrating_record_pins_to_its_new_node() {
+    // Node migration moved the record to node-2 with its address; its pod is re-created.
+    let verdict = pin(
+        &pod(Value::Null),
+        Some(&record(&["10.0.0.7"], "Migrating", "41")),
+        CONTROLLER,
+        &settings(),
+    );
+    let after = applied(&pod(Value::Null), &verdict);
+    assert_eq!(
+        after["metadata"]["annotations"]["staticip.jke.jdcloud.com/node"],
+        "node-2"
+    );
+    assert_eq!(terms(&after), json!([{"matchFields": [pin_req()]}]));
+}

@@ -222,3 +222,45 @@ pub async fn start_extender(plane: &ControlPlane, bind: bool) -> anyhow::Result<
     plane.restart_scheduler(Some(&extenders)).await?;
     Ok(port)
 }
+
+/// Starts `ests webhook` with a serving certificate of the harness CA on a free loopback
+/// port and registers it with the API server (URL mode).
+pub async fn start_webhook(env: &Env) -> anyhow::Result<()> {
+    let files = env.plane.pki.serving("webhook", &[])?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let listen = format!("--listen=127.0.0.1:{port}");
+    let cert = format!("--tls-cert-file={}", files.cert.display());
+    let key = format!("--tls-key-file={}", files.key.display());
+    start_ests(
+        env.plane,
+        "ests-webhook",
+        "webhook",
+        &[&listen, &cert, &key],
+    )
+    .await?;
+    wait_for(
+        "the webhook listens",
+        std::time::Duration::from_secs(120),
+        || async {
+            Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    let (mutating, validating) = ests_webhook::config::configurations(
+        &ests_webhook::config::Endpoint::Url(format!("https://127.0.0.1:{port}")),
+        Some(env.plane.pki.ca_pem.as_bytes()),
+        "ests-system",
+    );
+    for config in [
+        serde_json::to_value(&mutating)?,
+        serde_json::to_value(&validating)?,
+    ] {
+        ests_testenv::resources::apply_value(&env.client, &config, None, false).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Node migration: the manager's flags (run inside `ests controller`) and
+//! `ests migrate-node`, which creates a NodeMigration and can follow it to the end.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use ests_api::{MigrationPhase, NodeMigration, NodeMigrationSpec};
+use ests_migration::Settings;
+use ests_migration::auto::AutoSettings;
+use ests_migration::hooks::Hook;
+use futures::StreamExt;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct MigrationArgs {
+    /// Run the node-migration manager in this process (under the same lease).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "ESTS_NODE_MIGRATION")]
+    pub node_migration: bool,
+
+    /// Command that fences a NotReady node (powers it off, cuts it off): run as
+    /// `COMMAND fence SOURCE TARGET` with ESTS_SOURCE_NODE, ESTS_TARGET_NODE, ESTS_MIGRATION
+    /// and ESTS_CIDRS set; exit status 0 means fenced. Without it, only an operator's
+    /// spec.confirmFenced fences. Use curl here for an HTTP endpoint.
+    #[arg(long, env = "ESTS_FENCE_COMMAND", value_parser = Hook::parse)]
+    pub fence_command: Option<Hook>,
+
+    /// Command that moves the source's IP blocks' routes to the target, run as
+    /// `COMMAND network SOURCE TARGET` (ESTS_CIDRS lists the CIDRs); exit 0 means moved. It
+    /// must succeed before any address moves. Default: nothing to move.
+    #[arg(long, env = "ESTS_NETWORK_COMMAND", value_parser = Hook::parse)]
+    pub network_command: Option<Hook>,
+
+    /// Command that names (and may create) a replacement node when the migration names none
+    /// and no node is labelled jke.jdcloud.com/replacement-for=SOURCE: run as
+    /// `COMMAND provision SOURCE`; its output is the node's name. Default: none.
+    #[arg(long, env = "ESTS_PROVISION_COMMAND", value_parser = Hook::parse)]
+    pub provision_command: Option<Hook>,
+
+    /// Automatic mode: migrate a node that has been NotReady for this many seconds (the
+    /// migration still waits for fencing). Off by default.
+    #[arg(long, env = "ESTS_AUTO_MIGRATE_AFTER_SECONDS")]
+    pub auto_migrate_after_seconds: Option<u64>,
+
+    /// Unfinished migrations allowed at once before automatic mode starts another.
+    #[arg(long, default_value_t = 1, env = "ESTS_MAX_MIGRATIONS")]
+    pub max_migrations: usize,
+}
+
+impl MigrationArgs {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            fence: self.fence_command.clone(),
+            network: self.network_command.clone(),
+            provision: self.provision_command.clone(),
+            auto: self.auto_migrate_after_seconds.map(|s| AutoSettings {
+                after: Duration::from_secs(s),
+                max_active: self.max_migrations.max(1),
+            }),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MigrateNodeArgs {
+    /// The node to move away from.
+    pub source: String,
+
+    /// The node to move to. Default: a node labelled jke.jdcloud.com/replacement-for=SOURCE.
+    #[arg(long = "to")]
+    pub target: Option<String>,
+
+    /// Confirm that SOURCE is powered off or cut off, so its pods may be released without
+    /// the fencing hook. Never for a node that may still run its pods.
+    #[arg(long)]
+    pub confirm_fenced: bool,
+
+    /// Why (shown in events).
+    #[arg(long)]
+    pub reason: Option<String>,
+
+    /// Follow the migration and print its progress until it completes.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Give up waiting after this many seconds (exit status 1).
+    #[arg(long, default_value_t = 1800)]
+    pub timeout_seconds: u64,
+}
+
+pub async fn migrate_node(args: MigrateNodeArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let api: Api<NodeMigration> = Api::all(client.clone());
+    let name = format!("migrate-{}", args.source);
+    let migration = NodeMigration {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: NodeMigrationSpec {
+            source_node: args.source.clone(),
+            target_node: args.target.clone(),
+            reason: args.reason.clone(),
+            confirm_fenced: args.confirm_fenced,
+        },
+        status: None,
+    };
+    match api.create(&PostParams::default(), &migration).await {
+        Ok(_) => println!("nodemigration/{name} created"),
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {
+            println!("nodemigration/{name} exists already; following it")
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating NodeMigration {name}")),
+    }
+    if !args.wait {
+        return Ok(());
+    }
+    let follow = async {
+        let mut last = String::new();
+        let mut stream = watcher::watcher(
+            api.clone(),
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+        )
+        .applied_objects()
+        .boxed();
+        while let Some(m) = stream.next().await {
+            let m = m.context("watching the migration")?;
+            let line = progress(&m);
+            if line != last {
+                println!("{line}");
+                last = line;
+            }
+            match m.status.as_ref().map(|s| s.phase) {
+                Some(MigrationPhase::Completed) => return Ok(()),
+                Some(MigrationPhase::Refused) => {
+                    anyhow::bail!("nodemigration/{} refused", m.name_any())
+                }
+                _ => {}
+            }
+        }
+        anyhow::bail!("the watch of nodemigration/{name} ended")
+    };
+    tokio::time::timeout(Duration::from_secs(args.timeout_seconds), follow)
+        .await
+        .with_context(|| {
+            format!(
+                "nodemigration/{name} did not complete in {}s",
+                args.timeout_seconds
+            )
+        })?
+}
+
+/// One line of progress: phase, target, pods on the target, what is awaited.
+fn progress(m: &NodeMigration) -> String {
+    let Some(s) = &m.status else {
+        return "Pending".into();
+    };
+    let running = s.pods.iter().filter(|p| p.running_on_target).count();
+    let waiting = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Completed")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    format!(
+        "{:?}: {} -> {}, {running}/{} static-IP pods on the target{}",
+        s.phase,
+        m.spec.source_node,
+        s.target_node.as_deref().unwrap_or("?"),
+        s.pods.len(),
+        if waiting.is_empty() {
+            String::new()
+        } else {
+            format!(" — {waiting}")
+        }
+    )
+}

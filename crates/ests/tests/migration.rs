@@ -1,0 +1,446 @@
+//! Node migration on the real control plane: a dead node's static-IP pods (record mode and
+//! IP range mode) come back on its replacement with their addresses, only after the node was
+//! fenced; a fencing hook that says no releases nothing; a target without room is refused;
+//! a manager killed mid-migration resumes; a Ready node's move respects a
+//! PodDisruptionBudget.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ests_api::{IPBlock, MigrationPhase, NodeMigration, StaticIP, StaticIPPhase, keys};
+use ests_testenv::nodes::{NodeSpec, create_nodes, kill_node, not_ready_timeout};
+use ests_testenv::{InvariantChecker, LogsOnFailure, wait_for};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use support::*;
+use tokio::sync::OnceCell;
+
+const T: Duration = Duration::from_secs(180);
+
+/// The directory the fencing hook looks in: a file `fence-yes-<node>` makes it say yes.
+fn fence_dir(env: &Env) -> std::path::PathBuf {
+    env.plane.dir.join("fence")
+}
+
+/// The controller with automatic migration (after 1 s NotReady) and a fencing hook, the
+/// webhook, and the extender (binding range-mode pods) — once per binary.
+async fn migration_env() -> anyhow::Result<Env> {
+    static STARTED: OnceCell<()> = OnceCell::const_new();
+    let env = bare_env().await?;
+    STARTED
+        .get_or_try_init(|| async {
+            start_stack(&env).await?;
+            start_webhook(&env).await?;
+            start_extender(env.plane, true).await.map(|_| ())
+        })
+        .await?;
+    Ok(env)
+}
+
+async fn start_stack(env: &Env) -> anyhow::Result<()> {
+    let dir = fence_dir(env);
+    std::fs::create_dir_all(&dir)?;
+    let hook = dir.join("fence.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\n# fence SOURCE TARGET\ntest -e \"{}/fence-yes-$2\"\n",
+            dir.display()
+        ),
+    )?;
+    let fence = format!("--fence-command=sh {}", hook.display());
+    start_controller(
+        env.plane,
+        "ests-controller",
+        &[
+            "--leader-election=false",
+            "--extender-binds",
+            "--auto-migrate-after-seconds=1",
+            "--max-migrations=5",
+            &fence,
+        ],
+    )
+    .await
+}
+
+fn node(name: &str, pool: &str, pods: &str) -> NodeSpec {
+    NodeSpec::new(name)
+        .capacity("64", "256Gi", pods)
+        .label("ests.test/pool", pool)
+        .label("ests.test/owner", "migration")
+        .owned_by("migration")
+}
+
+fn static_set(name: &str, replicas: i32, pool_label: &str, ip_pool: Option<&str>) -> Value {
+    let mut set = simple_set(name, replicas, "Parallel", replicas);
+    let mut annotations = json!({keys::STATIC_IP_ENABLE: "true"});
+    if let Some(pool) = ip_pool {
+        annotations[keys::STATIC_IP_POOL] = json!(pool);
+    }
+    set["metadata"]["annotations"] = annotations;
+    let spec = &mut set["spec"]["template"]["spec"];
+    spec["nodeSelector"] = json!({"ests.test/pool": pool_label});
+    spec["tolerations"] = json!([
+        {"key": "ests.test/owner", "operator": "Equal", "value": "migration", "effect": "NoSchedule"}
+    ]);
+    set
+}
+
+/// Running pods of `ns`: name -> (UID, node, IP).
+async fn running(
+    env: &Env,
+    ns: &str,
+) -> anyhow::Result<BTreeMap<String, (String, String, String)>> {
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            (status.phase.as_deref() == Some("Running")).then_some(())?;
+            Some((
+                p.name_any(),
+                (
+                    p.uid()?,
+                    p.spec.as_ref()?.node_name.clone()?,
+                    status.pod_ip.clone()?,
+                ),
+            ))
+        })
+        .collect())
+}
+
+/// Bound records of `ns`: name -> (node, IPs).
+async fn bound(env: &Env, ns: &str) -> anyhow::Result<BTreeMap<String, (String, String)>> {
+    let api: Api<StaticIP> = Api::namespaced(env.client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == StaticIPPhase::Bound)
+        })
+        .filter_map(|r| {
+            let ips: Vec<&str> = r.spec.ips.iter().map(|a| a.ip.as_str()).collect();
+            Some((r.name_any(), (r.spec.node.clone()?, ips.join(","))))
+        })
+        .collect())
+}
+
+async fn migration(env: &Env, name: &str) -> anyhow::Result<Option<NodeMigration>> {
+    Ok(Api::<NodeMigration>::all(env.client.clone())
+        .get_opt(name)
+        .await?)
+}
+
+#[tokio::test]
+async fn a_dead_nodes_static_ip_pods_move_to_its_replacement_after_fencing() -> anyhow::Result<()> {
+    let env = migration_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    let ns = "mig-move";
+    create_nodes(
+        &env.client,
+        &[node("mig-a", "move", "250"), node("mig-c", "move-c", "250")],
+    )
+    .await?;
+    namespace(&env, ns).await?;
+    apply(
+        &env,
+        ns,
+        &json!({
+            "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "StaticIPPool",
+            "metadata": {"name": "mig-pool"},
+            "spec": {"cidrs": ["10.43.0.0/24"], "ipv4BlockPrefixLength": 28}
+        }),
+    )
+    .await?;
+    // 110 record-mode pods on mig-a only; range-mode pods on mig-a and mig-c.
+    apply(&env, ns, &static_set("many", 110, "move", None)).await?;
+    let mut ranged = static_set("ranged", 4, "move", Some("mig-pool"));
+    ranged["spec"]["template"]["spec"]["nodeSelector"] = json!({"ests.test/owner": "migration"});
+    ranged["spec"]["template"]["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["mig-a", "mig-b", "mig-c"]}]}]}}});
+    ranged["spec"]["template"]["spec"]["topologySpreadConstraints"] = json!([{
+        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {"app": "ranged"}}
+    }]);
+    apply(&env, ns, &ranged).await?;
+    let (before, records) = wait_for("114 pods Running with Bound records", T, || async {
+        let (pods, records) = (running(&env, ns).await?, bound(&env, ns).await?);
+        Ok((pods.len() == 114 && records.len() == 114).then_some((pods, records)))
+    })
+    .await?;
+    let on_a: Vec<String> = records
+        .iter()
+        .filter(|(_, (node, _))| node == "mig-a")
+        .map(|(name, _)| name.clone())
+        .collect();
+    let on_c: BTreeMap<String, (String, String, String)> = before
+        .iter()
+        .filter(|(_, (_, node, _))| node == "mig-c")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(
+        on_a.iter().any(|n| n.starts_with("ranged-")),
+        "a range-mode pod on mig-a: {on_a:?}"
+    );
+    assert!(!on_c.is_empty(), "range-mode pods on mig-c too");
+    let blocks_of = |node: &'static str| {
+        let client = env.client.clone();
+        async move {
+            let blocks: Vec<IPBlock> = Api::<IPBlock>::all(client)
+                .list(&ListParams::default())
+                .await?
+                .items;
+            anyhow::Ok(
+                blocks
+                    .into_iter()
+                    .filter(|b| b.spec.node.as_deref() == Some(node))
+                    .map(|b| b.name_any())
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let a_blocks = blocks_of("mig-a").await?;
+    assert!(!a_blocks.is_empty());
+
+    // mig-a dies; its replacement joins. The hook will say yes.
+    kill_node(&env.client, "mig-a").await?;
+    create_nodes(
+        &env.client,
+        &[node("mig-b", "move", "250").label(keys::REPLACEMENT_FOR_LABEL, "mig-a")],
+    )
+    .await?;
+    // The migration starts and waits for fencing; the manager dies there and comes back
+    // once the node can be fenced.
+    wait_for(
+        "the automatic migration waits for fencing",
+        not_ready_timeout() + T,
+        || async {
+            Ok(migration(&env, "auto-mig-a").await?.filter(|m| {
+                m.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == MigrationPhase::Fencing)
+            }))
+        },
+    )
+    .await?;
+    env.plane.kill_process("ests-controller")?;
+    std::fs::write(fence_dir(&env).join("fence-yes-mig-a"), "")?;
+    start_stack(&env).await?;
+    let m = wait_for(
+        "the automatic migration is fenced",
+        not_ready_timeout() + T,
+        || async {
+            Ok(migration(&env, "auto-mig-a")
+                .await?
+                .filter(|m| m.status.as_ref().is_some_and(|s| s.fenced_at.is_some())))
+        },
+    )
+    .await?;
+    let fenced_at = m
+        .status
+        .as_ref()
+        .and_then(|s| s.fenced_at.clone())
+        .expect("fenced");
+    let fenced = Instant::now();
+
+    let after = wait_for("every pod of mig-a Running on mig-b", T, || async {
+        let now = running(&env, ns).await?;
+        let moved = on_a
+            .iter()
+            .all(|n| now.get(n).is_some_and(|(_, node, _)| node == "mig-b"));
+        Ok((moved && now.len() == 114).then_some(now))
+    })
+    .await?;
+    // fencedAt has a resolution of a second; the test's own clock bounds it from below.
+    let since_fenced = k8s_openapi::jiff::Timestamp::now().duration_since(fenced_at.0);
+    println!(
+        "fencing to all {} static-IP pods of mig-a Running on mig-b: {:.1} s by fencedAt, {:.1} s since the test saw it (target <= 30 s)",
+        on_a.len(),
+        since_fenced.as_secs_f64(),
+        fenced.elapsed().as_secs_f64()
+    );
+    for name in &on_a {
+        let (_, _, ip) = &before[name];
+        let (_, node, now_ip) = &after[name];
+        assert_eq!(
+            (node.as_str(), now_ip),
+            ("mig-b", ip),
+            "{name} kept its address on mig-b"
+        );
+    }
+    for (name, was) in &on_c {
+        assert_eq!(after.get(name), Some(was), "{name} on mig-c untouched");
+    }
+    // No pod of a moved identity was created before the node was fenced.
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    for name in &on_a {
+        let pod = api.get(name).await?;
+        let created = pod.metadata.creation_timestamp.clone().expect("created");
+        assert!(
+            created.0 >= fenced_at.0,
+            "{name} created at {created:?}, before fencing at {fenced_at:?}"
+        );
+    }
+    let done = wait_for("the migration completes", T, || async {
+        Ok(migration(&env, "auto-mig-a").await?.filter(|m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.phase == MigrationPhase::Completed)
+        }))
+    })
+    .await?;
+    let status = done.status.expect("status");
+    assert_eq!(status.target_node.as_deref(), Some("mig-b"));
+    assert_eq!(status.pods.len(), on_a.len());
+    assert!(
+        Api::<Node>::all(env.client.clone())
+            .get_opt("mig-a")
+            .await?
+            .is_none(),
+        "mig-a removed"
+    );
+    let mut moved = blocks_of("mig-b").await?;
+    moved.sort();
+    let mut was = a_blocks.clone();
+    was.sort();
+    assert_eq!(moved, was, "mig-a's blocks now belong to mig-b");
+    let records = wait_for("records Bound on mig-b", T, || async {
+        let records = bound(&env, ns).await?;
+        Ok(on_a
+            .iter()
+            .all(|n| records.get(n).is_some_and(|(node, _)| node == "mig-b"))
+            .then_some(records))
+    })
+    .await?;
+    assert_eq!(records.len(), 114);
+    checker.finish()
+}
+
+#[tokio::test]
+async fn a_fencing_hook_that_says_no_releases_nothing() -> anyhow::Result<()> {
+    let env = migration_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let ns = "mig-unfenced";
+    create_nodes(&env.client, &[node("mig-d", "unfenced", "50")]).await?;
+    create_nodes(
+        &env.client,
+        &[node("mig-e", "unfenced-spare", "50").label(keys::REPLACEMENT_FOR_LABEL, "mig-d")],
+    )
+    .await?;
+    namespace(&env, ns).await?;
+    apply(&env, ns, &static_set("kept", 3, "unfenced", None)).await?;
+    let before = wait_for("3 pods Running", T, || async {
+        let pods = running(&env, ns).await?;
+        Ok((pods.len() == 3 && bound(&env, ns).await?.len() == 3).then_some(pods))
+    })
+    .await?;
+    kill_node(&env.client, "mig-d").await?;
+    let m = wait_for(
+        "the hook was asked and said no",
+        not_ready_timeout() + T,
+        || async {
+            Ok(migration(&env, "auto-mig-d").await?.filter(|m| {
+                m.status.as_ref().is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == "Fenced"
+                            && c.status == "False"
+                            && c.message.contains("answered no")
+                    })
+                })
+            }))
+        },
+    )
+    .await?;
+    let status = m.status.expect("status");
+    assert_eq!(status.phase, MigrationPhase::Fencing);
+    assert!(status.fenced_at.is_none());
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    for (name, (uid, node, _)) in &before {
+        let pod = api.get(name).await?;
+        assert_eq!(pod.uid().as_ref(), Some(uid), "{name} not re-created");
+        assert!(
+            pod.metadata.deletion_timestamp.is_none(),
+            "{name} not deleted"
+        );
+        assert_eq!(node, "mig-d");
+    }
+    let node: Node = Api::<Node>::all(env.client.clone()).get("mig-d").await?;
+    let tainted = node
+        .spec
+        .and_then(|s| s.taints)
+        .is_some_and(|ts| ts.iter().any(|t| t.key == keys::OUT_OF_SERVICE_TAINT));
+    assert!(!tainted, "no out-of-service taint on an unfenced node");
+    let records = bound(&env, ns).await?;
+    assert!(
+        records.values().all(|(node, _)| node == "mig-d"),
+        "records stay: {records:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_target_without_room_is_refused() -> anyhow::Result<()> {
+    let env = migration_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let ns = "mig-refused";
+    create_nodes(
+        &env.client,
+        &[
+            node("mig-f", "refused", "50"),
+            NodeSpec::new("mig-tiny")
+                .capacity("1", "1Gi", "5")
+                .owned_by("migration"),
+        ],
+    )
+    .await?;
+    namespace(&env, ns).await?;
+    let mut set = static_set("big", 2, "refused", None);
+    set["spec"]["template"]["spec"]["containers"][0]["resources"] =
+        json!({"requests": {"cpu": "1"}});
+    apply(&env, ns, &set).await?;
+    let before = wait_for("2 pods Running", T, || async {
+        let pods = running(&env, ns).await?;
+        Ok((pods.len() == 2 && bound(&env, ns).await?.len() == 2).then_some(pods))
+    })
+    .await?;
+    let api: Api<NodeMigration> = Api::all(env.client.clone());
+    let m: NodeMigration = serde_json::from_value(json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "NodeMigration",
+        "metadata": {"name": "move-mig-f"},
+        "spec": {"sourceNode": "mig-f", "targetNode": "mig-tiny", "reason": "maintenance"}
+    }))?;
+    api.create(&PostParams::default(), &m).await?;
+    let refused = wait_for("the migration is refused", T, || async {
+        Ok(migration(&env, "move-mig-f").await?.filter(|m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.phase == MigrationPhase::Refused)
+        }))
+    })
+    .await?;
+    let why = refused
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter())
+        .find(|c| c.type_ == "Completed")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(why.contains("cpu free"), "says why: {why}");
+    assert_eq!(running(&env, ns).await?, before, "nothing moved");
+    let records = bound(&env, ns).await?;
+    assert!(records.values().all(|(node, _)| node == "mig-f"));
+    Ok(())
+}

@@ -1,0 +1,673 @@
+//! The node-migration manager: carries out `NodeMigration` objects.
+//!
+//! One reconcile observes the migration, its source and target nodes, the source's IP blocks
+//! and the records and pods on it ([`observe`]), asks `ests_core::migration::plan` what to do,
+//! and does it ([`act`]). Every action is idempotent and leaves its trace in the cluster or
+//! the status, so a manager killed at any moment resumes where it was. Automatic mode
+//! ([`auto`]) creates migrations for nodes NotReady for longer than a window.
+#![forbid(unsafe_code)]
+
+pub mod auto;
+pub mod hooks;
+mod observe;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ests_api::{
+    EnhancedStatefulSet, IPBlock, MigratingPod, MigrationMode, MigrationPhase, NodeMigration,
+    StaticIP, StaticIPPhase, keys,
+};
+use ests_core::migration::{Action as Step, plan};
+use ests_staticip::records::set_condition;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde_json::json;
+
+use crate::hooks::{Hook, HookFacts};
+
+/// Why a reconcile failed (it is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn kube_err(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Kube { context, source }
+}
+
+/// How the manager is configured.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Fences a NotReady source (power-off, BMC, …). Without it only an operator's
+    /// `spec.confirmFenced` fences.
+    pub fence: Option<Hook>,
+    /// Moves the source's CIDRs' routes to the target. Without it there is nothing to move
+    /// (a CNI that follows the IPBlock objects).
+    pub network: Option<Hook>,
+    /// Names (and may create) a replacement node when none is named or labelled.
+    pub provision: Option<Hook>,
+    /// Automatic mode; off when None.
+    pub auto: Option<auto::AutoSettings>,
+}
+
+/// The manager's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    pub migrations: IntGaugeVec,
+    pub actions: IntCounterVec,
+    pub fence_to_done: HistogramVec,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            migrations: IntGaugeVec::new(
+                Opts::new("ests_migrations", "NodeMigrations by phase"),
+                &["phase"],
+            )?,
+            actions: IntCounterVec::new(
+                Opts::new(
+                    "ests_migration_actions_total",
+                    "Migration actions carried out, by action and result",
+                ),
+                &["action", "result"],
+            )?,
+            fence_to_done: HistogramVec::new(
+                HistogramOpts::new(
+                    "ests_migration_seconds",
+                    "From fencing (or start, in maintenance) to completion",
+                )
+                .buckets(vec![5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0]),
+                &["mode"],
+            )?,
+        };
+        registry.register(Box::new(m.migrations.clone()))?;
+        registry.register(Box::new(m.actions.clone()))?;
+        registry.register(Box::new(m.fence_to_done.clone()))?;
+        Ok(m)
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub nodes: Store<Node>,
+    pub pods: Store<Pod>,
+    pub records: Store<StaticIP>,
+    pub blocks: Store<IPBlock>,
+    pub sets: Store<EnhancedStatefulSet>,
+    pub migrations: Store<NodeMigration>,
+    listed: ests_cache::Listed,
+}
+
+type Events<K> = futures::stream::BoxStream<'static, Result<K, watcher::Error>>;
+
+fn cache<K>(client: &Client) -> (Store<K>, Events<K>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .boxed();
+    (store, stream)
+}
+
+/// Runs the manager (and automatic mode if configured) until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let (nodes, node_events) = cache::<Node>(&client);
+    let (pods, pod_events) = cache::<Pod>(&client);
+    let (records, record_events) = cache::<StaticIP>(&client);
+    let (blocks, block_events) = cache::<IPBlock>(&client);
+    let (sets, set_events) = cache::<EnhancedStatefulSet>(&client);
+    let (migrations, writer) = reflector::store();
+    let migration_events = reflector::reflector(
+        writer,
+        watcher::watcher(
+            Api::<NodeMigration>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    for drain in [
+        block_events.map(|_| ()).boxed(),
+        set_events.map(|_| ()).boxed(),
+    ] {
+        tokio::spawn(drain.for_each(|_| async {}));
+    }
+    let listed = ests_cache::Listed::spawn(
+        "migration",
+        vec![
+            ests_cache::wait_for(&nodes),
+            ests_cache::wait_for(&pods),
+            ests_cache::wait_for(&records),
+            ests_cache::wait_for(&blocks),
+            ests_cache::wait_for(&sets),
+            ests_cache::wait_for(&migrations),
+        ],
+    );
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), Reporter::from("ests-migration")),
+        client: client.clone(),
+        settings: settings.clone(),
+        metrics,
+        nodes,
+        pods,
+        records,
+        blocks,
+        sets,
+        migrations: migrations.clone(),
+        listed,
+    });
+    if let Some(auto) = settings.auto.clone() {
+        tokio::spawn(auto::run(ctx.clone(), auto));
+    }
+    // Any change of a node, pod or record looks at every unfinished migration (there are
+    // few); each also looks again every second while it waits.
+    let all = {
+        let migrations = migrations.clone();
+        move || {
+            migrations
+                .state()
+                .into_iter()
+                .filter(|m| {
+                    m.status
+                        .as_ref()
+                        .is_none_or(|s| s.phase != MigrationPhase::Completed)
+                })
+                .map(|m| ObjectRef::from_obj(m.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let (a1, a2, a3) = (all.clone(), all.clone(), all);
+    Controller::for_stream(migration_events, migrations)
+        .watches_stream(node_events, move |_| a1())
+        .watches_stream(pod_events, move |_| a2())
+        .watches_stream(record_events, move |_| a3())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+fn error_policy(m: Arc<NodeMigration>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(migration = %m.name_any(), %error, "migration step failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+async fn publish(ctx: &Context, m: &NodeMigration, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Migrate".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &m.object_ref(&())).await {
+        tracing::debug!(error = %e, "publishing an event");
+    }
+}
+
+async fn reconcile(m: Arc<NodeMigration>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.listed.wait().await;
+    let name = m.name_any();
+    let observed = observe::observe(&ctx, &m).await?;
+    let plan = plan(&observed.facts);
+    tracing::debug!(migration = %name, ?plan, "plan");
+    let mut status = m.status.clone().unwrap_or_default();
+    for step in &plan.actions {
+        let label = step_label(step);
+        let result = act(&ctx, &m, &observed, step, &mut status).await;
+        ctx.metrics
+            .actions
+            .with_label_values(&[label, if result.is_ok() { "ok" } else { "error" }])
+            .inc();
+        if let Err(e) = result {
+            // Keep what was done so far in the status; the next reconcile plans again.
+            write_status(
+                &ctx,
+                &m,
+                &mut status,
+                &plan.phase,
+                Some(e.to_string()),
+                &observed,
+            )
+            .await?;
+            return Err(e);
+        }
+    }
+    write_status(
+        &ctx,
+        &m,
+        &mut status,
+        &plan.phase,
+        plan.waiting.clone(),
+        &observed,
+    )
+    .await?;
+    Ok(match plan.phase {
+        MigrationPhase::Completed => Action::await_change(),
+        MigrationPhase::Refused => Action::requeue(Duration::from_secs(30)),
+        MigrationPhase::Fencing => Action::requeue(Duration::from_secs(5)),
+        _ => Action::requeue(Duration::from_secs(1)),
+    })
+}
+
+fn step_label(step: &Step) -> &'static str {
+    match step {
+        Step::Start { .. } => "start",
+        Step::Fence => "fence",
+        Step::MoveNetwork => "network",
+        Step::MoveBlock(_) => "move-block",
+        Step::MoveRecord(_) => "move-record",
+        Step::Cordon => "cordon",
+        Step::Taint => "taint",
+        Step::ForceDelete(_) => "force-delete",
+        Step::Evict(_) => "evict",
+        Step::Recreate(_) => "recreate",
+        Step::DeleteSource => "delete-source",
+    }
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+fn split(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("", key))
+}
+
+/// Carries out one step; what it changes in the status is written with the plan's phase.
+async fn act(
+    ctx: &Context,
+    m: &NodeMigration,
+    observed: &observe::Observation,
+    step: &Step,
+    status: &mut ests_api::NodeMigrationStatus,
+) -> Result<(), Error> {
+    let source = &m.spec.source_node;
+    let target = observed.facts.target.clone().unwrap_or_default();
+    let facts = HookFacts {
+        migration: m.name_any(),
+        source: source.clone(),
+        target: Some(target.clone()),
+        cidrs: observed.source_cidrs.clone(),
+    };
+    match step {
+        Step::Start { target, mode } => {
+            status.target_node = Some(target.clone());
+            status.mode = Some(*mode);
+            status.started_at.get_or_insert_with(now);
+            publish(
+                ctx,
+                m,
+                EventType::Normal,
+                "Started",
+                format!("moving {source}'s static-IP pods and IP blocks to {target} ({mode:?})"),
+            )
+            .await;
+        }
+        Step::Fence => {
+            let fenced_by = if m.spec.confirm_fenced {
+                Ok("operator (spec.confirmFenced)".to_string())
+            } else if let Some(hook) = &ctx.settings.fence {
+                hooks::run(hook, "fence", &facts)
+                    .await
+                    .map(|_| "fencing hook".to_string())
+            } else {
+                Err(format!(
+                    "no fencing hook is configured: set spec.confirmFenced once {source} is powered off"
+                ))
+            };
+            match fenced_by {
+                Ok(by) => {
+                    status.fenced_at = Some(now());
+                    status.fenced_by = Some(by.clone());
+                    set_condition(
+                        &mut status.conditions,
+                        "Fenced",
+                        true,
+                        "Fenced",
+                        format!("fenced by the {by}"),
+                    );
+                    publish(
+                        ctx,
+                        m,
+                        EventType::Normal,
+                        "Fenced",
+                        format!("{source} fenced by the {by}"),
+                    )
+                    .await;
+                }
+                Err(why) => {
+                    set_condition(
+                        &mut status.conditions,
+                        "Fenced",
+                        false,
+                        "NotFenced",
+                        why.clone(),
+                    );
+                    publish(ctx, m, EventType::Warning, "NotFenced", why).await;
+                }
+            }
+        }
+        Step::MoveNetwork => {
+            let result = match &ctx.settings.network {
+                Some(hook) => hooks::run(hook, "network", &facts)
+                    .await
+                    .map(|_| "network hook succeeded".to_string()),
+                None => {
+                    Ok("no network hook configured: routes follow the IPBlock objects".to_string())
+                }
+            };
+            match result {
+                Ok(message) => set_condition(
+                    &mut status.conditions,
+                    "NetworkMoved",
+                    true,
+                    "Moved",
+                    message,
+                ),
+                Err(why) => {
+                    set_condition(
+                        &mut status.conditions,
+                        "NetworkMoved",
+                        false,
+                        "HookFailed",
+                        why.clone(),
+                    );
+                    publish(ctx, m, EventType::Warning, "NetworkHookFailed", why).await;
+                }
+            }
+        }
+        Step::MoveBlock(name) => {
+            let api: Api<IPBlock> = Api::all(ctx.client.clone());
+            let mut block = api
+                .get(name)
+                .await
+                .map_err(kube_err(format!("reading IPBlock {name}")))?;
+            if block.spec.node.as_deref() == Some(source.as_str()) {
+                block.spec.node = Some(target.clone());
+                // The update carries the resourceVersion read: a block changed meanwhile
+                // (an allocation) fails here and is moved on the next pass.
+                api.replace(name, &PostParams::default(), &block)
+                    .await
+                    .map_err(kube_err(format!("moving IPBlock {name} to {target}")))?;
+            }
+            if !status.moved_blocks.contains(name) {
+                status.moved_blocks.push(name.clone());
+            }
+        }
+        Step::MoveRecord(key) => {
+            let (ns, name) = split(key);
+            let api: Api<StaticIP> = Api::namespaced(ctx.client.clone(), ns);
+            let record = api
+                .get(name)
+                .await
+                .map_err(kube_err(format!("reading StaticIP {key}")))?;
+            if record.spec.node.as_deref() == Some(source.as_str()) {
+                let patch = json!({
+                    "metadata": {"resourceVersion": record.resource_version()},
+                    "spec": {"node": target},
+                });
+                api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .map_err(kube_err(format!("moving StaticIP {key} to {target}")))?;
+                api.patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"phase": StaticIPPhase::Migrating}})),
+                )
+                .await
+                .map_err(kube_err(format!("marking StaticIP {key} Migrating")))?;
+            }
+            if !status
+                .pods
+                .iter()
+                .any(|p| format!("{}/{}", p.namespace, p.name) == *key)
+            {
+                status.pods.push(MigratingPod {
+                    namespace: ns.into(),
+                    name: name.into(),
+                    ips: record.spec.ips.iter().map(|a| a.ip.clone()).collect(),
+                    running_on_target: false,
+                });
+            }
+        }
+        Step::Cordon => {
+            let api: Api<Node> = Api::all(ctx.client.clone());
+            api.patch(
+                source,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+            )
+            .await
+            .map_err(kube_err(format!("cordoning {source}")))?;
+        }
+        Step::Taint => {
+            let api: Api<Node> = Api::all(ctx.client.clone());
+            let mut node = api
+                .get(source)
+                .await
+                .map_err(kube_err(format!("reading node {source}")))?;
+            let spec = node.spec.get_or_insert_with(Default::default);
+            let taints = spec.taints.get_or_insert_with(Vec::new);
+            if !taints.iter().any(|t| t.key == keys::OUT_OF_SERVICE_TAINT) {
+                taints.push(Taint {
+                    key: keys::OUT_OF_SERVICE_TAINT.into(),
+                    value: Some("nodeshutdown".into()),
+                    effect: "NoExecute".into(),
+                    time_added: None,
+                });
+                api.replace(source, &PostParams::default(), &node)
+                    .await
+                    .map_err(kube_err(format!("tainting {source} out-of-service")))?;
+            }
+        }
+        Step::ForceDelete(key) | Step::Recreate(key) | Step::Evict(key) => {
+            let (ns, name) = split(key);
+            let Some(pod) = ctx.pods.get(&ObjectRef::new(name).within(ns)) else {
+                return Ok(());
+            };
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            let preconditions = Preconditions {
+                uid: pod.uid(),
+                resource_version: None,
+            };
+            let result = match step {
+                Step::Evict(_) => api
+                    .evict(
+                        name,
+                        &EvictParams {
+                            delete_options: Some(DeleteParams {
+                                preconditions: Some(preconditions),
+                                ..DeleteParams::default()
+                            }),
+                            post_options: PostParams::default(),
+                        },
+                    )
+                    .await
+                    .map(|_| ()),
+                Step::ForceDelete(_) => api
+                    .delete(
+                        name,
+                        &DeleteParams {
+                            grace_period_seconds: Some(0),
+                            preconditions: Some(preconditions),
+                            ..DeleteParams::default()
+                        },
+                    )
+                    .await
+                    .map(|_| ()),
+                _ => api
+                    .delete(
+                        name,
+                        &DeleteParams {
+                            preconditions: Some(preconditions),
+                            ..DeleteParams::default()
+                        },
+                    )
+                    .await
+                    .map(|_| ()),
+            };
+            match result {
+                Ok(()) => {}
+                Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
+                // A PodDisruptionBudget refuses the eviction for now: next pass.
+                Err(kube::Error::Api(s)) if s.code == 429 => {
+                    tracing::info!(pod = %key, reason = %s.message, "eviction refused for now");
+                }
+                Err(e) => return Err(kube_err(format!("{} pod {key}", step_label(step)))(e)),
+            }
+        }
+        Step::DeleteSource => {
+            let api: Api<Node> = Api::all(ctx.client.clone());
+            match api.delete(source, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                Err(e) => return Err(kube_err(format!("removing node {source}"))(e)),
+            }
+            publish(
+                ctx,
+                m,
+                EventType::Normal,
+                "SourceRemoved",
+                format!("{source} held nothing more and was removed"),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+async fn write_status(
+    ctx: &Context,
+    m: &NodeMigration,
+    status: &mut ests_api::NodeMigrationStatus,
+    phase: &MigrationPhase,
+    waiting: Option<String>,
+    observed: &observe::Observation,
+) -> Result<(), Error> {
+    let was = m.status.as_ref().map(|s| s.phase);
+    status.phase = *phase;
+    for pod in &mut status.pods {
+        let key = format!("{}/{}", pod.namespace, pod.name);
+        pod.running_on_target = observed
+            .facts
+            .records
+            .iter()
+            .any(|r| r.key == key && r.running_on_target);
+    }
+    match &waiting {
+        Some(why) => set_condition(
+            &mut status.conditions,
+            "Completed",
+            false,
+            "InProgress",
+            why.clone(),
+        ),
+        None => set_condition(
+            &mut status.conditions,
+            "Completed",
+            true,
+            "Completed",
+            "every static-IP pod runs on the target".into(),
+        ),
+    }
+    if *phase == MigrationPhase::Completed && status.completed_at.is_none() {
+        status.completed_at = Some(now());
+        let from = status
+            .fenced_at
+            .clone()
+            .or_else(|| status.started_at.clone());
+        if let Some(from) = from {
+            let seconds =
+                (Timestamp::now().as_millisecond() - from.0.as_millisecond()) as f64 / 1e3;
+            let mode = match status.mode {
+                Some(MigrationMode::Maintenance) => "maintenance",
+                _ => "failure",
+            };
+            ctx.metrics
+                .fence_to_done
+                .with_label_values(&[mode])
+                .observe(seconds);
+        }
+        publish(
+            ctx,
+            m,
+            EventType::Normal,
+            "Completed",
+            format!(
+                "{} static-IP pods run on {}",
+                status.pods.len(),
+                status.target_node.clone().unwrap_or_default()
+            ),
+        )
+        .await;
+    }
+    if *phase == MigrationPhase::Refused && was != Some(MigrationPhase::Refused) {
+        publish(
+            ctx,
+            m,
+            EventType::Warning,
+            "Refused",
+            waiting.clone().unwrap_or_default(),
+        )
+        .await;
+    }
+    if m.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<NodeMigration> = Api::all(ctx.client.clone());
+    api.patch_status(
+        &m.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await
+    .map_err(kube_err(format!(
+        "writing the status of NodeMigration {}",
+        m.name_any()
+    )))?;
+    Ok(())
+}
