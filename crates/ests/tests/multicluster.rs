@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use ests_api::EnhancedStatefulSet;
-use ests_testenv::clusters::{CrossClusterChecker, prepare, write_contexts_kubeconfig};
+use ests_testenv::clusters::{
+    CrossClusterChecker, prepare, start_plane, write_contexts_kubeconfig,
+};
 use ests_testenv::resources::create_namespace;
-use ests_testenv::{ControlPlane, LogsOnFailure, wait_for};
+use ests_testenv::{LogsOnFailure, wait_for};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
@@ -106,7 +108,7 @@ async fn moving_boundary_ordinals_between_two_control_planes_keeps_one_pod_per_i
 -> anyhow::Result<()> {
     let east = env().await?;
     let _east_logs = LogsOnFailure(east.plane);
-    let west = ControlPlane::start().await?;
+    let west = start_plane().await?;
     let _west_logs = LogsOnFailure(&west);
     let west_client = prepare(&west, "west-node", 2, CONTROLLER_USER).await?;
     start_controller(&west, "ests-controller-west", &["--leader-election=false"]).await?;
@@ -283,6 +285,37 @@ async fn moving_boundary_ordinals_between_two_control_planes_keeps_one_pod_per_i
     let pods = checker.pods();
     assert_eq!(pods.get("west").cloned().unwrap_or_default().len(), 2);
 
+    // A move that stopped after scaling the source down (here: done by hand) leaves db-0 in
+    // neither cluster; a plain move refuses, --resume finishes it.
+    patch(&east_sets, "db", json!({"spec": {"replicas": 0}})).await?;
+    wait_for("db-0 gone from east", T, || async {
+        Ok(all_pods(&east.client, ns).await?.is_empty().then_some(()))
+    })
+    .await?;
+    let err = plugin(&move_args(&[]))
+        .await
+        .expect_err("nothing to move from an empty source");
+    assert!(
+        format!("{err:#}").contains("no identity to move"),
+        "{err:#}"
+    );
+    let out = plugin(&move_args(&["--resume"])).await?;
+    assert!(out.contains("db-0 now runs in west only"), "{out}");
+    assert!(!out.contains("scale down"), "{out}");
+    assert_eq!(
+        ready_pods(&west_client, ns).await?,
+        strings(&["db-0", "db-1", "db-2"])
+    );
+    let west_set = west_sets.get("db").await?;
+    assert_eq!(
+        (west_set.spec.ordinals_start(), west_set.spec.replicas),
+        (0, 3)
+    );
+    let err = plugin(&move_args(&["--resume"]))
+        .await
+        .expect_err("nothing left to resume");
+    assert!(format!("{err:#}").contains("nothing to resume"), "{err:#}");
+
     // A destination that is not right above the source is refused before anything changes.
     let err = plugin(&[
         "--kubeconfig",
@@ -299,7 +332,7 @@ async fn moving_boundary_ordinals_between_two_control_planes_keeps_one_pod_per_i
     .await
     .expect_err("west's highest (2) is not right below east's start (0)");
     assert!(format!("{err:#}").contains("must be adjacent"), "{err:#}");
-    assert_eq!(west_sets.get("db").await?.spec.replicas, 2);
+    assert_eq!(west_sets.get("db").await?.spec.replicas, 3);
 
     checker.finish()?;
     west.stop();

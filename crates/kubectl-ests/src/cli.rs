@@ -156,6 +156,11 @@ pub struct MoveArgs {
     /// Print the steps without changing anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Finish a move that stopped after scaling the source down (a timeout, an interrupt):
+    /// the one ordinal between the source's highest and the destination's start goes to the
+    /// destination, without scaling the source again.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Args, Debug)]
@@ -240,6 +245,7 @@ pub async fn run_with(cli: Cli, out: &mut dyn Write, tty: bool) -> anyhow::Resul
                     allow_ip_change: a.allow_ip_change,
                     copy_volumes: a.copy_volumes,
                     secrets: a.copy_secrets.clone(),
+                    resume: a.resume,
                 },
                 template_secrets: a.copy_template_secrets,
                 timeout: a.timeout,

@@ -66,6 +66,9 @@ pub struct MoveOptions {
     pub copy_volumes: bool,
     /// Copy these Secrets.
     pub secrets: Vec<String>,
+    /// Finish a move that stopped half-way: the source was scaled down but the destination
+    /// not extended, so the one ordinal between them runs nowhere.
+    pub resume: bool,
 }
 
 /// One step, carried out in order.
@@ -109,7 +112,7 @@ pub enum MoveError {
     StaticIp,
     #[error("the source has no identity to move (replicas 0)")]
     Empty,
-    #[error("the source's highest ordinal {boundary} is not right below the destination's start {start}: the ranges must be adjacent ({{..{boundary}}} then {{{}..}})", boundary + 1)]
+    #[error("the source's highest ordinal {boundary} is not right below the destination's start {start}: the ranges must be adjacent ({{..{boundary}}} then {{{}..}}); if a move stopped after scaling the source down, finish it with --resume", boundary + 1)]
     NotAdjacent { boundary: i32, start: i32 },
     #[error("ordinal {0} is reserved in the destination")]
     ReservedInDestination(i32),
@@ -119,6 +122,12 @@ pub enum MoveError {
     AlreadyInDestination(i32),
     #[error("invalid spec: {0}")]
     Spec(String),
+    #[error(
+        "nothing to resume: the destination (start {start}) is right above the source's highest ordinal ({boundary:?}), no ordinal is between them"
+    )]
+    NothingToResume { boundary: Option<i32>, start: i32 },
+    #[error("cannot resume: {0}")]
+    CannotResume(String),
 }
 
 /// The steps that move `set`'s boundary ordinal from `source` to `destination` (`None` when
@@ -133,6 +142,9 @@ pub fn plan_move(
         return Err(MoveError::StaticIp);
     }
     let identities = source.identities();
+    if options.resume {
+        return plan_resume(set, source, &identities, destination, options);
+    }
     let boundary = *identities.last().ok_or(MoveError::Empty)?;
     if boundary < 0 {
         return Err(MoveError::Negative(boundary));
@@ -191,6 +203,72 @@ pub fn plan_move(
     steps.push(Step::WaitDestinationPodReady(pod.clone()));
     Ok(MovePlan {
         ordinal: boundary,
+        pod,
+        claims,
+        steps,
+    })
+}
+
+/// The steps that finish a move stopped after the source was scaled down: the ordinal right
+/// below the destination's start, which the source no longer runs, goes to the destination.
+fn plan_resume(
+    set: &str,
+    source: &SetFacts,
+    identities: &[i32],
+    destination: Option<&SetFacts>,
+    options: &MoveOptions,
+) -> Result<MovePlan, MoveError> {
+    let d = destination.ok_or_else(|| {
+        MoveError::CannotResume(
+            "the destination has no such set; run the move without --resume".into(),
+        )
+    })?;
+    let boundary = identities.last().copied();
+    // The first ordinal above the source's identities (its start when it has none).
+    let lower = boundary.map_or(source.start, |b| b + 1);
+    if d.start == lower {
+        return Err(MoveError::NothingToResume {
+            boundary,
+            start: d.start,
+        });
+    }
+    if d.start != lower + 1 {
+        return Err(MoveError::CannotResume(format!(
+            "exactly one ordinal must be missing between the source's highest ({boundary:?}) and the destination's start ({})",
+            d.start
+        )));
+    }
+    let ordinal = lower;
+    if d.reserved.contains(&ordinal) {
+        return Err(MoveError::ReservedInDestination(ordinal));
+    }
+    let pod = pod_name(set, ordinal);
+    let claims: Vec<String> = source
+        .claim_templates
+        .iter()
+        .map(|c| format!("{c}-{pod}"))
+        .collect();
+    let mut steps = Vec::new();
+    if !source.claims_retained {
+        steps.push(Step::RetainClaims);
+    }
+    if !claims.is_empty() {
+        steps.push(Step::RetainVolumes(claims.clone()));
+    }
+    steps.push(Step::WaitSourcePodGone(pod.clone()));
+    if options.copy_volumes && !claims.is_empty() {
+        steps.push(Step::CopyVolumes(claims.clone()));
+    }
+    if !options.secrets.is_empty() {
+        steps.push(Step::CopySecrets(options.secrets.clone()));
+    }
+    steps.push(Step::ExtendDestination {
+        start: ordinal,
+        replicas: d.replicas + 1,
+    });
+    steps.push(Step::WaitDestinationPodReady(pod.clone()));
+    Ok(MovePlan {
+        ordinal,
         pod,
         claims,
         steps,
@@ -385,6 +463,62 @@ mod tests {
             ..Default::default()
         };
         assert!(plan_move("web", &static_ip, None, &allowed).is_ok());
+    }
+
+    #[test]
+    fn a_move_stopped_after_the_scale_down_is_resumed_without_scaling_again() {
+        let resume = MoveOptions {
+            resume: true,
+            copy_volumes: true,
+            ..Default::default()
+        };
+        // The source went from 3 to 2 replicas; the destination still starts at 3.
+        let plan =
+            plan_move("web", &facts(2, 0, &[]), Some(&facts(1, 3, &[])), &resume).expect("plan");
+        assert_eq!(plan.ordinal, 2);
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::ScaleDownSource { .. }))
+        );
+        let gone = plan
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::WaitSourcePodGone(_)));
+        let extend = plan.steps.iter().position(|s| {
+            matches!(
+                s,
+                Step::ExtendDestination {
+                    start: 2,
+                    replicas: 2
+                }
+            )
+        });
+        assert!(gone.is_some() && gone < extend, "{:?}", plan.steps);
+        // The last identity of the source: the source is empty now.
+        let plan =
+            plan_move("web", &facts(0, 0, &[]), Some(&facts(2, 1, &[])), &resume).expect("plan");
+        assert_eq!(plan.ordinal, 0);
+        // Nothing stopped half-way, or more than one ordinal missing: refused.
+        let cases = [
+            (facts(3, 0, &[]), Some(facts(1, 3, &[]))),
+            (facts(1, 0, &[]), Some(facts(1, 3, &[]))),
+            (facts(2, 0, &[]), None),
+        ];
+        for (source, destination) in cases {
+            assert!(
+                plan_move("web", &source, destination.as_ref(), &resume).is_err(),
+                "{source:?} {destination:?}"
+            );
+        }
+        assert!(matches!(
+            plan_move("web", &facts(0, 0, &[]), Some(&facts(3, 0, &[])), &resume),
+            Err(MoveError::NothingToResume {
+                boundary: None,
+                start: 0
+            })
+        ));
     }
 
     #[test]

@@ -24,6 +24,25 @@ use crate::ControlPlane;
 use crate::nodes::{NodeSpec, create_nodes};
 use crate::resources::{bind_cluster_role, create_namespace, install_crds, install_policies};
 
+/// Starts another control plane. Ports are picked free and bound by the components a little
+/// later, so another process on the machine may take one in between ("address already in
+/// use"); that start is retried, up to three times.
+pub async fn start_plane() -> anyhow::Result<ControlPlane> {
+    let mut attempt = 1;
+    loop {
+        match ControlPlane::start().await {
+            Ok(plane) => return Ok(plane),
+            Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+                eprintln!(
+                    "ests-testenv: a port was taken while the control plane started; starting again"
+                );
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Installs the ests CRDs and policies, `nodes` KWOK nodes named `<prefix>-<i>`, the
 /// `ests-system` namespace, and cluster-admin for `controller_user` (the identity the ests
 /// controller process runs as).
