@@ -251,3 +251,48 @@ impl Drop for CrossClusterChecker {
         self.tasks.iter().for_each(|t| t.abort());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_name_in_two_clusters_is_a_violation_once() {
+        let mut s = State::default();
+        s.pods.insert(
+            "east".into(),
+            ["db-0".to_string(), "db-1".to_string()].into(),
+        );
+        s.pods.insert("west".into(), ["db-2".to_string()].into());
+        for name in ["db-0", "db-1", "db-2"] {
+            s.check(name);
+        }
+        assert!(s.violations.is_empty());
+        s.pods
+            .entry("west".into())
+            .or_default()
+            .insert("db-1".into());
+        s.check("db-1");
+        s.check("db-1");
+        assert_eq!(
+            s.violations,
+            vec![r#"pod db-1 exists in ["east", "west"] at once"#.to_string()]
+        );
+    }
+
+    #[test]
+    fn finished_pods_do_not_count() {
+        let pod = |phase: Option<&str>| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "db-0"},
+                "status": {"phase": phase}
+            }))
+            .expect("pod")
+        };
+        assert!(live(&pod(None)));
+        assert!(live(&pod(Some("Running"))));
+        assert!(live(&pod(Some("Pending"))));
+        assert!(!live(&pod(Some("Succeeded"))));
+        assert!(!live(&pod(Some("Failed"))));
+    }
+}
