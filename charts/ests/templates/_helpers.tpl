@@ -117,6 +117,63 @@ RBAC rules of the StaticIP manager (crates/staticip), in the controller's role o
 {{- end }}
 
 {{/*
+Subject alternative names of the serving certificate: the webhook's Service, the extender's
+when it serves HTTPS, and the extra ones.
+*/}}
+{{- define "ests.certificateDNSNames" -}}
+{{- $names := list }}
+{{- $components := list "webhook" }}
+{{- if .Values.extender.tls.enabled }}{{ $components = append $components "extender" }}{{ end }}
+{{- range $components }}
+{{- $name := include "ests.componentName" (dict "ctx" $ "component" .) }}
+{{- $names = concat $names (list $name (printf "%s.%s" $name $.Release.Namespace) (printf "%s.%s.svc" $name $.Release.Namespace) (printf "%s.%s.svc.cluster.local" $name $.Release.Namespace)) }}
+{{- end }}
+{{- concat $names .Values.webhook.tls.extraDNSNames | toJson }}
+{{- end }}
+
+{{/*
+The chart-made CA and serving certificate (webhook, and extender with extender.tls), made
+once per render and cached in .Values: a dict of base64 "ca.crt", "tls.crt", "tls.key" and
+the "sans" they were made for. An existing Secret is kept on upgrade unless
+webhook.tls.regenerate is set or the names it must carry changed.
+*/}}
+{{- define "ests.certificates" -}}
+{{- if not (hasKey .Values "__estsCertificates") }}
+{{- $tls := .Values.webhook.tls }}
+{{- $dnsNames := include "ests.certificateDNSNames" . | fromJsonArray }}
+{{- $sans := printf "%s|%s" (join "," $dnsNames) (join "," $tls.extraIPAddresses) | sha256sum | trunc 16 }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "ests.webhookSecret" .) }}
+{{- $data := dict }}
+{{- if and $existing (not $tls.regenerate) }}
+{{- $annotations := $existing.metadata.annotations | default dict }}
+{{- if eq (index $annotations "jke.jdcloud.com/certificate-names" | default "") $sans }}
+{{- $data = $existing.data | default dict }}
+{{- end }}
+{{- end }}
+{{- if not (and (index $data "ca.crt") (index $data "tls.crt") (index $data "tls.key")) }}
+{{- $name := include "ests.componentName" (dict "ctx" . "component" "webhook") }}
+{{- $ca := genCA (printf "%s-ca" (include "ests.fullname" .)) (int $tls.validityDays) }}
+{{- $cert := genSignedCert (printf "%s.%s.svc" $name .Release.Namespace) $tls.extraIPAddresses $dnsNames (int $tls.validityDays) $ca }}
+{{- $data = dict "ca.crt" ($ca.Cert | b64enc) "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) }}
+{{- end }}
+{{- $_ := set .Values "__estsCertificates" (merge (dict "sans" $sans) $data) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The CA that signed the serving certificate, base64: chart-made, or extender.tls.caData with
+cert-manager (its CA injector fills webhook configurations, not ConfigMaps).
+*/}}
+{{- define "ests.caData" -}}
+{{- if .Values.webhook.tls.certManager.enabled }}
+{{- required "extender.tls.caData (the base64 PEM CA of cert-manager's issuer) is required with extender.tls.enabled and webhook.tls.certManager.enabled" .Values.extender.tls.caData }}
+{{- else }}
+{{- include "ests.certificates" . }}
+{{- index .Values.__estsCertificates "ca.crt" }}
+{{- end }}
+{{- end }}
+
+{{/*
 The ests image.
 */}}
 {{- define "ests.image" -}}
@@ -151,9 +208,9 @@ Where kube-scheduler reaches the extender.
 {{- if .Values.extender.url }}
 {{- .Values.extender.url | trimSuffix "/" }}
 {{- else if .Values.extender.service.clusterIP }}
-{{- printf "http://%s:%v" .Values.extender.service.clusterIP .Values.extender.port }}
+{{- printf "%s://%s:%v" (ternary "https" "http" .Values.extender.tls.enabled) .Values.extender.service.clusterIP .Values.extender.port }}
 {{- else }}
-{{- printf "http://%s.%s.svc:%v" (include "ests.componentName" (dict "ctx" . "component" "extender")) .Release.Namespace .Values.extender.port }}
+{{- printf "%s://%s.%s.svc:%v" (ternary "https" "http" .Values.extender.tls.enabled) (include "ests.componentName" (dict "ctx" . "component" "extender")) .Release.Namespace .Values.extender.port }}
 {{- end }}
 {{- end }}
 
@@ -169,6 +226,7 @@ extenders:
   nodeCacheCapable: true
   httpTimeout: {{ .Values.extender.httpTimeout }}
   ignorable: {{ .Values.extender.ignorable }}
+  {{- include "ests.extenderTLS" . }}
 {{- if .Values.extender.bind }}
 - urlPrefix: {{ include "ests.extenderURL" . }}
   bindVerb: bind
@@ -178,6 +236,18 @@ extenders:
   managedResources:
   - name: jke.jdcloud.com/static-ip
     ignoredByScheduler: true
+  {{- include "ests.extenderTLS" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+HTTPS settings of an extender entry: the scheduler checks the extender's certificate.
+*/}}
+{{- define "ests.extenderTLS" -}}
+{{- if .Values.extender.tls.enabled }}
+  enableHTTPS: true
+  tlsConfig:
+    caData: {{ include "ests.caData" . }}
 {{- end }}
 {{- end }}
 

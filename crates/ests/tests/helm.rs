@@ -976,10 +976,12 @@ async fn install_and_run(separate_manager: bool) -> anyhow::Result<()> {
             create_nodes(&admin, &nodes).await
         })
         .await?;
-    let (prefix, cidr) = if separate_manager {
-        ("helm2", "10.43.0")
+    // The second variant also has the scheduler call the extender over HTTPS (extender.tls,
+    // with the chart's certificate and caData).
+    let (prefix, cidr, scheme) = if separate_manager {
+        ("helm2", "10.43.0", "https")
     } else {
-        ("helm", "10.42.0")
+        ("helm", "10.42.0", "http")
     };
 
     // The API server here cannot reach Service IPs (no kube-proxy, no pod network), so the
@@ -993,7 +995,7 @@ async fn install_and_run(separate_manager: bool) -> anyhow::Result<()> {
         format!(
             "controller:\n  staticIPManager: {}\n\
              webhook:\n  url: https://127.0.0.1:{webhook_port}\n  tls:\n    extraIPAddresses: [127.0.0.1]\n\
-             extender:\n  url: http://127.0.0.1:{extender_port}\n  bind: true\n\
+             extender:\n  url: {scheme}://127.0.0.1:{extender_port}\n  bind: true\n  tls:\n    enabled: {separate_manager}\n\
              scheduler:\n  secondScheduler:\n    enabled: true\n",
             !separate_manager
         ),
@@ -1054,7 +1056,7 @@ async fn install_and_run(separate_manager: bool) -> anyhow::Result<()> {
         prefix,
         "extender",
         Some(extender_port),
-        &[],
+        &[("/etc/ests/tls", &tls_dir)],
     )
     .await?;
 
@@ -1071,7 +1073,7 @@ async fn install_and_run(separate_manager: bool) -> anyhow::Result<()> {
     )?;
     assert_eq!(
         scheduler["extenders"][0]["urlPrefix"],
-        json!(format!("http://127.0.0.1:{extender_port}"))
+        json!(format!("{scheme}://127.0.0.1:{extender_port}"))
     );
     let extenders = serde_saphyr::to_string(&json!({"extenders": scheduler["extenders"]}))?;
     plane.restart_scheduler(Some(&extenders)).await?;
@@ -1196,6 +1198,13 @@ async fn install_and_run(separate_manager: bool) -> anyhow::Result<()> {
     )
     .await?;
     let extender_log = std::fs::read_to_string(plane.log_path(&format!("{prefix}-extender")))?;
+    assert!(
+        extender_log.contains(&format!(
+            "serving the scheduler extender over {}",
+            scheme.to_uppercase()
+        )),
+        "the extender serves {scheme}"
+    );
     assert!(
         extender_log.contains("allocated at bind"),
         "the extender bound the range-mode pods:\n{}",
