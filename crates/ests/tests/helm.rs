@@ -31,6 +31,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -715,6 +716,35 @@ async fn run_component(
     )
     .await?;
 
+    // The process is who the chart says, and no more: its ServiceAccount, which may not read
+    // Secrets or grant itself anything.
+    let client = ests_testenv::control_plane::client_from_kubeconfig(&kubeconfig).await?;
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await?;
+    let user = review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .unwrap_or_default();
+    assert_eq!(user, format!("system:serviceaccount:{NAMESPACE}:{account}"));
+    for (group, verb, resource, namespace) in [
+        ("", "get", "secrets", NAMESPACE),
+        ("", "list", "secrets", ""),
+        (
+            "rbac.authorization.k8s.io",
+            "create",
+            "clusterrolebindings",
+            "",
+        ),
+        ("rbac.authorization.k8s.io", "escalate", "clusterroles", ""),
+    ] {
+        assert!(
+            !may_in(&client, group, verb, resource, namespace).await?,
+            "{account} may {verb} {resource}"
+        );
+    }
+
     let metrics_port = free_port()?;
     let mut args = Vec::new();
     for arg in container.args.iter().flatten() {
@@ -867,10 +897,22 @@ async fn run_second_scheduler(
 
 /// Whether the client's user may `verb` `resource` of jke.jdcloud.com in `namespace`.
 async fn may(client: &Client, verb: &str, resource: &str, namespace: &str) -> anyhow::Result<bool> {
+    may_in(client, ests_api::GROUP, verb, resource, namespace).await
+}
+
+/// Whether the client's user may `verb` `resource` of API group `group` in `namespace`
+/// (everywhere when empty).
+async fn may_in(
+    client: &Client,
+    group: &str,
+    verb: &str,
+    resource: &str,
+    namespace: &str,
+) -> anyhow::Result<bool> {
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
             resource_attributes: Some(ResourceAttributes {
-                group: Some(ests_api::GROUP.into()),
+                group: Some(group.into()),
                 namespace: Some(namespace.into()),
                 resource: Some(resource.into()),
                 verb: Some(verb.into()),
