@@ -256,6 +256,26 @@ async fn rollout_commands_and_scale_in_drive_a_live_set() -> anyhow::Result<()> 
     let err = kubectl.fails(&["scale-in", "web", "web-1"]).await;
     assert!(err.contains("is not one of the set's identities"), "{err}");
     wait_status(&sets, "web", "3 ready", T, |s| s.ready_replicas == 3).await?;
+
+    // Karmada ranges sized from the live set: 3 replicas plus 1 reserved ordinal each.
+    let policy = kubectl
+        .ok(&[
+            "karmada-ranges",
+            "web",
+            "--cluster",
+            "m1",
+            "--cluster",
+            "m2",
+            "-o",
+            "json",
+        ])
+        .await?;
+    let policy: serde_json::Value = serde_json::from_str(&policy)?;
+    assert_eq!(
+        kubectl_ests::ranges::starts_of(&policy),
+        vec![("m1".to_string(), 0), ("m2".to_string(), 4)]
+    );
+    assert_eq!(policy["metadata"]["namespace"], ns);
     checker.finish()
 }
 
