@@ -89,7 +89,8 @@ if [ ! -x "$KARMADA_OUT/karmadactl" ]; then
   W="$CACHE/wrap-karmada-${KARMADA_VERSION}"; rm -rf "$W"; mkdir -p "$W" "$KARMADA_OUT"; cd "$W"
   go mod init ests.local/karmadactl >/dev/null 2>&1
   go get "github.com/karmada-io/karmada@${KARMADA_VERSION}" >&2
-  go build -mod=mod -ldflags "-s -w" -o "$KARMADA_OUT/karmadactl" \
+  go build -mod=mod -ldflags "-s -w -X github.com/karmada-io/karmada/pkg/version.gitVersion=${KARMADA_VERSION}" \
+    -o "$KARMADA_OUT/karmadactl" \
     github.com/karmada-io/karmada/cmd/karmadactl >&2
 fi
 karmadactl_linked || ln -sfn "$KARMADA_OUT/karmadactl" "$OUT/karmadactl"
