@@ -66,7 +66,9 @@ impl Helm {
                 bin.display()
             );
         }
-        let home = std::env::temp_dir().join(format!("ests-helm-home-{}", std::process::id()));
+        // One directory for every run: these commands keep nothing there (no repositories, no
+        // plugins), so nothing accumulates.
+        let home = std::env::temp_dir().join("ests-helm-home");
         std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
         Ok(Self { bin, home })
     }
