@@ -84,6 +84,39 @@ pub struct NodeView {
     /// IP range mode, per pool: addresses the node's blocks can still hand out (for a
     /// dual-stack pool, the scarcer family). A pool absent here has no block on the node.
     pub static_ip_room: BTreeMap<String, u64>,
+    /// CPU, memory and pod slots left after requests and every reservation: the fast path
+    /// of [`filter`]. Kept current with [`NodeView::refresh`]; a stale one only sends the
+    /// check down the exact path.
+    pub headroom: Headroom,
+}
+
+/// What is left of a node's CPU, memory and pod slots (milli-units) after its pods'
+/// requests and all its reservations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Headroom {
+    pub cpu: i128,
+    pub memory: i128,
+    pub pods: i128,
+    /// False until computed: the fast path is not taken.
+    pub known: bool,
+}
+
+impl NodeView {
+    /// Recomputes the headroom after allocatable, requested or reserved changed.
+    pub fn refresh(&mut self) {
+        let reserved = self.reserved.total_except(None);
+        let left = |name: &str| {
+            self.allocatable.get(name).copied().unwrap_or(0)
+                - self.requested.get(name).copied().unwrap_or(0)
+                - reserved.get(name).copied().unwrap_or(0)
+        };
+        self.headroom = Headroom {
+            cpu: left("cpu"),
+            memory: left("memory"),
+            pods: left("pods"),
+            known: true,
+        };
+    }
 }
 
 /// A pod as the predicates read it.
@@ -121,8 +154,41 @@ pub enum Fit {
     Never(String),
 }
 
+/// Whether the pod surely fits by the headroom alone: only CPU, memory and a pod slot
+/// requested, no reservation of its own on the node. False means "look closer", not "no".
+fn fits_headroom(pod: &PodView, node: &NodeView) -> bool {
+    let h = &node.headroom;
+    if !h.known || h.pods < 1000 {
+        return false;
+    }
+    if pod.static_ip
+        && !node.reserved.by_identity.is_empty()
+        && node.reserved.by_identity.contains_key(&pod.key)
+    {
+        return false;
+    }
+    pod.requests.iter().all(|(name, want)| match name.as_str() {
+        "cpu" => *want <= h.cpu,
+        "memory" => *want <= h.memory,
+        _ => *want <= 0,
+    })
+}
+
 /// The two predicates, and the static-IP room.
 pub fn filter(pod: &PodView, node: &NodeView) -> Fit {
+    if let Some((pinned, record)) = &pod.pinned
+        && *pinned != node.name
+    {
+        return Fit::Never(format!("pinned to {pinned} by StaticIP {record}"));
+    }
+    if fits_headroom(pod, node) && pod.needs_ip.is_none() {
+        return Fit::Fits;
+    }
+    filter_exactly(pod, node)
+}
+
+/// [`filter`] without the fast path: every requested resource, with the reason it fails.
+pub fn filter_exactly(pod: &PodView, node: &NodeView) -> Fit {
     if let Some((pinned, record)) = &pod.pinned
         && *pinned != node.name
     {
@@ -190,17 +256,31 @@ pub fn score(pod: &PodView, node: &NodeView) -> i64 {
         return 0;
     }
     let own = pod.static_ip.then_some(pod.key.as_str());
-    let reserved = node.reserved.total_except(own);
+    // The headroom counts every reservation; it serves unless one of them is the pod's own.
+    let headroom = (node.headroom.known
+        && own.is_none_or(|own| !node.reserved.by_identity.contains_key(own)))
+    .then_some(node.headroom);
+    let reserved = if headroom.is_some() {
+        Resources::new()
+    } else {
+        node.reserved.total_except(own)
+    };
     let mut worst = MAX_SCORE;
     for name in ["cpu", "memory"] {
         let allocatable = node.allocatable.get(name).copied().unwrap_or(0);
         if allocatable <= 0 {
             continue;
         }
-        let left = allocatable
-            - node.requested.get(name).copied().unwrap_or(0)
-            - reserved.get(name).copied().unwrap_or(0)
-            - pod.requests.get(name).copied().unwrap_or(0);
+        let free = match (headroom, name) {
+            (Some(h), "cpu") => h.cpu,
+            (Some(h), _) => h.memory,
+            (None, _) => {
+                allocatable
+                    - node.requested.get(name).copied().unwrap_or(0)
+                    - reserved.get(name).copied().unwrap_or(0)
+            }
+        };
+        let left = free - pod.requests.get(name).copied().unwrap_or(0);
         let share = (left.max(0) * i128::from(MAX_SCORE)) / allocatable;
         worst = worst.min(i64::try_from(share).unwrap_or(0));
     }

@@ -47,11 +47,17 @@ fn env_or(name: &str, default: usize) -> usize {
 
 fn node(name: &str) -> Value {
     let resources = json!({"cpu": "32", "memory": "256Gi", "pods": "110"});
+    // Created as the node lifecycle controller would leave a node without heartbeats
+    // (Ready Unknown, unreachable taints), so it has nothing to write during the runs.
     json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+        "spec": {"taints": [
+            {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"},
+            {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}
+        ]},
         "status": {"allocatable": resources, "capacity": resources,
-                   "conditions": [{"type": "Ready", "status": "True", "reason": "Bench"}]}
+                   "conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown"}]}
     })
 }
 

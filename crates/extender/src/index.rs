@@ -25,6 +25,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
+use rustc_hash::FxHashMap;
 
 /// `namespace/name`.
 pub fn key(o: &impl ResourceExt) -> String {
@@ -114,7 +115,9 @@ impl Kind {
 /// Everything the predicates read, by node.
 #[derive(Default)]
 pub struct Index {
-    nodes: HashMap<Arc<str>, NodeView>,
+    /// Looked up once per candidate node per request: a fast hash (node names are not
+    /// attacker-chosen keys here; the API server vets them).
+    nodes: FxHashMap<Arc<str>, NodeView>,
     /// Nodes whose Node object is cached (others only carry pods or records).
     present: BTreeSet<Arc<str>>,
     pods: HashMap<Box<str>, PodEntry>,
@@ -134,8 +137,8 @@ pub struct Index {
 impl Index {
     /// The node as the predicates read it; None if its Node object is not cached.
     pub fn node(&self, name: &str) -> Option<&NodeView> {
-        self.present.get(name)?;
-        self.nodes.get(name)
+        // Only cached nodes have a headroom: one lookup instead of two.
+        self.nodes.get(name).filter(|n| n.headroom.known)
     }
 
     /// How many objects of each kind the index holds (pods: bound, non-terminated ones).
@@ -230,13 +233,25 @@ impl Index {
             .unwrap_or_default();
         let interned = self.intern_node(&name);
         self.present.insert(interned);
-        self.view_mut(&name).allocatable = allocatable;
+        let view = self.view_mut(&name);
+        view.allocatable = allocatable;
+        view.refresh();
     }
 
     fn remove_node(&mut self, name: &str) {
         self.present.remove(name);
         if let Some(view) = self.nodes.get_mut(name) {
             view.allocatable.clear();
+            view.headroom = Default::default();
+        }
+    }
+
+    /// Recomputes a cached node's headroom (nodes only carrying pods or records have none).
+    fn refresh_headroom(&mut self, name: &str) {
+        if self.present.contains(name)
+            && let Some(view) = self.nodes.get_mut(name)
+        {
+            view.refresh();
         }
     }
 
@@ -277,6 +292,7 @@ impl Index {
                 view.requested.remove(&**name);
             }
         }
+        self.refresh_headroom(node);
     }
 
     fn set_pod(&mut self, key: &str, entry: Option<PodEntry>) {
@@ -466,6 +482,7 @@ impl Index {
             .collect();
         let reserved = reservations(&views).remove(node).unwrap_or_default();
         self.view_mut(node).reserved = reserved;
+        self.refresh_headroom(node);
     }
 
     // ---- blocks and pools ----

@@ -120,16 +120,14 @@ pub fn answer_filter(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'stat
     };
     let pod = index.pod_view(&args.pod);
     let mut result = ExtenderFilterResult::default();
-    let mut kept = HashSet::new();
+    let mut kept: Vec<&str> = Vec::new();
     for name in args.candidate_names() {
         let fit = match index.node(name) {
             Some(node) => filter(&pod, node),
             None => Fit::No(format!("node {name} is not in the extender's cache yet")),
         };
         match fit {
-            Fit::Fits => {
-                kept.insert(name.to_string());
-            }
+            Fit::Fits => kept.push(name),
             Fit::No(why) => {
                 result.failed_nodes.insert(name.to_string(), why);
             }
@@ -141,31 +139,25 @@ pub fn answer_filter(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'stat
         }
     }
     // Answer in the form the request used, in its order; the list is always present.
-    match (&args.node_names, args.nodes) {
-        (None, Some(list)) => {
-            result.nodes = Some(NodeList {
-                items: list
-                    .items
-                    .into_iter()
-                    .filter(|n| {
-                        n.metadata
-                            .name
-                            .as_ref()
-                            .is_some_and(|name| kept.contains(name))
-                    })
-                    .collect(),
-            });
-        }
-        (names, _) => {
-            result.node_names = Some(
-                names
-                    .iter()
-                    .flatten()
-                    .filter(|n| kept.contains(*n))
-                    .cloned()
-                    .collect(),
-            );
-        }
+    if args.node_names.is_none()
+        && let Some(list) = &args.nodes
+    {
+        let kept: HashSet<&str> = kept.into_iter().collect();
+        result.nodes = Some(NodeList {
+            items: list
+                .items
+                .iter()
+                .filter(|n| {
+                    n.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|name| kept.contains(name))
+                })
+                .cloned()
+                .collect(),
+        });
+    } else {
+        result.node_names = Some(kept.into_iter().map(str::to_string).collect());
     }
     match serde_json::to_vec(&result) {
         Ok(body) => (StatusCode::OK, body, "ok"),

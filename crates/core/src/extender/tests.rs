@@ -25,6 +25,7 @@ fn node(
         requested,
         reserved: Reserved::default(),
         static_ip_room: BTreeMap::new(),
+        headroom: Headroom::default(),
     }
 }
 
@@ -333,4 +334,59 @@ fn bind_allocates_then_annotates_and_refuses_broken_promises() {
         bind_step(&pod(true, Some("r-1")), Some(&held), "n2"),
         BindStep::Refuse("StaticIP ns/db-0 holds its addresses on node n1, not n2".into())
     );
+}
+
+mod fast_path {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn resources() -> impl Strategy<Value = Resources> {
+        proptest::collection::btree_map(
+            prop_oneof![
+                Just("cpu".to_string()),
+                Just("memory".to_string()),
+                Just("pods".to_string()),
+                Just("nvidia.com/gpu".to_string()),
+                Just("jke.jdcloud.com/static-ip".to_string()),
+            ],
+            0i128..5000,
+            0..4,
+        )
+    }
+
+    proptest! {
+        /// The headroom's fast path answers exactly as the full check, and scores agree
+        /// with a view whose headroom is unknown.
+        #[test]
+        fn the_fast_path_agrees_with_the_exact_check(
+            allocatable in resources(),
+            requested in resources(),
+            reserved in proptest::collection::btree_map(
+                prop_oneof![Just("ns/a".to_string()), Just("ns/b".to_string())],
+                resources(),
+                0..3,
+            ),
+            requests in resources(),
+            static_ip in any::<bool>(),
+            own in prop_oneof![Just("ns/a".to_string()), Just("ns/c".to_string())],
+        ) {
+            let mut node = NodeView {
+                name: "n1".into(),
+                allocatable,
+                requested,
+                reserved: Reserved { by_identity: reserved },
+                ..NodeView::default()
+            };
+            let pod = PodView {
+                key: own,
+                requests: requests.into_iter().filter(|(k, _)| k != "pods").collect(),
+                static_ip,
+                ..PodView::default()
+            };
+            let slow_score = score(&pod, &node);
+            node.refresh();
+            prop_assert_eq!(filter(&pod, &node), filter_exactly(&pod, &node));
+            prop_assert_eq!(score(&pod, &node), slow_score);
+        }
+    }
 }
