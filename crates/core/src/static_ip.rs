@@ -429,6 +429,15 @@ pub fn decide(
             if pod.ips.is_empty() {
                 return Decision::Wait { after: None };
             }
+            // Node migration moved the record ahead of its pod: the pod still on the old node
+            // is about to be evicted, not followed.
+            let migrating = record
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase == StaticIPPhase::Migrating);
+            if migrating && record.spec.node.as_deref() != Some(node.as_str()) {
+                return Decision::Wait { after: None };
+            }
             if same_addresses(&held, &pod.ips) {
                 let settled = bound_to(record, &pod.uid)
                     && record.spec.node.as_deref() == Some(node.as_str())

@@ -444,3 +444,110 @@ async fn a_target_without_room_is_refused() -> anyhow::Result<()> {
     assert!(records.values().all(|(node, _)| node == "mig-f"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_ready_nodes_move_respects_its_pod_disruption_budget() -> anyhow::Result<()> {
+    let env = migration_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let ns = "mig-maint";
+    create_nodes(&env.client, &[node("mig-g", "maint", "50")]).await?;
+    namespace(&env, ns).await?;
+    apply(&env, ns, &static_set("kept", 2, "maint", None)).await?;
+    let before = wait_for("2 pods Running", T, || async {
+        let pods = running(&env, ns).await?;
+        Ok((pods.len() == 2 && bound(&env, ns).await?.len() == 2).then_some(pods))
+    })
+    .await?;
+    // No voluntary disruption allowed for now.
+    apply(
+        &env,
+        ns,
+        &json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": "kept"},
+            "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "kept"}}}
+        }),
+    )
+    .await?;
+    create_nodes(&env.client, &[node("mig-h", "maint", "50")]).await?;
+    let api: Api<NodeMigration> = Api::all(env.client.clone());
+    let m: NodeMigration = serde_json::from_value(json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "NodeMigration",
+        "metadata": {"name": "move-mig-g"},
+        "spec": {"sourceNode": "mig-g", "targetNode": "mig-h", "reason": "kernel upgrade"}
+    }))?;
+    api.create(&PostParams::default(), &m).await?;
+    // The records move and the node is cordoned, but the budget keeps both pods.
+    let refused = wait_for("records moved, evictions refused", T, || async {
+        let m = migration(&env, "move-mig-g").await?;
+        let status = m.and_then(|m| m.status);
+        Ok(status
+            .filter(|s| {
+                s.mode == Some(ests_api::MigrationMode::Maintenance)
+                    && s.pods.len() == 2
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Completed" && c.message.starts_with("0 of 2"))
+            })
+            .map(|_| ()))
+    })
+    .await;
+    if let Err(e) = refused {
+        anyhow::bail!(
+            "{e}\nmigration: {:?}",
+            migration(&env, "move-mig-g").await?.and_then(|m| m.status)
+        );
+    }
+    let node: Node = Api::<Node>::all(env.client.clone()).get("mig-g").await?;
+    assert_eq!(
+        node.spec.as_ref().and_then(|s| s.unschedulable),
+        Some(true),
+        "cordoned"
+    );
+    assert!(
+        node.spec
+            .and_then(|s| s.taints)
+            .is_none_or(|ts| ts.iter().all(|t| t.key != keys::OUT_OF_SERVICE_TAINT)),
+        "a Ready node is never tainted out-of-service"
+    );
+    assert_eq!(
+        running(&env, ns).await?,
+        before,
+        "the budget kept both pods"
+    );
+    // The budget allows one at a time: both move, one after the other, keeping their IPs.
+    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(env.client.clone(), ns);
+    budgets
+        .patch(
+            "kept",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"minAvailable": 1}})),
+        )
+        .await?;
+    wait_for("the migration completes", T, || async {
+        Ok(migration(&env, "move-mig-g").await?.filter(|m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.phase == MigrationPhase::Completed)
+        }))
+    })
+    .await?;
+    let after = running(&env, ns).await?;
+    for (name, (_, _, ip)) in &before {
+        let (_, node, now_ip) = &after[name];
+        assert_eq!(
+            (node.as_str(), now_ip),
+            ("mig-h", ip),
+            "{name} moved with its address"
+        );
+    }
+    assert!(
+        Api::<Node>::all(env.client.clone())
+            .get_opt("mig-g")
+            .await?
+            .is_some(),
+        "a node in maintenance stays (cordoned) for the operator"
+    );
+    Ok(())
+}

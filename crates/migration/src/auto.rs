@@ -141,7 +141,10 @@ mod tests {
                 ..NodeMigrationSpec::default()
             },
         ));
-        assert_eq!(due(&nodes, std::slice::from_ref(&existing), &two, now), ["d"]);
+        assert_eq!(
+            due(&nodes, std::slice::from_ref(&existing), &two, now),
+            ["d"]
+        );
         assert!(due(&nodes, &[existing], &settings, now).is_empty());
     }
 }

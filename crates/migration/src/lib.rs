@@ -107,6 +107,11 @@ impl Metrics {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
+    /// For the Eviction API: kube's default client retries 429 (up to 15 times, backing off
+    /// to minutes), and a PodDisruptionBudget answers 429 for as long as it refuses — one
+    /// refused eviction would stall the migration. This client does not retry; the next
+    /// pass does.
+    pub evictions: Client,
     pub settings: Settings,
     pub metrics: Metrics,
     pub recorder: Recorder,
@@ -181,7 +186,14 @@ pub async fn run(
             ests_cache::wait_for(&migrations),
         ],
     );
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the Kubernetes client configuration: {e}"))?;
+    config.default_retry = false;
+    let evictions = Client::try_from(config)
+        .map_err(|e| anyhow::anyhow!("building the eviction client: {e}"))?;
     let ctx = Arc::new(Context {
+        evictions,
         recorder: Recorder::new(client.clone(), Reporter::from("ests-migration")),
         client: client.clone(),
         settings: settings.clone(),
@@ -509,7 +521,12 @@ async fn act(
             let Some(pod) = ctx.pods.get(&ObjectRef::new(name).within(ns)) else {
                 return Ok(());
             };
-            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            let client = if matches!(step, Step::Evict(_)) {
+                &ctx.evictions
+            } else {
+                &ctx.client
+            };
+            let api: Api<Pod> = Api::namespaced(client.clone(), ns);
             let preconditions = Preconditions {
                 uid: pod.uid(),
                 resource_version: None,

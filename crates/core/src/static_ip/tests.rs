@@ -484,3 +484,26 @@ fn range_mode_pods_request_the_managed_resource_on_their_first_container() {
     );
     assert!(spec.containers[1].resources.is_none());
 }
+
+#[test]
+fn a_migrating_record_waits_for_its_pod_on_the_new_node() {
+    let moved = record(
+        json!({"ips": [{"ip": "10.0.0.5"}], "node": "n2"}),
+        json!({"phase": "Migrating", "podUID": "pod-1"}),
+    );
+    // The pod still runs on the old node (maintenance, not evicted yet): not followed back.
+    let old = pod("pod-1", &["10.0.0.5"], Some("n1"));
+    assert_eq!(
+        decide(&moved, Some(&old), Identity::InSet, &free, NOW),
+        Decision::Wait { after: None }
+    );
+    // Re-created on the new node with the address: Bound again.
+    let new = pod("pod-2", &["10.0.0.5"], Some("n2"));
+    assert_eq!(
+        decide(&moved, Some(&new), Identity::InSet, &free, NOW),
+        Decision::Bind {
+            pod_uid: "pod-2".into(),
+            node: "n2".into()
+        }
+    );
+}

@@ -96,7 +96,10 @@ pub async fn start_ests(
         &args,
         &[
             ("KUBECONFIG", kubeconfig.as_str()),
-            ("ESTS_LOG", "info,ests_controller=debug,ests_staticip=trace"),
+            (
+                "ESTS_LOG",
+                "info,ests_controller=debug,ests_staticip=trace,ests_migration=debug",
+            ),
             ("POD_NAME", name),
         ],
     )
