@@ -672,6 +672,32 @@ async fn write_status(
         )
         .await;
     }
+    // Migrations by phase, from the cache (this one as it is about to be written).
+    for phase in [
+        MigrationPhase::Pending,
+        MigrationPhase::Fencing,
+        MigrationPhase::Moving,
+        MigrationPhase::Completed,
+        MigrationPhase::Refused,
+    ] {
+        let count = ctx
+            .migrations
+            .state()
+            .iter()
+            .filter(|o| {
+                let current = if o.name_any() == m.name_any() {
+                    Some(status.phase)
+                } else {
+                    o.status.as_ref().map(|s| s.phase)
+                };
+                current.unwrap_or_default() == phase
+            })
+            .count();
+        ctx.metrics
+            .migrations
+            .with_label_values(&[&format!("{phase:?}")])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
     if m.status.as_ref() == Some(status) {
         return Ok(());
     }
