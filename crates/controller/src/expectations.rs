@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use ests_core::rollout::ObservedPod;
 
 const TTL: Duration = Duration::from_secs(60);
+/// A create expectation lives shorter: a pod created and deleted (by someone else) before
+/// the cache showed it would otherwise look present until the entry expires. Creating again
+/// is harmless — a pod that does exist answers AlreadyExists, never a second pod.
+const CREATE_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Pending {
@@ -47,6 +51,17 @@ impl Expectations {
                 (ordinal, revision.to_string(), Instant::now()),
             )
         });
+    }
+
+    /// How soon the set's earliest create expectation expires (the reconcile looks again
+    /// then: nothing else may trigger it).
+    pub fn next_expiry(&self, set: &str) -> Option<Duration> {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(set)?
+            .creates
+            .values()
+            .map(|(_, _, at)| CREATE_TTL.saturating_sub(at.elapsed()))
+            .min()
     }
 
     /// The call failed: nothing will change.
@@ -85,7 +100,7 @@ impl Expectations {
                 let seen = uids
                     .get(name)
                     .is_some_and(|uid| !p.deletes.contains_key(uid));
-                !seen && !expired(at)
+                !seen && at.elapsed() <= CREATE_TTL
             });
             for (name, (ordinal, revision, _)) in &p.creates {
                 if !observed.iter().any(|o| &o.name == name) {

@@ -243,6 +243,9 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
     if waiting {
         requeue = requeue.min(WAIT_FOR_RECORD);
     }
+    if let Some(expiry) = ctx.expectations.next_expiry(&key) {
+        requeue = requeue.min(expiry + Duration::from_millis(100));
+    }
     Ok(Action::requeue(requeue))
 }
 

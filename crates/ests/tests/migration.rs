@@ -137,6 +137,49 @@ async fn bound(env: &Env, ns: &str) -> anyhow::Result<BTreeMap<String, (String, 
         .collect())
 }
 
+/// What a failed wait shows: pods not Running, and the migration's status.
+async fn diagnose(env: &Env, ns: &str, name: &str) -> anyhow::Result<String> {
+    let pods: Vec<Pod> = Api::<Pod>::namespaced(env.client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let mut out = String::new();
+    for p in pods.iter().filter(|p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running")
+            || p.metadata.deletion_timestamp.is_some()
+    }) {
+        out.push_str(&format!(
+            "pod {}: node {:?}, deleting {}, status {:?}\n",
+            p.name_any(),
+            p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            p.metadata.deletion_timestamp.is_some(),
+            p.status.as_ref().map(|s| (&s.phase, &s.conditions))
+        ));
+    }
+    let records: Vec<StaticIP> = Api::<StaticIP>::namespaced(env.client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    for r in records.iter().filter(|r| {
+        r.status
+            .as_ref()
+            .is_none_or(|s| s.phase != StaticIPPhase::Bound)
+    }) {
+        out.push_str(&format!(
+            "record {}: node {:?}, status {:?}\n",
+            r.name_any(),
+            r.spec.node,
+            r.status
+        ));
+    }
+    out.push_str(&format!(
+        "migration: {:?}\n{}",
+        migration(env, name).await?.and_then(|m| m.status),
+        env.plane.log_tails(20)
+    ));
+    Ok(out)
+}
+
 async fn migration(env: &Env, name: &str) -> anyhow::Result<Option<NodeMigration>> {
     Ok(Api::<NodeMigration>::all(env.client.clone())
         .get_opt(name)
@@ -263,7 +306,11 @@ async fn a_dead_nodes_static_ip_pods_move_to_its_replacement_after_fencing() -> 
             .all(|n| now.get(n).is_some_and(|(_, node, _)| node == "mig-b"));
         Ok((moved && now.len() == 114).then_some(now))
     })
-    .await?;
+    .await;
+    let after = match after {
+        Ok(after) => after,
+        Err(e) => anyhow::bail!("{e}\n{}", diagnose(&env, ns, "auto-mig-a").await?),
+    };
     // fencedAt has a resolution of a second; the test's own clock bounds it from below.
     let since_fenced = k8s_openapi::jiff::Timestamp::now().duration_since(fenced_at.0);
     println!(

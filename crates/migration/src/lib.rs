@@ -260,9 +260,19 @@ async fn publish(ctx: &Context, m: &NodeMigration, type_: EventType, reason: &st
     }
 }
 
-async fn reconcile(m: Arc<NodeMigration>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(cached: Arc<NodeMigration>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.listed.wait().await;
-    let name = m.name_any();
+    let name = cached.name_any();
+    // The status is this manager's memory (fencedAt, the identities it moved): read it from
+    // the API server, not from a cache that may not have seen the last write yet — planning
+    // from an older status would forget progress and write it back.
+    let Some(m) = Api::<NodeMigration>::all(ctx.client.clone())
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(format!("reading NodeMigration {name}")))?
+    else {
+        return Ok(Action::await_change());
+    };
     let observed = observe::observe(&ctx, &m).await?;
     let plan = plan(&observed.facts);
     tracing::debug!(migration = %name, ?plan, "plan");
