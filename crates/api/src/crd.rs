@@ -205,11 +205,15 @@ mod tests {
                 "enhancedstatefulsets.jke.jdcloud.com",
                 "staticips.jke.jdcloud.com",
                 "staticippools.jke.jdcloud.com",
-                "ipblocks.jke.jdcloud.com"
+                "ipblocks.jke.jdcloud.com",
+                "nodemigrations.jke.jdcloud.com"
             ]
         );
         let scopes: Vec<_> = crds.iter().map(|c| c.spec.scope.as_str()).collect();
-        assert_eq!(scopes, ["Namespaced", "Namespaced", "Cluster", "Cluster"]);
+        assert_eq!(
+            scopes,
+            ["Namespaced", "Namespaced", "Cluster", "Cluster", "Cluster"]
+        );
         assert_eq!(
             crds[0].spec.names.short_names,
             Some(vec!["ests".to_string()])
