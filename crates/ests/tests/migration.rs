@@ -9,6 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use ests_api::{IPBlock, MigrationPhase, NodeMigration, StaticIP, StaticIPPhase, keys};
 use ests_testenv::nodes::{NodeSpec, create_nodes, kill_node, not_ready_timeout};
 use ests_testenv::{InvariantChecker, LogsOnFailure, wait_for};
@@ -463,21 +464,41 @@ async fn a_target_without_room_is_refused() -> anyhow::Result<()> {
         Ok((pods.len() == 2 && bound(&env, ns).await?.len() == 2).then_some(pods))
     })
     .await?;
-    let api: Api<NodeMigration> = Api::all(env.client.clone());
-    let m: NodeMigration = serde_json::from_value(json!({
-        "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "NodeMigration",
-        "metadata": {"name": "move-mig-f"},
-        "spec": {"sourceNode": "mig-f", "targetNode": "mig-tiny", "reason": "maintenance"}
-    }))?;
-    api.create(&PostParams::default(), &m).await?;
-    let refused = wait_for("the migration is refused", T, || async {
-        Ok(migration(&env, "move-mig-f").await?.filter(|m| {
+    // Through the CLI, following it: it says why and exits non-zero.
+    let (kubeconfig, _) = env
+        .plane
+        .client_as("migration-operator", &["system:masters"])
+        .await?;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ests"))
+        .args([
+            "migrate-node",
+            "mig-f",
+            "--to",
+            "mig-tiny",
+            "--reason",
+            "maintenance",
+            "--wait",
+            "--timeout-seconds",
+            "150",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "refused is a failure: {stdout}");
+    assert!(
+        stdout.contains("nodemigration/migrate-mig-f created") && stderr.contains("refused"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let refused = migration(&env, "migrate-mig-f")
+        .await?
+        .filter(|m| {
             m.status
                 .as_ref()
                 .is_some_and(|s| s.phase == MigrationPhase::Refused)
-        }))
-    })
-    .await?;
+        })
+        .context("the migration is refused")?;
     let why = refused
         .status
         .iter()
