@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ests_api::{IPBlock, StaticIP, StaticIPPhase, keys};
+use ests_api::{IPBlock, keys};
 use ests_testenv::nodes::{NodeSpec, create_nodes};
 use ests_testenv::{InvariantChecker, LogsOnFailure, wait_for};
 use ipnet::IpNet;
@@ -20,53 +20,6 @@ use serde_json::json;
 use support::*;
 
 const T: Duration = Duration::from_secs(120);
-
-/// Bound records: pod name -> (pod UID, node, addresses).
-async fn bound(env: &Env, ns: &str) -> anyhow::Result<BTreeMap<String, (String, String, String)>> {
-    let api: Api<StaticIP> = Api::namespaced(env.client.clone(), ns);
-    Ok(api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|r| {
-            let status = r.status.as_ref()?;
-            (status.phase == StaticIPPhase::Bound).then_some(())?;
-            let ips: Vec<&str> = r.spec.ips.iter().map(|a| a.ip.as_str()).collect();
-            Some((
-                r.name_any(),
-                (status.pod_uid.clone()?, r.spec.node.clone()?, ips.join(",")),
-            ))
-        })
-        .collect())
-}
-
-/// Running pods: name -> (UID, node, pod IP).
-async fn running(
-    env: &Env,
-    ns: &str,
-) -> anyhow::Result<BTreeMap<String, (String, String, String)>> {
-    let api: Api<Pod> = Api::namespaced(env.client.clone(), ns);
-    Ok(api
-        .list(&ListParams::default().labels("app=ranged"))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| {
-            let status = p.status.as_ref()?;
-            (status.phase.as_deref() == Some("Running")).then_some(())?;
-            Some((
-                p.name_any(),
-                (
-                    p.uid()?,
-                    p.spec.as_ref()?.node_name.clone()?,
-                    status.pod_ip.clone()?,
-                ),
-            ))
-        })
-        .collect())
-}
 
 #[tokio::test]
 async fn range_mode_pods_get_their_address_at_bind_and_keep_it() -> anyhow::Result<()> {
@@ -115,7 +68,10 @@ async fn range_mode_pods_get_their_address_at_bind_and_keep_it() -> anyhow::Resu
     apply(&env, ns, &set).await?;
 
     let first = wait_for("12 pods Running with Bound records", T, || async {
-        let (pods, records) = (running(&env, ns).await?, bound(&env, ns).await?);
+        let (pods, records) = (
+            running_pods(&env, ns, "app=ranged").await?,
+            bound_records(&env, ns).await?,
+        );
         Ok((pods.len() == 12 && records.len() == 12).then_some((pods, records)))
     })
     .await?;
@@ -197,7 +153,7 @@ async fn range_mode_pods_get_their_address_at_bind_and_keep_it() -> anyhow::Resu
     )
     .await?;
     let again = wait_for("12 pods back", T, || async {
-        let now = running(&env, ns).await?;
+        let now = running_pods(&env, ns, "app=ranged").await?;
         let fresh = now.len() == 12
             && now
                 .iter()

@@ -91,53 +91,6 @@ fn static_set(name: &str, replicas: i32, pool_label: &str, ip_pool: Option<&str>
     set
 }
 
-/// Running pods of `ns`: name -> (UID, node, IP).
-async fn running(
-    env: &Env,
-    ns: &str,
-) -> anyhow::Result<BTreeMap<String, (String, String, String)>> {
-    let api: Api<Pod> = Api::namespaced(env.client.clone(), ns);
-    Ok(api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| {
-            let status = p.status.as_ref()?;
-            (status.phase.as_deref() == Some("Running")).then_some(())?;
-            Some((
-                p.name_any(),
-                (
-                    p.uid()?,
-                    p.spec.as_ref()?.node_name.clone()?,
-                    status.pod_ip.clone()?,
-                ),
-            ))
-        })
-        .collect())
-}
-
-/// Bound records of `ns`: name -> (node, IPs).
-async fn bound(env: &Env, ns: &str) -> anyhow::Result<BTreeMap<String, (String, String)>> {
-    let api: Api<StaticIP> = Api::namespaced(env.client.clone(), ns);
-    Ok(api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|r| {
-            r.status
-                .as_ref()
-                .is_some_and(|s| s.phase == StaticIPPhase::Bound)
-        })
-        .filter_map(|r| {
-            let ips: Vec<&str> = r.spec.ips.iter().map(|a| a.ip.as_str()).collect();
-            Some((r.name_any(), (r.spec.node.clone()?, ips.join(","))))
-        })
-        .collect())
-}
-
 /// What a failed wait shows: pods not Running, and the migration's status.
 async fn diagnose(env: &Env, ns: &str, name: &str) -> anyhow::Result<String> {
     let pods: Vec<Pod> = Api::<Pod>::namespaced(env.client.clone(), ns)
@@ -221,13 +174,16 @@ async fn a_dead_nodes_static_ip_pods_move_to_its_replacement_after_fencing() -> 
     }]);
     apply(&env, ns, &ranged).await?;
     let (before, records) = wait_for("114 pods Running with Bound records", T, || async {
-        let (pods, records) = (running(&env, ns).await?, bound(&env, ns).await?);
+        let (pods, records) = (
+            running_pods(&env, ns, "").await?,
+            bound_records(&env, ns).await?,
+        );
         Ok((pods.len() == 114 && records.len() == 114).then_some((pods, records)))
     })
     .await?;
     let on_a: Vec<String> = records
         .iter()
-        .filter(|(_, (node, _))| node == "mig-a")
+        .filter(|(_, (_, node, _))| node == "mig-a")
         .map(|(name, _)| name.clone())
         .collect();
     let on_c: BTreeMap<String, (String, String, String)> = before
@@ -301,7 +257,7 @@ async fn a_dead_nodes_static_ip_pods_move_to_its_replacement_after_fencing() -> 
     let fenced = Instant::now();
 
     let after = wait_for("every pod of mig-a Running on mig-b", T, || async {
-        let now = running(&env, ns).await?;
+        let now = running_pods(&env, ns, "").await?;
         let moved = on_a
             .iter()
             .all(|n| now.get(n).is_some_and(|(_, node, _)| node == "mig-b"));
@@ -366,10 +322,10 @@ async fn a_dead_nodes_static_ip_pods_move_to_its_replacement_after_fencing() -> 
     was.sort();
     assert_eq!(moved, was, "mig-a's blocks now belong to mig-b");
     let records = wait_for("records Bound on mig-b", T, || async {
-        let records = bound(&env, ns).await?;
+        let records = bound_records(&env, ns).await?;
         Ok(on_a
             .iter()
-            .all(|n| records.get(n).is_some_and(|(node, _)| node == "mig-b"))
+            .all(|n| records.get(n).is_some_and(|(_, node, _)| node == "mig-b"))
             .then_some(records))
     })
     .await?;
@@ -391,8 +347,8 @@ async fn a_fencing_hook_that_says_no_releases_nothing() -> anyhow::Result<()> {
     namespace(&env, ns).await?;
     apply(&env, ns, &static_set("kept", 3, "unfenced", None)).await?;
     let before = wait_for("3 pods Running", T, || async {
-        let pods = running(&env, ns).await?;
-        Ok((pods.len() == 3 && bound(&env, ns).await?.len() == 3).then_some(pods))
+        let pods = running_pods(&env, ns, "").await?;
+        Ok((pods.len() == 3 && bound_records(&env, ns).await?.len() == 3).then_some(pods))
     })
     .await?;
     kill_node(&env.client, "mig-d").await?;
@@ -431,9 +387,9 @@ async fn a_fencing_hook_that_says_no_releases_nothing() -> anyhow::Result<()> {
         .and_then(|s| s.taints)
         .is_some_and(|ts| ts.iter().any(|t| t.key == keys::OUT_OF_SERVICE_TAINT));
     assert!(!tainted, "no out-of-service taint on an unfenced node");
-    let records = bound(&env, ns).await?;
+    let records = bound_records(&env, ns).await?;
     assert!(
-        records.values().all(|(node, _)| node == "mig-d"),
+        records.values().all(|(_, node, _)| node == "mig-d"),
         "records stay: {records:?}"
     );
     Ok(())
@@ -460,8 +416,8 @@ async fn a_target_without_room_is_refused() -> anyhow::Result<()> {
         json!({"requests": {"cpu": "1"}});
     apply(&env, ns, &set).await?;
     let before = wait_for("2 pods Running", T, || async {
-        let pods = running(&env, ns).await?;
-        Ok((pods.len() == 2 && bound(&env, ns).await?.len() == 2).then_some(pods))
+        let pods = running_pods(&env, ns, "").await?;
+        Ok((pods.len() == 2 && bound_records(&env, ns).await?.len() == 2).then_some(pods))
     })
     .await?;
     // Through the CLI, following it: it says why and exits non-zero.
@@ -507,9 +463,9 @@ async fn a_target_without_room_is_refused() -> anyhow::Result<()> {
         .map(|c| c.message.clone())
         .unwrap_or_default();
     assert!(why.contains("cpu free"), "says why: {why}");
-    assert_eq!(running(&env, ns).await?, before, "nothing moved");
-    let records = bound(&env, ns).await?;
-    assert!(records.values().all(|(node, _)| node == "mig-f"));
+    assert_eq!(running_pods(&env, ns, "").await?, before, "nothing moved");
+    let records = bound_records(&env, ns).await?;
+    assert!(records.values().all(|(_, node, _)| node == "mig-f"));
     Ok(())
 }
 
@@ -522,8 +478,8 @@ async fn a_ready_nodes_move_respects_its_pod_disruption_budget() -> anyhow::Resu
     namespace(&env, ns).await?;
     apply(&env, ns, &static_set("kept", 2, "maint", None)).await?;
     let before = wait_for("2 pods Running", T, || async {
-        let pods = running(&env, ns).await?;
-        Ok((pods.len() == 2 && bound(&env, ns).await?.len() == 2).then_some(pods))
+        let pods = running_pods(&env, ns, "").await?;
+        Ok((pods.len() == 2 && bound_records(&env, ns).await?.len() == 2).then_some(pods))
     })
     .await?;
     // No voluntary disruption allowed for now.
@@ -579,7 +535,7 @@ async fn a_ready_nodes_move_respects_its_pod_disruption_budget() -> anyhow::Resu
         "a Ready node is never tainted out-of-service"
     );
     assert_eq!(
-        running(&env, ns).await?,
+        running_pods(&env, ns, "").await?,
         before,
         "the budget kept both pods"
     );
@@ -601,7 +557,7 @@ async fn a_ready_nodes_move_respects_its_pod_disruption_budget() -> anyhow::Resu
         }))
     })
     .await?;
-    let after = running(&env, ns).await?;
+    let after = running_pods(&env, ns, "").await?;
     for (name, (_, _, ip)) in &before {
         let (_, node, now_ip) = &after[name];
         assert_eq!(

@@ -267,3 +267,57 @@ pub async fn start_webhook(env: &Env) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Running pods of `ns` (matching `labels`, a label selector; "" for all), not being
+/// deleted: name -> (UID, node, pod IP).
+pub async fn running_pods(
+    env: &Env,
+    ns: &str,
+    labels: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, (String, String, String)>> {
+    use kube::ResourceExt;
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(env.client.clone(), ns);
+    Ok(api
+        .list(&kube::api::ListParams::default().labels(labels))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            (status.phase.as_deref() == Some("Running")).then_some(())?;
+            Some((
+                p.name_any(),
+                (
+                    p.uid()?,
+                    p.spec.as_ref()?.node_name.clone()?,
+                    status.pod_ip.clone()?,
+                ),
+            ))
+        })
+        .collect())
+}
+
+/// Bound StaticIP records of `ns`: name -> (pod UID, node, addresses comma-separated).
+pub async fn bound_records(
+    env: &Env,
+    ns: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, (String, String, String)>> {
+    use kube::ResourceExt;
+    let api: Api<ests_api::StaticIP> = Api::namespaced(env.client.clone(), ns);
+    Ok(api
+        .list(&kube::api::ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|r| {
+            let status = r.status.as_ref()?;
+            (status.phase == ests_api::StaticIPPhase::Bound).then_some(())?;
+            let ips: Vec<&str> = r.spec.ips.iter().map(|a| a.ip.as_str()).collect();
+            Some((
+                r.name_any(),
+                (status.pod_uid.clone()?, r.spec.node.clone()?, ips.join(",")),
+            ))
+        })
+        .collect())
+}
