@@ -97,6 +97,9 @@ pub struct Headroom {
     pub cpu: i128,
     pub memory: i128,
     pub pods: i128,
+    /// Allocatable CPU and memory, for the score.
+    pub allocatable_cpu: i128,
+    pub allocatable_memory: i128,
     /// False until computed: the fast path is not taken.
     pub known: bool,
 }
@@ -114,6 +117,8 @@ impl NodeView {
             cpu: left("cpu"),
             memory: left("memory"),
             pods: left("pods"),
+            allocatable_cpu: self.allocatable.get("cpu").copied().unwrap_or(0),
+            allocatable_memory: self.allocatable.get("memory").copied().unwrap_or(0),
             known: true,
         };
     }
@@ -133,6 +138,26 @@ pub struct PodView {
     pub needs_ip: Option<IpNeed>,
     /// The pod is a static-IP pod (its own reservation does not count against it).
     pub static_ip: bool,
+    /// Its CPU and memory requests when it requests nothing else (see
+    /// [`PodView::summarize`]): the fast path then reads no map per node.
+    pub cpu_memory: Option<(i128, i128)>,
+}
+
+impl PodView {
+    /// Fills in [`PodView::cpu_memory`] from the requests; call once per request, before
+    /// checking many nodes.
+    pub fn summarize(&mut self) {
+        let only_cpu_memory = self
+            .requests
+            .iter()
+            .all(|(name, want)| matches!(name.as_str(), "cpu" | "memory") || *want <= 0);
+        self.cpu_memory = only_cpu_memory.then(|| {
+            (
+                self.requests.get("cpu").copied().unwrap_or(0),
+                self.requests.get("memory").copied().unwrap_or(0),
+            )
+        });
+    }
 }
 
 /// A range-mode pod's need for an address.
@@ -166,6 +191,9 @@ fn fits_headroom(pod: &PodView, node: &NodeView) -> bool {
         && node.reserved.by_identity.contains_key(&pod.key)
     {
         return false;
+    }
+    if let Some((cpu, memory)) = pod.cpu_memory {
+        return cpu <= h.cpu && memory <= h.memory;
     }
     pod.requests.iter().all(|(name, want)| match name.as_str() {
         "cpu" => *want <= h.cpu,
@@ -265,6 +293,19 @@ pub fn score(pod: &PodView, node: &NodeView) -> i64 {
     } else {
         node.reserved.total_except(own)
     };
+    // The common case reads no map: headroom and the pod's summary.
+    if let (Some(h), Some((cpu, memory))) = (headroom, pod.cpu_memory) {
+        let share = |allocatable: i128, free: i128, want: i128| {
+            if allocatable <= 0 {
+                return MAX_SCORE;
+            }
+            let left = (free - want).max(0);
+            i64::try_from((left * i128::from(MAX_SCORE)) / allocatable).unwrap_or(0)
+        };
+        return share(h.allocatable_cpu, h.cpu, cpu)
+            .min(share(h.allocatable_memory, h.memory, memory))
+            .clamp(0, MAX_SCORE);
+    }
     let mut worst = MAX_SCORE;
     for name in ["cpu", "memory"] {
         let allocatable = node.allocatable.get(name).copied().unwrap_or(0);

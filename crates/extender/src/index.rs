@@ -663,7 +663,7 @@ impl Index {
                 pool: pool.to_string(),
                 claimable: self.claimable(pool),
             });
-        PodView {
+        let mut view = PodView {
             requests: pod
                 .spec
                 .as_ref()
@@ -673,7 +673,10 @@ impl Index {
             pinned,
             needs_ip,
             static_ip,
-        }
+            cpu_memory: None,
+        };
+        view.summarize();
+        view
     }
 }
 

@@ -33,7 +33,7 @@ use serde_json::json;
 
 use crate::index::Index;
 use crate::watch::SharedIndex;
-use crate::wire::{ExtenderArgs, ExtenderFilterResult, HostPriority, NodeList};
+use crate::wire::{ExtenderArgs, ExtenderFilterResult, NodeList};
 
 /// Largest request body accepted (full Node lists of big clusters are large).
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -172,14 +172,18 @@ pub fn answer_prioritize(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'
         Err(e) => return bad_request(e),
     };
     let pod = index.pod_view(&args.pod);
-    let scores: Vec<HostPriority> = args
+    // HostPriority, borrowing the names: no String per node.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Scored<'a> {
+        host: &'a str,
+        score: i64,
+    }
+    let scores: Vec<Scored> = args
         .candidate_names()
-        .map(|host| {
-            let score = index.node(host).map_or(0, |n| score(&pod, n));
-            HostPriority {
-                host: host.to_string(),
-                score,
-            }
+        .map(|host| Scored {
+            host,
+            score: index.node(host).map_or(0, |n| score(&pod, n)),
         })
         .collect();
     match serde_json::to_vec(&scores) {

@@ -387,6 +387,11 @@ mod fast_path {
             node.refresh();
             prop_assert_eq!(filter(&pod, &node), filter_exactly(&pod, &node));
             prop_assert_eq!(score(&pod, &node), slow_score);
+            // And with the pod summarised once, as the extender does.
+            let mut summarized = pod.clone();
+            summarized.summarize();
+            prop_assert_eq!(filter(&summarized, &node), filter_exactly(&pod, &node));
+            prop_assert_eq!(score(&summarized, &node), slow_score);
         }
     }
 }
