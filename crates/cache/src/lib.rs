@@ -70,3 +70,52 @@ impl Listed {
         *self.0.borrow()
     }
 }
+
+/// The changes a [`reflect`]ed watch reports (objects touched, or watch errors).
+pub type Changes<K> = futures::stream::BoxStream<'static, Result<K, kube::runtime::watcher::Error>>;
+
+/// A store of every object of `K`, and the stream that fills it: the store stays current
+/// only while the stream is polled (hand it to a Controller, or see [`store`]).
+pub fn reflect<K>(client: &kube::Client) -> (Store<K>, Changes<K>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (store, writer) = reflector::store();
+    let changes = reflector::reflector(
+        writer,
+        watcher::watcher(
+            kube::Api::<K>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .boxed();
+    (store, changes)
+}
+
+/// A store of every object of `K`, kept current by a task of its own until the process
+/// ends (for caches whose changes trigger nothing).
+pub fn store<K>(client: &kube::Client) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures::StreamExt;
+    let (store, changes) = reflect(client);
+    tokio::spawn(changes.for_each(|_| async {}));
+    store
+}

@@ -13,9 +13,7 @@ use ests_extender::watch::SharedIndex;
 use ests_extender::{AppState, Metrics, router};
 use ests_staticip::Ipam;
 use ests_webhook::tls::{CertFiles, reloading_config};
-use futures::StreamExt;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client};
+use kube::Client;
 
 use crate::serve;
 
@@ -56,28 +54,6 @@ pub struct ExtenderArgs {
     pub cert_reload_seconds: u64,
 }
 
-/// A store fed by a watch of every object of `K`, running until the process ends.
-fn cache<K>(client: &Client) -> reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher::watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    tokio::spawn(stream.for_each(|_| async {}));
-    store
-}
-
 pub async fn run(args: ExtenderArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
@@ -95,8 +71,8 @@ pub async fn run(args: ExtenderArgs) -> anyhow::Result<()> {
         // compare-and-swap; the index's copies only serve the predicates.
         let ipam = Ipam {
             client: client.clone(),
-            pools: cache(&client),
-            blocks: cache(&client),
+            pools: ests_cache::store(&client),
+            blocks: ests_cache::store(&client),
             metrics: ests_staticip::Metrics::register(&registry)
                 .context("registering allocation metrics")?,
         };

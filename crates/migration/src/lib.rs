@@ -27,8 +27,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde_json::json;
@@ -124,29 +123,6 @@ pub struct Context {
     listed: ests_cache::Listed,
 }
 
-type Events<K> = futures::stream::BoxStream<'static, Result<K, watcher::Error>>;
-
-fn cache<K>(client: &Client) -> (Store<K>, Events<K>)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher::watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .boxed();
-    (store, stream)
-}
-
 /// Runs the manager (and automatic mode if configured) until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -154,27 +130,12 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let (nodes, node_events) = cache::<Node>(&client);
-    let (pods, pod_events) = cache::<Pod>(&client);
-    let (records, record_events) = cache::<StaticIP>(&client);
-    let (blocks, block_events) = cache::<IPBlock>(&client);
-    let (sets, set_events) = cache::<EnhancedStatefulSet>(&client);
-    let (migrations, writer) = reflector::store();
-    let migration_events = reflector::reflector(
-        writer,
-        watcher::watcher(
-            Api::<NodeMigration>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    for drain in [
-        block_events.map(|_| ()).boxed(),
-        set_events.map(|_| ()).boxed(),
-    ] {
-        tokio::spawn(drain.for_each(|_| async {}));
-    }
+    let (nodes, node_events) = ests_cache::reflect::<Node>(&client);
+    let (pods, pod_events) = ests_cache::reflect::<Pod>(&client);
+    let (records, record_events) = ests_cache::reflect::<StaticIP>(&client);
+    let (migrations, migration_events) = ests_cache::reflect::<NodeMigration>(&client);
+    let blocks = ests_cache::store::<IPBlock>(&client);
+    let sets = ests_cache::store::<EnhancedStatefulSet>(&client);
     let listed = ests_cache::Listed::spawn(
         "migration",
         vec![
