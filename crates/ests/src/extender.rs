@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use ests_core::pin::CniAnnotation;
 use ests_extender::bind::Binder;
 use ests_extender::watch::SharedIndex;
@@ -130,6 +131,12 @@ pub async fn run(args: ExtenderArgs) -> anyhow::Result<()> {
         }
         _ => {
             tracing::info!(%addr, bind = args.bind, "serving the scheduler extender over HTTP");
+            // Answers go out at once: the scheduler waits on each one, pod by pod.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "setting TCP_NODELAY");
+                }
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(serve::shutdown_signal())
                 .await

@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// `namespace/name`.
 pub fn key(o: &impl ResourceExt) -> String {
@@ -120,6 +120,8 @@ pub struct Index {
     nodes: FxHashMap<Arc<str>, NodeView>,
     /// Nodes whose Node object is cached (others only carry pods or records).
     present: BTreeSet<Arc<str>>,
+    /// Nodes that keep room for static-IP pods (few, and usually none).
+    reserving: FxHashSet<Arc<str>>,
     pods: HashMap<Box<str>, PodEntry>,
     records: HashMap<Box<str>, RecordEntry>,
     records_on: HashMap<Arc<str>, BTreeSet<Box<str>>>,
@@ -139,6 +141,16 @@ impl Index {
     pub fn node(&self, name: &str) -> Option<&NodeView> {
         // Only cached nodes have a headroom: one lookup instead of two.
         self.nodes.get(name).filter(|n| n.headroom.known)
+    }
+
+    /// Whether some node keeps room for static-IP pods.
+    pub fn any_reservation(&self) -> bool {
+        !self.reserving.is_empty()
+    }
+
+    /// Whether `node` keeps room for static-IP pods.
+    pub fn reserves(&self, node: &str) -> bool {
+        self.reserving.contains(node)
     }
 
     /// How many objects of each kind the index holds (pods: bound, non-terminated ones).
@@ -481,6 +493,12 @@ impl Index {
             })
             .collect();
         let reserved = reservations(&views).remove(node).unwrap_or_default();
+        let interned = self.intern_node(node);
+        if reserved.by_identity.is_empty() {
+            self.reserving.remove(node);
+        } else {
+            self.reserving.insert(interned);
+        }
         self.view_mut(node).reserved = reserved;
         self.refresh_headroom(node);
     }

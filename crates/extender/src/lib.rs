@@ -33,7 +33,7 @@ use serde_json::json;
 
 use crate::index::Index;
 use crate::watch::SharedIndex;
-use crate::wire::{ExtenderArgs, ExtenderFilterResult, NodeList};
+use crate::wire::{ExtenderArgs, ExtenderFilterResult, HostPriority, Name, NodeList};
 
 /// Largest request body accepted (full Node lists of big clusters are large).
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -108,7 +108,7 @@ fn bad_request(message: String) -> (StatusCode, Vec<u8>, &'static str) {
     )
 }
 
-fn parse(body: &[u8]) -> Result<ExtenderArgs, String> {
+fn parse(body: &[u8]) -> Result<ExtenderArgs<'_>, String> {
     serde_json::from_slice(body).map_err(|e| format!("not ExtenderArgs: {e}"))
 }
 
@@ -120,21 +120,21 @@ pub fn answer_filter(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'stat
     };
     let pod = index.pod_view(&args.pod);
     let mut result = ExtenderFilterResult::default();
-    let mut kept: Vec<&str> = Vec::new();
+    let mut kept: Vec<Name> = Vec::new();
     for name in args.candidate_names() {
         let fit = match index.node(name) {
             Some(node) => filter(&pod, node),
             None => Fit::No(format!("node {name} is not in the extender's cache yet")),
         };
         match fit {
-            Fit::Fits => kept.push(name),
+            Fit::Fits => kept.push(name.into()),
             Fit::No(why) => {
-                result.failed_nodes.insert(name.to_string(), why);
+                result.failed_nodes.insert(name.into(), why);
             }
             Fit::Never(why) => {
                 result
                     .failed_and_unresolvable_nodes
-                    .insert(name.to_string(), why);
+                    .insert(name.into(), why);
             }
         }
     }
@@ -142,7 +142,7 @@ pub fn answer_filter(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'stat
     if args.node_names.is_none()
         && let Some(list) = &args.nodes
     {
-        let kept: HashSet<&str> = kept.into_iter().collect();
+        let kept: HashSet<&str> = kept.iter().map(Name::as_str).collect();
         result.nodes = Some(NodeList {
             items: list
                 .items
@@ -157,7 +157,7 @@ pub fn answer_filter(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'stat
                 .collect(),
         });
     } else {
-        result.node_names = Some(kept.into_iter().map(str::to_string).collect());
+        result.node_names = Some(kept);
     }
     match serde_json::to_vec(&result) {
         Ok(body) => (StatusCode::OK, body, "ok"),
@@ -166,23 +166,24 @@ pub fn answer_filter(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'stat
 }
 
 /// Answers a prioritize call from the index.
+///
+/// Where no candidate node keeps room for static-IP pods, room after the reservations is
+/// the room the scheduler's own NodeResourcesFit already scores, so the answer is empty
+/// (every node 0 from this extender: the ranking is the scheduler's). That spares both
+/// sides a list of every candidate for nearly every pod of a cluster.
 pub fn answer_prioritize(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
     let args = match parse(body) {
         Ok(args) => args,
         Err(e) => return bad_request(e),
     };
-    let pod = index.pod_view(&args.pod);
-    // HostPriority, borrowing the names: no String per node.
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Scored<'a> {
-        host: &'a str,
-        score: i64,
+    if !index.any_reservation() || !args.candidate_names().any(|n| index.reserves(n)) {
+        return (StatusCode::OK, b"[]".to_vec(), "ok");
     }
-    let scores: Vec<Scored> = args
+    let pod = index.pod_view(&args.pod);
+    let scores: Vec<HostPriority> = args
         .candidate_names()
-        .map(|host| Scored {
-            host,
+        .map(|host| HostPriority {
+            host: host.into(),
             score: index.node(host).map_or(0, |n| score(&pod, n)),
         })
         .collect();

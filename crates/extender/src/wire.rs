@@ -7,6 +7,7 @@
 //! `NumPDBViolations`): those are renamed by hand. The objects inside are ordinary
 //! Kubernetes JSON.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -87,10 +88,28 @@ pub fn lean_pod<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Pod, D::Error>
     })
 }
 
+/// A node name in a request or an answer, borrowed from the JSON it came in (names of
+/// nodes carry no escapes), so thousands of candidates cost no allocation each.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(transparent)]
+pub struct Name<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+impl<'a> From<&'a str> for Name<'a> {
+    fn from(name: &'a str) -> Self {
+        Self(Cow::Borrowed(name))
+    }
+}
+
+impl Name<'_> {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The body of filter and prioritize calls.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "PascalCase")]
-pub struct ExtenderArgs {
+pub struct ExtenderArgs<'a> {
     /// The pod, with only what the predicates read (see [`lean_pod`]).
     #[serde(alias = "pod", deserialize_with = "lean_pod")]
     pub pod: Pod,
@@ -98,15 +117,15 @@ pub struct ExtenderArgs {
     #[serde(default, alias = "nodes")]
     pub nodes: Option<NodeList>,
     /// Node names, when it is.
-    #[serde(default, alias = "nodenames", alias = "nodeNames")]
-    pub node_names: Option<Vec<String>>,
+    #[serde(default, borrow, alias = "nodenames", alias = "nodeNames")]
+    pub node_names: Option<Vec<Name<'a>>>,
 }
 
-impl ExtenderArgs {
+impl ExtenderArgs<'_> {
     /// The candidate nodes' names, whichever form the request used, borrowed.
     pub fn candidate_names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         match (&self.node_names, &self.nodes) {
-            (Some(names), _) => Box::new(names.iter().map(String::as_str)),
+            (Some(names), _) => Box::new(names.iter().map(Name::as_str)),
             (None, Some(list)) => {
                 Box::new(list.items.iter().filter_map(|n| n.metadata.name.as_deref()))
             }
@@ -119,16 +138,16 @@ impl ExtenderArgs {
 /// list makes the scheduler treat every node as filtered out.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "PascalCase")]
-pub struct ExtenderFilterResult {
+pub struct ExtenderFilterResult<'a> {
     #[serde(alias = "nodes")]
     pub nodes: Option<NodeList>,
-    #[serde(alias = "nodenames", alias = "nodeNames")]
-    pub node_names: Option<Vec<String>>,
-    #[serde(default, alias = "failedNodes")]
-    pub failed_nodes: BTreeMap<String, String>,
+    #[serde(borrow, alias = "nodenames", alias = "nodeNames")]
+    pub node_names: Option<Vec<Name<'a>>>,
+    #[serde(default, borrow, alias = "failedNodes")]
+    pub failed_nodes: BTreeMap<Name<'a>, String>,
     /// Nodes preemption cannot help; wins over `FailedNodes`.
-    #[serde(default)]
-    pub failed_and_unresolvable_nodes: BTreeMap<String, String>,
+    #[serde(default, borrow)]
+    pub failed_and_unresolvable_nodes: BTreeMap<Name<'a>, String>,
     #[serde(default, alias = "error")]
     pub error: String,
 }
@@ -136,9 +155,9 @@ pub struct ExtenderFilterResult {
 /// One node's score in a prioritize answer (the answer is a bare JSON array of these).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
-pub struct HostPriority {
-    #[serde(alias = "host")]
-    pub host: String,
+pub struct HostPriority<'a> {
+    #[serde(borrow, alias = "host")]
+    pub host: Name<'a>,
     #[serde(alias = "score")]
     pub score: i64,
 }
@@ -172,15 +191,23 @@ mod tests {
 
     #[test]
     fn requests_parse_in_both_node_forms_and_legacy_case() {
-        let cached: ExtenderArgs = serde_json::from_value(json!({
-            "Pod": {"metadata": {"name": "web-0"}}, "Nodes": null, "NodeNames": ["n1", "n2"]
-        }))
-        .expect("nodeCacheCapable form");
+        let body = r#"{"Pod": {"metadata": {"name": "web-0"}}, "Nodes": null, "NodeNames": ["n1", "n\u0032"]}"#;
+        let cached: ExtenderArgs = serde_json::from_str(body).expect("nodeCacheCapable form");
         assert_eq!(cached.candidate_names().collect::<Vec<_>>(), ["n1", "n2"]);
-        let full: ExtenderArgs = serde_json::from_value(json!({
+        assert!(
+            matches!(
+                cached.node_names.as_deref(),
+                Some([Name(Cow::Borrowed("n1")), Name(Cow::Owned(_))])
+            ),
+            "names are borrowed unless escaped: {:?}",
+            cached.node_names
+        );
+        let body = json!({
             "pod": {"metadata": {"name": "web-0"}}, "nodes": {"items": [{"metadata": {"name": "n3"}}]}
-        }))
-        .expect("full nodes, legacy lowercase keys");
+        })
+        .to_string();
+        let full: ExtenderArgs =
+            serde_json::from_str(&body).expect("full nodes, legacy lowercase keys");
         assert_eq!(full.candidate_names().collect::<Vec<_>>(), ["n3"]);
         let bind: ExtenderBindingArgs = serde_json::from_value(json!({
             "PodName": "web-0", "PodNamespace": "ns", "PodUID": "u-1", "Node": "n1"
@@ -200,6 +227,15 @@ mod tests {
             v,
             json!({"Nodes": null, "NodeNames": [], "FailedNodes": {}, "FailedAndUnresolvableNodes": {}, "Error": ""})
         );
+        let result = ExtenderFilterResult {
+            node_names: Some(vec!["n1".into()]),
+            failed_nodes: [("n2".into(), "full".to_string())].into(),
+            ..ExtenderFilterResult::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&result).expect("json"),
+            json!({"Nodes": null, "NodeNames": ["n1"], "FailedNodes": {"n2": "full"}, "FailedAndUnresolvableNodes": {}, "Error": ""})
+        );
         let scores = serde_json::to_value(vec![HostPriority {
             host: "n1".into(),
             score: 7,
@@ -218,7 +254,7 @@ mod tests {
 
     #[test]
     fn the_pod_keeps_what_the_predicates_read() {
-        let args: ExtenderArgs = serde_json::from_value(json!({
+        let body = json!({
             "Pod": {
                 "metadata": {"name": "web-0", "namespace": "ns", "uid": "u-1",
                              "labels": {"staticip.jke.jdcloud.com/enabled": "true"},
@@ -232,8 +268,9 @@ mod tests {
                 "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]}
             },
             "NodeNames": ["n1"]
-        }))
-        .expect("args");
+        })
+        .to_string();
+        let args: ExtenderArgs = serde_json::from_str(&body).expect("args");
         let pod = &args.pod;
         assert_eq!(pod.metadata.name.as_deref(), Some("web-0"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("ns"));

@@ -242,3 +242,36 @@ fn forgetting_objects_undoes_them() {
     index.remove(Kind::Pod, "ns/never-seen");
     index.remove(Kind::Block, "never-seen");
 }
+
+#[test]
+fn prioritize_answers_only_where_a_candidate_keeps_room() {
+    let scores = |index: &Index| -> Value {
+        let body = json!({
+            "Pod": {"metadata": {"name": "web-0", "namespace": "other"},
+                    "spec": {"containers": [{"name": "web", "resources": {"requests": {"cpu": "100m"}}}]}},
+            "NodeNames": ["n1", "n2"]
+        });
+        let (status, answer, _) =
+            crate::answer_prioritize(index, &serde_json::to_vec(&body).expect("body"));
+        assert_eq!(status.as_u16(), 200);
+        serde_json::from_slice(&answer).expect("json")
+    };
+    let mut index = Index::default();
+    index.apply_node(&node("n1"));
+    index.apply_node(&node("n2"));
+    index.apply_set(&set("1500m", 2, None));
+    // No reservation anywhere: the scheduler's own scoring ranks the nodes.
+    assert!(!index.any_reservation());
+    assert_eq!(scores(&index), json!([]));
+    // db-1 belongs on n1 and is not running: n1 keeps 1500m of its 2 CPUs.
+    index.apply_record(&record("db-1", "n1", "Bound", None, &["10.0.0.1"]));
+    assert!(index.any_reservation() && index.reserves("n1") && !index.reserves("n2"));
+    assert_eq!(
+        scores(&index),
+        json!([{"Host": "n1", "Score": 2}, {"Host": "n2", "Score": 9}])
+    );
+    // It lands: nothing is kept any more.
+    index.apply_pod(&pod("db-1", Some("n1"), "1500m"));
+    assert!(!index.any_reservation());
+    assert_eq!(scores(&index), json!([]));
+}
