@@ -13,11 +13,18 @@
 //!    `answer_filter` timed in-process on an index of the same objects (target p99 <= 1 ms).
 //! 4. Resident memory with 10,000 and 50,000 bound pods cached (bytes per pod).
 //!
+//! Each run also prints where the machine's CPU went per pod (kube-scheduler, kube-apiserver,
+//! etcd), the API requests answered, and the scheduler's own split of its scheduling
+//! algorithm time between its in-tree plugins and the extender calls — on two cores every
+//! process competes with every other, and these say which one a change of ratio came from.
+//!
 //! The nodes are not KWOK-managed (no heartbeats: 5,000 node leases would load the two
 //! cores more than scheduling does), so the pods tolerate every taint and stay Pending
-//! once bound: binding is what is measured.
+//! once bound: binding is what is measured. Each run starts once the API server has seen
+//! no write for three seconds, so neither pays for what came before it.
 //!
-//! Run with `cargo bench -p ests --bench extender`.
+//! Run with `cargo bench -p ests --bench extender` (ESTS_BENCH_FILTER_ONLY=1: the extender
+//! entry without prioritize, one call per pod instead of two).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,14 +54,15 @@ fn env_or(name: &str, default: usize) -> usize {
 
 fn node(name: &str) -> Value {
     let resources = json!({"cpu": "32", "memory": "256Gi", "pods": "110"});
-    // Created as the node lifecycle controller would leave a node without heartbeats
-    // (Ready Unknown, unreachable taints), so it has nothing to write during the runs.
+    // Created as the node lifecycle controller leaves a node without heartbeats when every
+    // node is: Ready Unknown and the unreachable NoSchedule taint. With all nodes not ready
+    // it enters "master disruption mode" and strips NoExecute taints node by node (a GET and
+    // a PATCH each, at its own QPS), which would load the runs unevenly; so there is none.
     json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
         "spec": {"taints": [
-            {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"},
-            {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}
+            {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"}
         ]},
         "status": {"allocatable": resources, "capacity": resources,
                    "conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown"}]}
@@ -181,6 +189,24 @@ async fn filter_buckets(metrics_port: u16) -> anyhow::Result<Vec<(f64, u64)>> {
     Ok(buckets)
 }
 
+/// The extender's time answering, summed over its filter and prioritize calls: (seconds,
+/// calls).
+async fn answer_time(metrics_port: u16) -> anyhow::Result<(f64, f64)> {
+    let mut http = Http::connect(metrics_port).await?;
+    let (_, body) = http.call("GET", "/metrics", Bytes::new()).await?;
+    let text = String::from_utf8_lossy(&body).to_string();
+    let sum = |suffix: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with(&format!("ests_extender_request_duration_seconds_{suffix}"))
+                    && (l.contains("verb=\"filter\"") || l.contains("verb=\"prioritize\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    Ok((sum("sum"), sum("count")))
+}
+
 /// The bucket bound under which 99% of the requests between two readings fall.
 fn p99_bucket(before: &[(f64, u64)], after: &[(f64, u64)]) -> f64 {
     let delta: Vec<(f64, u64)> = after
@@ -200,6 +226,123 @@ fn p99_bucket(before: &[(f64, u64)], after: &[(f64, u64)]) -> f64 {
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
+}
+
+/// The API server's request counters, by `verb resource/subresource`.
+async fn api_requests(client: &Client) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        let sub = label("subresource");
+        let key = format!(
+            "{} {}{}",
+            label("verb"),
+            label("resource"),
+            if sub.is_empty() {
+                String::new()
+            } else {
+                format!("/{sub}")
+            }
+        );
+        *counts.entry(key).or_insert(0.0) += value;
+    }
+    Ok(counts)
+}
+
+/// Prints the requests the API server answered between two readings, most frequent first.
+fn print_api_requests(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) {
+    let mut delta: Vec<(&String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d >= 100.0)
+        .collect();
+    delta.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let shown: Vec<String> = delta.iter().map(|(k, d)| format!("{k} {d:.0}")).collect();
+    println!("  API requests: {}", shown.join(", "));
+}
+
+/// Where the scheduler's time per pod went, from its own metrics: the whole scheduling
+/// algorithm, and the in-tree plugins' part of it; the rest is the extender calls (encoding,
+/// the round trip, decoding).
+async fn scheduler_time(plane: &ControlPlane) -> anyhow::Result<String> {
+    let text = plane
+        .scheduler_client()
+        .await?
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let sum = |prefix: &str, filter: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let pods = sum("scheduler_scheduling_algorithm_duration_seconds_count", "");
+    anyhow::ensure!(pods > 0.0, "the scheduler reports no scheduling");
+    let algorithm = sum("scheduler_scheduling_algorithm_duration_seconds_sum", "");
+    let in_tree: f64 = ["PreFilter", "Filter", "PreScore", "Score"]
+        .iter()
+        .map(|point| {
+            sum(
+                "scheduler_framework_extension_point_duration_seconds_sum",
+                &format!("extension_point=\"{point}\""),
+            )
+        })
+        .sum();
+    let per_pod = |s: f64| s * 1e3 / pods;
+    Ok(format!(
+        "scheduling algorithm {:.2} ms per pod, of which in-tree plugins {:.2} ms, the rest (extender calls) {:.2} ms",
+        per_pod(algorithm),
+        per_pod(in_tree),
+        per_pod(algorithm - in_tree)
+    ))
+}
+
+/// Waits until the API server has answered no write for three seconds, so a run does not
+/// pay for the tail of what came before it (node creation, the previous run's events).
+async fn wait_quiet(client: &Client) -> anyhow::Result<()> {
+    let writes = |counts: &std::collections::BTreeMap<String, f64>| -> f64 {
+        counts
+            .iter()
+            .filter(|(k, _)| {
+                !k.starts_with("GET ") && !k.starts_with("LIST ") && !k.starts_with("WATCH ")
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let mut last = writes(&api_requests(client).await?);
+    let mut quiet_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while quiet_since.elapsed() < Duration::from_secs(3) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the API server kept writing for 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = writes(&api_requests(client).await?);
+        if now - last > 2.0 {
+            quiet_since = Instant::now();
+        }
+        last = now;
+    }
+    Ok(())
 }
 
 /// Pods of `ns` created while the scheduler is stopped, then scheduled: pods bound per
@@ -228,6 +371,7 @@ async fn schedule_run(
         "  created {pods} pending pods in {:.1} s",
         took.as_secs_f64()
     );
+    wait_quiet(client).await?;
 
     // Count bindings from a watch started before the scheduler.
     let bound = Arc::new(AtomicUsize::new(0));
@@ -258,6 +402,15 @@ async fn schedule_run(
     };
     let cpu_before = cpu_seconds(extender_pid)?;
     plane.start_scheduler_with(extenders).await?;
+    // Where the rest of the machine's CPU goes, so a change of ratio can be traced to a process.
+    let others: Vec<(&str, u32, f64)> = ["kube-scheduler", "kube-apiserver", "etcd"]
+        .into_iter()
+        .filter_map(|name| {
+            let pid = plane.pid(name)?;
+            Some((name, pid, cpu_seconds(pid).ok()?))
+        })
+        .collect();
+    let requests_before = api_requests(client).await?;
     wait_for(
         format!("{pods} pods bound in {ns}"),
         Duration::from_secs(3600),
@@ -265,6 +418,15 @@ async fn schedule_run(
     )
     .await?;
     let cpu = cpu_seconds(extender_pid)? - cpu_before;
+    print_api_requests(&requests_before, &api_requests(client).await?);
+    println!("  kube-scheduler: {}", scheduler_time(plane).await?);
+    for (name, pid, before) in others {
+        let used = cpu_seconds(pid)? - before;
+        println!(
+            "  {name}: {:.2} ms CPU per pod ({used:.1} s)",
+            used * 1e3 / pods as f64
+        );
+    }
     watch.abort();
     let (first, last) = *times.lock().await;
     let span = last
@@ -354,16 +516,50 @@ async fn main() -> anyhow::Result<()> {
     let pid = plane.pid("ests-extender").context("the extender's pid")?;
     let rss_nodes = rss(pid)?;
 
+    // What the machine spends with nothing to schedule: the floor under both runs.
+    wait_quiet(&client).await?;
+    let idle: Vec<(&str, u32, f64)> = [
+        "kube-apiserver",
+        "etcd",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "ests-extender",
+    ]
+    .into_iter()
+    .filter_map(|name| {
+        let pid = plane.pid(name)?;
+        Some((name, pid, cpu_seconds(pid).ok()?))
+    })
+    .collect();
+    let window = Duration::from_secs(10);
+    tokio::time::sleep(window).await;
+    let shown: Vec<String> = idle
+        .iter()
+        .filter_map(|(name, pid, before)| {
+            let used = cpu_seconds(*pid).ok()? - before;
+            Some(format!("{name} {:.2}", used / window.as_secs_f64()))
+        })
+        .collect();
+    println!("idle load (cores): {}", shown.join(", "));
+
     // 1. Scheduling without and with the extender.
     println!("scheduling {pods} pods on {nodes} nodes without the extender");
     let (plain_rate, plain_cpu) =
         schedule_run(&plane, &client, "bench-plain", pods, None, pid).await?;
     wait_cached_pods(metrics_port, pods).await?;
     let rss_first = rss(pid)?;
+    // ESTS_BENCH_FILTER_ONLY=1 leaves prioritize out of the entry: one call per pod, not two.
+    let prioritize = if std::env::var("ESTS_BENCH_FILTER_ONLY").is_ok_and(|v| v == "1") {
+        println!("(filter only: the extender entry has no prioritizeVerb)");
+        ""
+    } else {
+        "  prioritizeVerb: prioritize\n  weight: 1\n"
+    };
     let extenders = format!(
-        "extenders:\n- urlPrefix: http://127.0.0.1:{port}\n  filterVerb: filter\n  prioritizeVerb: prioritize\n  weight: 1\n  nodeCacheCapable: true\n  httpTimeout: 2s\n  ignorable: false\n"
+        "extenders:\n- urlPrefix: http://127.0.0.1:{port}\n  filterVerb: filter\n{prioritize}  nodeCacheCapable: true\n  httpTimeout: 2s\n  ignorable: false\n"
     );
     println!("scheduling {pods} pods on {nodes} nodes with the extender");
+    let answering = answer_time(metrics_port).await?;
     let (ext_rate, ext_cpu) = schedule_run(
         &plane,
         &client,
@@ -373,6 +569,12 @@ async fn main() -> anyhow::Result<()> {
         pid,
     )
     .await?;
+    let answered = answer_time(metrics_port).await?;
+    let calls = (answered.1 - answering.1).max(1.0);
+    println!(
+        "  the extender's own time per call: {:.3} ms over {calls:.0} filter and prioritize calls",
+        (answered.0 - answering.0) * 1e3 / calls
+    );
 
     // 3. Filter with every node a candidate.
     let body = Bytes::from(serde_json::to_vec(&json!({

@@ -323,6 +323,20 @@ impl ControlPlane {
             .any(|p| p.name == name && p.exited().is_none())
     }
 
+    /// A client for kube-scheduler's own HTTPS endpoint (its `/metrics`); the scheduler's
+    /// serving certificate is self-signed, so it is not verified.
+    pub async fn scheduler_client(&self) -> anyhow::Result<Client> {
+        crate::install_crypto_provider();
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
+            .with_context(|| format!("reading {}", self.kubeconfig.display()))?;
+        let mut config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        config.cluster_url = format!("https://127.0.0.1:{}", self.scheduler_port).parse()?;
+        config.root_cert = None;
+        config.accept_invalid_certs = true;
+        Ok(Client::try_from(config)?)
+    }
+
     /// The pid of the running process `name` (to read its CPU time and memory).
     pub fn pid(&self, name: &str) -> Option<u32> {
         self.lock()
