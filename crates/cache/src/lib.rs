@@ -71,21 +71,35 @@ impl Listed {
     }
 }
 
-/// The changes a [`reflect`]ed watch reports (objects touched, or watch errors).
-pub type Changes<K> = futures::stream::BoxStream<'static, Result<K, kube::runtime::watcher::Error>>;
+/// A cluster-wide kind a watch can cache.
+pub trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
 
-/// A store of every object of `K`, and the stream that fills it: the store stays current
-/// only while the stream is polled (hand it to a Controller, or see [`store`]).
-pub fn reflect<K>(client: &kube::Client) -> (Store<K>, Changes<K>)
-where
+impl<K> Watched for K where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
+}
+
+/// The changes a [`reflect`]ed watch reports (objects touched, or watch errors).
+pub type Changes<K> = futures::stream::BoxStream<'static, Result<K, kube::runtime::watcher::Error>>;
+
+/// A store of every object of `K`, and the stream that fills it: the store stays current
+/// only while the stream is polled (hand it to a Controller, or see [`store`]).
+pub fn reflect<K: Watched>(client: &kube::Client) -> (Store<K>, Changes<K>) {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, reflector, watcher};
     let (store, writer) = reflector::store();
@@ -104,16 +118,7 @@ where
 
 /// A store of every object of `K`, kept current by a task of its own until the process
 /// ends (for caches whose changes trigger nothing).
-pub fn store<K>(client: &kube::Client) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+pub fn store<K: Watched>(client: &kube::Client) -> Store<K> {
     use futures::StreamExt;
     let (store, changes) = reflect(client);
     tokio::spawn(changes.for_each(|_| async {}));
