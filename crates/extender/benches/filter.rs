@@ -16,6 +16,32 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// Times filter and prioritize answers to `body`, `before` running ahead of each round.
+fn time_answers(index: &Index, body: &[u8], what: &str, rounds: u64, mut before: impl FnMut(u64)) {
+    for (verb, answer) in [
+        (
+            "filter",
+            ests_extender::answer_filter as fn(&Index, &[u8]) -> _,
+        ),
+        ("prioritize", ests_extender::answer_prioritize),
+    ] {
+        let mut times = Vec::new();
+        for round in 0..rounds {
+            before(round);
+            let started = Instant::now();
+            let (status, _, _) = answer(index, body);
+            times.push(started.elapsed());
+            assert_eq!(status.as_u16(), 200);
+        }
+        times.sort();
+        println!(
+            "{verb} {what}: p50 {:.3} ms, p99 {:.3} ms",
+            percentile(&times, 0.5).as_secs_f64() * 1e3,
+            percentile(&times, 0.99).as_secs_f64() * 1e3
+        );
+    }
+}
+
 fn main() {
     let nodes = 5_000;
     let mut index = Index::default();
@@ -37,70 +63,33 @@ fn main() {
         .expect("pod");
         index.apply_pod(&pod);
     }
-    let body = serde_json::to_vec(&json!({
-        "Pod": {"metadata": {"name": "probe", "namespace": "bench", "uid": "u"},
-                "spec": {"containers": [{"name": "app", "image": "app:v1",
-                                         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}},
-        "NodeNames": names,
-    }))
-    .expect("body");
-    for (what, answer) in [
-        (
-            "filter",
-            ests_extender::answer_filter as fn(&Index, &[u8]) -> _,
-        ),
-        ("prioritize", ests_extender::answer_prioritize),
-    ] {
-        let mut times = Vec::new();
-        for _ in 0..2_000 {
-            let started = Instant::now();
-            let (status, _, _) = answer(&index, &body);
-            times.push(started.elapsed());
-            assert_eq!(status.as_u16(), 200);
-        }
-        times.sort();
-        println!(
-            "{what} over {nodes} nodes: p50 {:.3} ms, p99 {:.3} ms",
-            percentile(&times, 0.5).as_secs_f64() * 1e3,
-            percentile(&times, 0.99).as_secs_f64() * 1e3
-        );
-    }
+    let request = |names: &[String]| {
+        serde_json::to_vec(&json!({
+            "Pod": {"metadata": {"name": "probe", "namespace": "bench", "uid": "u"},
+                    "spec": {"containers": [{"name": "app", "image": "app:v1",
+                                             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}},
+            "NodeNames": names,
+        }))
+        .expect("body")
+    };
+    let body = request(&names);
+    time_answers(&index, &body, &format!("over {nodes} nodes"), 2_000, |_| {});
     // As the scheduler calls it: 500 candidates (its default share of 5,000 nodes), with
     // the caches cold — between two calls the API server, etcd and the scheduler run.
-    let some = serde_json::to_vec(&json!({
-        "Pod": {"metadata": {"name": "probe", "namespace": "bench", "uid": "u"},
-                "spec": {"containers": [{"name": "app", "image": "app:v1",
-                                         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}},
-        "NodeNames": names[1_000..1_500],
-    }))
-    .expect("body");
     let mut other = vec![0u64; 4 << 20];
-    for (what, answer) in [
-        (
-            "filter",
-            ests_extender::answer_filter as fn(&Index, &[u8]) -> _,
-        ),
-        ("prioritize", ests_extender::answer_prioritize),
-    ] {
-        let mut times = Vec::new();
-        for round in 0..500u64 {
+    time_answers(
+        &index,
+        &request(&names[1_000..1_500]),
+        &format!("over 500 of {nodes} nodes, caches cold"),
+        500,
+        |round| {
             // 32 MiB of other work's data through the caches.
             for (i, x) in other.iter_mut().enumerate() {
                 *x = x.wrapping_add(i as u64 ^ round);
             }
             std::hint::black_box(&other);
-            let started = Instant::now();
-            let (status, _, _) = answer(&index, &some);
-            times.push(started.elapsed());
-            assert_eq!(status.as_u16(), 200);
-        }
-        times.sort();
-        println!(
-            "{what} over 500 of {nodes} nodes, caches cold: p50 {:.3} ms, p99 {:.3} ms",
-            percentile(&times, 0.5).as_secs_f64() * 1e3,
-            percentile(&times, 0.99).as_secs_f64() * 1e3
-        );
-    }
+        },
+    );
     // Where the time goes: parsing the request alone.
     let mut parse = Vec::new();
     for _ in 0..2_000 {
