@@ -19,6 +19,7 @@ WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok he
 # karmadactl is cached under its own version (so a new Karmada pin does not rebuild
 # Kubernetes) and linked into $OUT.
 KARMADA_OUT="$CACHE/bin-karmada${KARMADA_VERSION}"
+. "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
 karmadactl_linked() { [ "$(readlink "$OUT/karmadactl" 2>/dev/null)" = "$KARMADA_OUT/karmadactl" ]; }
 have_all() {
@@ -32,29 +33,12 @@ mkdir -p "$OUT"
 # Never download another Go toolchain: pinned versions build with the installed one.
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false"
 MINOR="$(echo "$K8S_VERSION" | cut -d. -f2)"
-STAGING_V="v0.${K8S_VERSION#1.}"
-log() { echo "build-bins: $*" >&2; }
 
 if [ ! -x "$OUT/kube-apiserver" ] || [ ! -x "$OUT/kube-controller-manager" ] \
   || [ ! -x "$OUT/kube-scheduler" ] || [ ! -x "$OUT/kubectl" ]; then
   log "kubernetes v$K8S_VERSION"
-  # k8s.io/kubernetes maps its staging modules to ./staging with replace directives, so it
-  # cannot be `go install`ed: a wrapper module replaces each one with its published version.
-  W="$CACHE/wrap-k8s-$K8S_VERSION"; rm -rf "$W"; mkdir -p "$W"; cd "$W"
-  go mod init ests.local/k8sbins >/dev/null 2>&1
-  DL="$(go mod download -json "k8s.io/kubernetes@v${K8S_VERSION}" || true)"
-  GOMOD_FILE="$(echo "$DL" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
-  [ -n "$GOMOD_FILE" ] || { log "cannot download k8s.io/kubernetes@v${K8S_VERSION}: $DL"; exit 1; }
-  MODS=$(sed -n 's|^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/src/k8s.io/.*|\1|p' "$GOMOD_FILE")
-  [ -n "$MODS" ] || { log "no staging modules found in $GOMOD_FILE"; exit 1; }
-  args=(); for m in $MODS; do args+=("-replace=${m}=${m}@${STAGING_V}"); done
-  go mod edit "${args[@]}"
-  go get "k8s.io/kubernetes@v${K8S_VERSION}" >&2
-  LDF="-s -w -X k8s.io/component-base/version.gitVersion=v${K8S_VERSION} \
- -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${MINOR} \
- -X k8s.io/component-base/version.gitTreeState=clean \
- -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
-  go build -mod=mod -p "$(nproc)" -ldflags "$LDF" -o "$OUT/" \
+  W="$(k8s_wrapper_module "$CACHE" "$K8S_VERSION")"; cd "$W"
+  go build -mod=mod -p "$(nproc)" -ldflags "$(k8s_ldflags "$K8S_VERSION")" -o "$OUT/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler \

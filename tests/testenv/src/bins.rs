@@ -21,7 +21,7 @@ pub fn locate() -> anyhow::Result<PathBuf> {
     }
     let dir = match std::env::var_os("ESTS_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => build()?,
+        None => run_build_script("build-bins.sh")?,
     };
     for name in [
         "etcd",
@@ -40,8 +40,36 @@ pub fn locate() -> anyhow::Result<PathBuf> {
     Ok(FOUND.get_or_init(|| dir).clone())
 }
 
-fn build() -> anyhow::Result<PathBuf> {
-    let script = harness_dir().join("build-bins.sh");
+/// The KWOK stage files (our own; see tests/harness/kwok).
+pub fn kwok_stage_files() -> anyhow::Result<Vec<PathBuf>> {
+    let dir = harness_dir().join("kwok");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The directory holding what the real node runs (kubelet, kube-proxy, containerd, its shim,
+/// ctr, pause): `$ESTS_NODE_BIN_DIR` if set, otherwise what `tests/harness/build-node.sh`
+/// builds (once; cached outside the repository).
+pub fn locate_node() -> anyhow::Result<PathBuf> {
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(dir) = FOUND.get() {
+        return Ok(dir.clone());
+    }
+    let dir = match std::env::var_os("ESTS_NODE_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => run_build_script("build-node.sh")?,
+    };
+    Ok(FOUND.get_or_init(|| dir).clone())
+}
+
+/// Runs a build script of `tests/harness` and returns the directory it printed last.
+fn run_build_script(name: &str) -> anyhow::Result<PathBuf> {
+    let script = harness_dir().join(name);
     let output = Command::new("bash")
         .arg(&script)
         .stderr(std::process::Stdio::inherit())
@@ -54,18 +82,6 @@ fn build() -> anyhow::Result<PathBuf> {
     let last = stdout
         .lines()
         .last()
-        .context("build-bins.sh printed no directory")?;
+        .with_context(|| format!("{name} printed no directory"))?;
     Ok(PathBuf::from(last.trim()))
-}
-
-/// The KWOK stage files (our own; see tests/harness/kwok).
-pub fn kwok_stage_files() -> anyhow::Result<Vec<PathBuf>> {
-    let dir = harness_dir().join("kwok");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    Ok(files)
 }

@@ -3,7 +3,6 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -15,12 +14,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::bins;
 use crate::pki::{CertFiles, Pki};
-use crate::process::{Process, Watchdog, forget_stopped, log_tail};
+use crate::process::{Process, ProcessGroup, Watchdog, log_tail};
+use crate::real_node::NodeNetwork;
 
 /// Label that makes KWOK manage (simulate the kubelet of) a node.
 pub const MANAGED_LABEL: (&str, &str) = ("ests.test/kwok", "managed");
 /// The default StorageClass; KWOK provisions its volumes.
 pub const STORAGE_CLASS: &str = "ests-standard";
+/// The Service range; its first address is the `kubernetes` Service.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// KWOK hands out pod IPs from this range (each node gets a /22 of it); static-IP tests must
 /// use other ranges.
 pub const KWOK_POD_CIDR: &str = "10.128.0.0/9";
@@ -42,13 +44,34 @@ pub struct ControlPlane {
     pub pki: Pki,
     /// How long `start` took, for the record.
     pub start_duration: Duration,
+    /// What the plane was started for.
+    pub options: PlaneOptions,
     scheduler_port: u16,
-    inner: Mutex<Inner>,
+    processes: ProcessGroup,
 }
 
-struct Inner {
-    watchdog: Option<Watchdog>,
-    processes: Vec<Process>,
+/// How a control plane is started.
+#[derive(Debug, Clone, Default)]
+pub struct PlaneOptions {
+    /// Serve a real node (kubelet) on this network as well as the KWOK ones: see
+    /// [`PlaneOptions::for_real_node`].
+    pub real_node: Option<NodeNetwork>,
+}
+
+impl PlaneOptions {
+    /// A plane a real kubelet can join, on `network`. On top of the KWOK-only plane: the API
+    /// server listens on every address and advertises the node's bridge address (pods reach
+    /// it through the `kubernetes` Service, and EndpointSlices refuse loopback), its serving
+    /// certificate names that address and the Service's, it authenticates to kubelets with a
+    /// client certificate (`kubectl logs` and `exec`), authorizes nodes with the Node
+    /// authorizer and NodeRestriction, mounts service-account tokens, maintains the
+    /// `kubernetes` Service's endpoints, and calls webhook Services at their endpoints. None
+    /// of this slows a KWOK-only plane, which keeps the lean flags.
+    pub fn for_real_node(network: NodeNetwork) -> Self {
+        Self {
+            real_node: Some(network),
+        }
+    }
 }
 
 /// Where control planes are created: tmpfs when there is one, for a fast etcd.
@@ -73,6 +96,11 @@ fn arg(flag: &str, value: impl std::fmt::Display) -> String {
 impl ControlPlane {
     /// Builds (or finds cached) binaries and starts a control plane with no nodes.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(PlaneOptions::default()).await
+    }
+
+    /// Starts a control plane with `options`.
+    pub async fn start_with(options: PlaneOptions) -> anyhow::Result<Self> {
         let begun = Instant::now();
         let bin = bins::locate()?;
         let dir = base_dir().join(format!(
@@ -92,17 +120,15 @@ impl ControlPlane {
         write_kubeconfig(&kubeconfig, &server, &pki.ca_cert, &admin)?;
 
         let mut plane = Self {
-            dir,
+            dir: dir.clone(),
             bin,
             kubeconfig,
             server,
             pki,
             start_duration: Duration::ZERO,
+            options,
             scheduler_port,
-            inner: Mutex::new(Inner {
-                watchdog: Some(watchdog),
-                processes: Vec::new(),
-            }),
+            processes: ProcessGroup::new(watchdog, dir.join("logs")),
         };
         if let Err(e) = plane.start_processes(api_port).await {
             return Err(e.context(format!(
@@ -142,7 +168,12 @@ impl ControlPlane {
         )?;
         self.wait_ready("etcd", || etcd_healthy(etcd_port)).await?;
 
-        let serving = self.pki.serving(
+        let node_network = self.options.real_node.clone();
+        let serving_ips: Vec<std::net::IpAddr> = node_network
+            .iter()
+            .flat_map(|n| [n.node_ip.into(), n.kubernetes_service_ip().into()])
+            .collect();
+        let serving = self.pki.serving_with_ips(
             "kube-apiserver",
             &[
                 "kubernetes",
@@ -150,37 +181,60 @@ impl ControlPlane {
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ],
+            &serving_ips,
         )?;
         let (sa_key, sa_pub) = self.pki.service_account_key()?;
-        self.spawn(
-            "kube-apiserver",
-            vec![
-                arg("etcd-servers", &etcd_url),
+        let mut apiserver_args = vec![
+            arg("etcd-servers", &etcd_url),
+            arg("secure-port", api_port),
+            arg("tls-cert-file", serving.cert.display()),
+            arg("tls-private-key-file", serving.key.display()),
+            arg("client-ca-file", self.pki.ca_cert.display()),
+            arg(
+                "service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+            ),
+            arg("service-account-key-file", sa_pub.display()),
+            arg("service-account-signing-key-file", sa_key.display()),
+            arg("service-cluster-ip-range", SERVICE_CIDR),
+            arg("allow-privileged", true),
+            arg("max-requests-inflight", 0),
+            arg("max-mutating-requests-inflight", 0),
+            arg("enable-priority-and-fairness", false),
+            arg("cert-dir", self.dir.join("apiserver-certs").display()),
+            arg("feature-gates", "MaxUnavailableStatefulSet=true"),
+        ];
+        match &node_network {
+            None => apiserver_args.extend([
                 arg("bind-address", "127.0.0.1"),
                 arg("advertise-address", "127.0.0.1"),
-                arg("secure-port", api_port),
-                arg("tls-cert-file", serving.cert.display()),
-                arg("tls-private-key-file", serving.key.display()),
-                arg("client-ca-file", self.pki.ca_cert.display()),
-                arg(
-                    "service-account-issuer",
-                    "https://kubernetes.default.svc.cluster.local",
-                ),
-                arg("service-account-key-file", sa_pub.display()),
-                arg("service-account-signing-key-file", sa_key.display()),
-                arg("service-cluster-ip-range", "10.96.0.0/16"),
                 arg("authorization-mode", "RBAC"),
-                arg("allow-privileged", true),
                 arg("endpoint-reconciler-type", "none"),
                 // With no kubelets there are no service-account tokens to mount; as envtest does.
                 arg("disable-admission-plugins", "ServiceAccount"),
-                arg("max-requests-inflight", 0),
-                arg("max-mutating-requests-inflight", 0),
-                arg("enable-priority-and-fairness", false),
-                arg("cert-dir", self.dir.join("apiserver-certs").display()),
-                arg("feature-gates", "MaxUnavailableStatefulSet=true"),
-            ],
-        )?;
+            ]),
+            Some(network) => {
+                let kubelet_client = self.pki.client(
+                    "apiserver-kubelet-client",
+                    "kube-apiserver-kubelet-client",
+                    &["system:masters"],
+                )?;
+                apiserver_args.extend([
+                    arg("bind-address", "0.0.0.0"),
+                    arg("advertise-address", network.node_ip),
+                    arg("authorization-mode", "Node,RBAC"),
+                    arg("enable-admission-plugins", "NodeRestriction"),
+                    arg("kubelet-client-certificate", kubelet_client.cert.display()),
+                    arg("kubelet-client-key", kubelet_client.key.display()),
+                    arg("kubelet-certificate-authority", self.pki.ca_cert.display()),
+                    arg("kubelet-preferred-address-types", "InternalIP"),
+                    // Webhook Services are called at their endpoints, with or without
+                    // kube-proxy on the host.
+                    arg("enable-aggregator-routing", true),
+                ]);
+            }
+        }
+        self.spawn("kube-apiserver", apiserver_args)?;
         self.wait_ready("kube-apiserver", || async {
             let client = self.client().await?;
             let request = http::Request::get("/readyz").body(Vec::new())?;
@@ -303,24 +357,12 @@ impl ControlPlane {
         args: &[String],
         env: &[(&str, &str)],
     ) -> anyhow::Result<()> {
-        let mut inner = self.lock();
-        let Inner {
-            watchdog,
-            processes,
-        } = &mut *inner;
-        let watchdog = watchdog.as_mut().context("control plane already stopped")?;
-        let log = self.dir.join("logs").join(format!("{name}.log"));
-        let process = Process::spawn(watchdog, name, program, args, env, log)?;
-        processes.push(process);
-        Ok(())
+        self.processes.run(name, program, args, env)
     }
 
     /// Whether the process `name` is running.
     pub fn is_running(&self, name: &str) -> bool {
-        self.lock()
-            .processes
-            .iter_mut()
-            .any(|p| p.name == name && p.exited().is_none())
+        self.processes.is_running(name)
     }
 
     /// A client for kube-scheduler's own HTTPS endpoint (its `/metrics`); the scheduler's
@@ -339,11 +381,7 @@ impl ControlPlane {
 
     /// The pid of the running process `name` (to read its CPU time and memory).
     pub fn pid(&self, name: &str) -> Option<u32> {
-        self.lock()
-            .processes
-            .iter_mut()
-            .filter(|p| p.name == name)
-            .find_map(|p| p.exited().is_none().then(|| p.pid()))
+        self.processes.pid(name)
     }
 
     /// Starts kube-scheduler again after [`Self::stop_process`], with `extra` as in
@@ -356,65 +394,22 @@ impl ControlPlane {
 
     /// Kills the processes called `name` with SIGKILL, as a crash would.
     pub fn kill_process(&self, name: &str) -> anyhow::Result<()> {
-        self.end_processes(name, Process::kill)
+        self.processes.end(name, Process::kill)
     }
 
     /// Stops the processes called `name` (SIGTERM, then SIGKILL after 10 s).
     pub fn stop_process(&self, name: &str) -> anyhow::Result<()> {
-        self.end_processes(name, |p| p.stop(Duration::from_secs(10)))
-    }
-
-    /// Ends the processes called `name` with `end`, forgets them, and tells the watchdog,
-    /// so it never signals their (reaped, reusable) pids.
-    fn end_processes(&self, name: &str, end: impl Fn(&mut Process)) -> anyhow::Result<()> {
-        let mut inner = self.lock();
-        let Inner {
-            watchdog,
-            processes,
-        } = &mut *inner;
-        processes
-            .iter_mut()
-            .filter(|p| p.name == name)
-            .for_each(end);
-        processes.retain(|p| p.name != name);
-        if let Some(w) = watchdog.as_mut() {
-            let running: Vec<&Process> = processes.iter().collect();
-            forget_stopped(w, &running)?;
-        }
-        Ok(())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves plain data behind; keep using it.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.processes
+            .end(name, |p| p.stop(Duration::from_secs(10)))
     }
 
     /// Waits until `check` succeeds; fails at once, with the log, if the process exits.
-    async fn wait_ready<F, Fut>(&self, name: &str, mut check: F) -> anyhow::Result<()>
+    async fn wait_ready<F, Fut>(&self, name: &str, check: F) -> anyhow::Result<()>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = anyhow::Result<()>>,
     {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut last_error = anyhow::anyhow!("not checked yet");
-        while Instant::now() < deadline {
-            {
-                let mut inner = self.lock();
-                if let Some(p) = inner.processes.iter_mut().find(|p| p.name == name)
-                    && let Some(status) = p.exited()
-                {
-                    bail!("{name} exited with {status}:\n{}", p.log_tail(40));
-                }
-            }
-            match check().await {
-                Ok(()) => return Ok(()),
-                Err(e) => last_error = e,
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        bail!("{name} not ready after {START_TIMEOUT:?}: {last_error:#}")
+        self.processes.wait_ready(name, START_TIMEOUT, check).await
     }
 
     async fn install_storage_class(&self) -> anyhow::Result<()> {
@@ -466,23 +461,12 @@ impl ControlPlane {
 
     /// The last lines of every process log, for a failing test to print.
     pub fn log_tails(&self, lines: usize) -> String {
-        let inner = self.lock();
-        let mut out = String::new();
-        for p in &inner.processes {
-            out.push_str(&format!(
-                "===== {} (pid {}) {} =====\n{}\n",
-                p.name,
-                p.pid(),
-                p.log.display(),
-                p.log_tail(lines)
-            ));
-        }
-        out
+        self.processes.log_tails(lines)
     }
 
     /// The log file of a process.
     pub fn log_path(&self, name: &str) -> PathBuf {
-        self.dir.join("logs").join(format!("{name}.log"))
+        self.processes.log_path(name)
     }
 
     /// The tail of one process's log.
@@ -490,16 +474,30 @@ impl ControlPlane {
         log_tail(&self.log_path(name), lines)
     }
 
+    /// Runs kubectl against this plane as the admin; returns its standard output, or an
+    /// error with its standard error.
+    pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = tokio::process::Command::new(self.bin.join("kubectl"))
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .context("running kubectl")?;
+        if !output.status.success() {
+            bail!(
+                "kubectl {} failed ({}): {}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Stops every process (in reverse start order) and removes the directory.
     pub fn stop(&self) {
-        let mut inner = self.lock();
-        for p in inner.processes.iter_mut().rev() {
-            p.stop(Duration::from_secs(10));
-        }
-        inner.processes.clear();
-        if let Some(w) = inner.watchdog.take() {
-            w.finish();
-        }
+        self.processes.stop_all(Duration::from_secs(10));
     }
 }
 

@@ -5,7 +5,10 @@
 //! - one address is in two StaticIP records, or allocated in two IP blocks;
 //! - a pod leaves the API (so that its identity can be re-created) while it sits on a node
 //!   that is NotReady and not fenced (no `node.kubernetes.io/out-of-service` taint): the
-//!   old pod may still be running there.
+//!   old pod may still be running there;
+//! - on the real node, a Ready pod that serves the test image's answer (annotation
+//!   [`ANSWER_ANNOTATION`]) does not answer at its IP as itself: another pod answers there
+//!   (two pods behind one address), or nothing does.
 //!
 //! The rules live in [`InvariantState`], a plain state machine with unit tests; the watch
 //! loop only feeds it.
@@ -21,8 +24,12 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+
+/// A pod annotation naming the TCP port where the pod answers with its own name (the real
+/// node's test image); the checker asks every such pod once it is Ready.
+pub const ANSWER_ANNOTATION: &str = "ests.test/answers-on";
 
 /// The taint that says a node is fenced (known not to run anything).
 pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
@@ -40,6 +47,21 @@ pub struct PodFacts {
     pub node: Option<String>,
     pub ips: Vec<String>,
     pub terminated: bool,
+    /// Ready condition True.
+    pub ready: bool,
+    /// Has a deletionTimestamp.
+    pub deleting: bool,
+    /// Where the pod answers with its name ([`ANSWER_ANNOTATION`]).
+    pub answer_port: Option<u16>,
+}
+
+/// A question to put to a pod: does `ip:port` answer as pod `key` (uid `uid`)?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub key: String,
+    pub uid: String,
+    pub ip: String,
+    pub port: u16,
 }
 
 impl PodFacts {
@@ -65,6 +87,14 @@ impl PodFacts {
             // Host-network pods share their node's IP by design.
             ips: if host_network { Vec::new() } else { ips },
             terminated: matches!(phase, "Succeeded" | "Failed"),
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+            answer_port: pod
+                .annotations()
+                .get(ANSWER_ANNOTATION)
+                .and_then(|p| p.parse().ok()),
         }
     }
 }
@@ -138,6 +168,7 @@ pub struct InvariantState {
     record_ips: AddressIndex,
     block_ips: AddressIndex,
     violations: Vec<String>,
+    probes: Vec<Probe>,
 }
 
 impl InvariantState {
@@ -152,6 +183,9 @@ impl InvariantState {
     }
 
     pub fn pod_applied(&mut self, pod: PodFacts) {
+        if let Some(probe) = self.probe_due(&pod) {
+            self.probes.push(probe);
+        }
         let ips = if pod.terminated {
             Vec::new()
         } else {
@@ -163,6 +197,58 @@ impl InvariantState {
             ));
         }
         self.pods.insert(pod.key.clone(), pod);
+    }
+
+    /// The probe to run for `pod`, if it has just become askable: Ready, not going, with an
+    /// answer port and an address it did not have Ready before.
+    fn probe_due(&self, pod: &PodFacts) -> Option<Probe> {
+        let port = pod.answer_port?;
+        let ip = pod.ips.first()?;
+        if !Self::askable(pod) {
+            return None;
+        }
+        let before = self.pods.get(&pod.key);
+        let asked_before = before
+            .is_some_and(|b| b.uid == pod.uid && Self::askable(b) && b.ips.first() == Some(ip));
+        (!asked_before).then(|| Probe {
+            key: pod.key.clone(),
+            uid: pod.uid.clone(),
+            ip: ip.clone(),
+            port,
+        })
+    }
+
+    fn askable(pod: &PodFacts) -> bool {
+        pod.ready && !pod.deleting && !pod.terminated
+    }
+
+    /// The probes due since the last call.
+    pub fn take_probes(&mut self) -> Vec<Probe> {
+        std::mem::take(&mut self.probes)
+    }
+
+    /// What `probe` got: the answer, or why there was none. A violation only when the pod it
+    /// asked about is still Ready, not going, at that address: a pod that went meanwhile says
+    /// nothing about the address.
+    pub fn pod_answered(&mut self, probe: &Probe, answer: Result<String, String>) {
+        let Some(pod) = self.pods.get(&probe.key) else {
+            return;
+        };
+        if pod.uid != probe.uid || !Self::askable(pod) || pod.ips.first() != Some(&probe.ip) {
+            return;
+        }
+        let name = probe.key.rsplit('/').next().unwrap_or_default();
+        match answer {
+            Ok(answer) if answer.split_whitespace().next() == Some(name) => {}
+            Ok(answer) => self.violate(format!(
+                "IP {}:{} answered {answer:?}, but pod {} (uid {}) holds it",
+                probe.ip, probe.port, probe.key, probe.uid
+            )),
+            Err(e) => self.violate(format!(
+                "Ready pod {} (uid {}) does not answer at {}:{}: {e}",
+                probe.key, probe.uid, probe.ip, probe.port
+            )),
+        }
     }
 
     pub fn pod_deleted(&mut self, pod: PodFacts) {
@@ -236,6 +322,7 @@ impl InvariantChecker {
         let state = Arc::new(Mutex::new(InvariantState::default()));
         let (pods_ready, mut pods_ready_rx) = watch::channel(false);
         let (nodes_ready, mut nodes_ready_rx) = watch::channel(false);
+        let (probes, probes_rx) = mpsc::unbounded_channel();
         let tasks = vec![
             spawn_watch(
                 Api::<Pod>::all(client.clone()),
@@ -244,6 +331,8 @@ impl InvariantChecker {
                 |s, o| s.pod_applied(PodFacts::of(o)),
                 |s, o| s.pod_deleted(PodFacts::of(o)),
             ),
+            tokio::spawn(ask_pods(state.clone(), probes_rx)),
+            tokio::spawn(forward_probes(state.clone(), probes)),
             spawn_watch(
                 Api::<Node>::all(client.clone()),
                 state.clone(),
@@ -309,6 +398,39 @@ impl Drop for InvariantChecker {
     }
 }
 
+/// How long a Ready pod has to answer before it counts as not answering.
+const ANSWER_WINDOW: Duration = Duration::from_secs(10);
+
+/// Hands the probes the watch made due to [`ask_pods`].
+async fn forward_probes(state: Arc<Mutex<InvariantState>>, to: mpsc::UnboundedSender<Probe>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let due = lock(&state).take_probes();
+        for probe in due {
+            if to.send(probe).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Asks each probed pod, at once, retrying within [`ANSWER_WINDOW`], and reports the answer.
+async fn ask_pods(state: Arc<Mutex<InvariantState>>, mut probes: mpsc::UnboundedReceiver<Probe>) {
+    while let Some(probe) = probes.recv().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let answer = match probe.ip.parse::<std::net::IpAddr>() {
+                Ok(ip) => crate::real_node::wait_answer(ip, probe.port, ANSWER_WINDOW)
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+                Err(e) => Err(format!("not an address: {e}")),
+            };
+            lock(&state).pod_answered(&probe, answer);
+        });
+    }
+}
+
 fn spawn_watch<K>(
     api: Api<K>,
     state: Arc<Mutex<InvariantState>>,
@@ -358,7 +480,69 @@ mod tests {
             node: Some(node.into()),
             ips: vec![ip.into()],
             terminated: false,
+            ready: true,
+            deleting: false,
+            answer_port: None,
         }
+    }
+
+    fn answering(key: &str, uid: &str, ip: &str) -> PodFacts {
+        PodFacts {
+            answer_port: Some(8080),
+            ..pod(key, uid, "real", ip)
+        }
+    }
+
+    #[test]
+    fn a_ready_pod_is_asked_once_per_address() {
+        let mut s = InvariantState::default();
+        let mut p = answering("ns/a-0", "1", "10.88.0.10");
+        p.ready = false;
+        s.pod_applied(p.clone());
+        assert!(s.take_probes().is_empty(), "not Ready yet");
+        p.ready = true;
+        s.pod_applied(p.clone());
+        assert_eq!(s.take_probes().len(), 1);
+        s.pod_applied(p.clone());
+        assert!(s.take_probes().is_empty(), "asked already");
+        s.pod_applied(answering("ns/a-0", "2", "10.88.0.11"));
+        assert_eq!(
+            s.take_probes().len(),
+            1,
+            "a new pod of the identity is asked again"
+        );
+        s.pod_applied(pod("ns/plain", "3", "real", "10.88.0.12"));
+        assert!(
+            s.take_probes().is_empty(),
+            "pods without an answer port are not asked"
+        );
+    }
+
+    #[test]
+    fn another_pod_answering_or_none_is_a_violation() {
+        let mut s = InvariantState::default();
+        s.pod_applied(answering("ns/a-0", "1", "10.88.0.10"));
+        let probe = s.take_probes().remove(0);
+        s.pod_answered(&probe, Ok("a-0 v1".into()));
+        assert!(s.violations().is_empty(), "{:?}", s.violations());
+        s.pod_answered(&probe, Ok("b-3 v1".into()));
+        assert_eq!(s.violations().len(), 1, "{:?}", s.violations());
+        s.pod_answered(&probe, Err("connection refused".into()));
+        assert_eq!(s.violations().len(), 2, "{:?}", s.violations());
+    }
+
+    #[test]
+    fn an_answer_about_a_pod_that_went_meanwhile_says_nothing() {
+        let mut s = InvariantState::default();
+        s.pod_applied(answering("ns/a-0", "1", "10.88.0.10"));
+        let probe = s.take_probes().remove(0);
+        let mut going = answering("ns/a-0", "1", "10.88.0.10");
+        going.deleting = true;
+        s.pod_applied(going);
+        s.pod_answered(&probe, Err("connection refused".into()));
+        s.pod_applied(answering("ns/a-0", "2", "10.88.0.11"));
+        s.pod_answered(&probe, Ok("x".into()));
+        assert!(s.violations().is_empty(), "{:?}", s.violations());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod monitor;
 pub mod nodes;
 pub mod pki;
 pub mod process;
+pub mod real_node;
 pub mod resources;
 pub mod wait;
 
@@ -23,6 +24,7 @@ pub use control_plane::ControlPlane;
 pub use invariants::InvariantChecker;
 pub use monitor::PodMonitor;
 pub use nodes::NodeSpec;
+pub use real_node::RealNode;
 pub use wait::{wait_for, wait_until};
 
 /// Installs the process's one rustls crypto provider (ring, as kube's default); later calls
@@ -47,6 +49,32 @@ pub async fn shared() -> anyhow::Result<&'static ControlPlane> {
             Ok(plane)
         })
         .await
+}
+
+/// The control plane of this test binary with the machine's real node joined to it, both
+/// started on first use (a test binary uses either this or [`shared`]). Fails, naming what is
+/// missing, where the machine cannot run a real node: tests that need one fail rather than
+/// skip.
+pub async fn shared_real_node() -> anyhow::Result<(&'static ControlPlane, &'static RealNode)> {
+    static PLANE: OnceCell<(ControlPlane, RealNode)> = OnceCell::const_new();
+    let (plane, node) = PLANE
+        .get_or_try_init(|| async {
+            let plane = ControlPlane::start_with(control_plane::PlaneOptions::for_real_node(
+                real_node::NodeNetwork::standard(),
+            ))
+            .await?;
+            let node = RealNode::start(&plane).await?;
+            eprintln!(
+                "ests-testenv: control plane at {} ({:.1}s) with real node {} ({:.1}s)",
+                plane.server,
+                plane.start_duration.as_secs_f64(),
+                node.name,
+                node.start_duration.as_secs_f64()
+            );
+            Ok::<_, anyhow::Error>((plane, node))
+        })
+        .await?;
+    Ok((plane, node))
 }
 
 /// Serializes tests that change cluster-wide state within one test binary.

@@ -101,7 +101,8 @@ fn next_pod_cidr() -> String {
     format!("{}/22", Ipv4Addr::from(base + (n % 8192) * 1024))
 }
 
-fn is_ready(node: &Node) -> bool {
+/// Whether the node's Ready condition is True.
+pub fn is_ready(node: &Node) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())

@@ -55,12 +55,24 @@ impl Pki {
 
     /// A certificate for a server reachable as `localhost`, 127.0.0.1 and `dns_names`.
     pub fn serving(&self, name: &str, dns_names: &[&str]) -> anyhow::Result<CertFiles> {
+        self.serving_with_ips(name, dns_names, &[])
+    }
+
+    /// A certificate for a server reachable as `localhost`, 127.0.0.1, `dns_names` and `ips`.
+    pub fn serving_with_ips(
+        &self,
+        name: &str,
+        dns_names: &[&str],
+        ips: &[IpAddr],
+    ) -> anyhow::Result<CertFiles> {
         let mut sans: Vec<String> = vec!["localhost".into()];
         sans.extend(dns_names.iter().map(|d| d.to_string()));
         let mut params = CertificateParams::new(sans)?;
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        params.subject_alt_names.extend(
+            std::iter::once(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                .chain(ips.iter().copied())
+                .map(SanType::IpAddress),
+        );
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(name, params)

@@ -56,6 +56,34 @@ pub async fn bare_env() -> anyhow::Result<Env> {
     })
 }
 
+/// A control plane with the machine's real node, ests installed (CRDs, policies, RBAC for
+/// the controller's identity) and one controller running; no KWOK nodes.
+pub async fn real_node_env() -> anyhow::Result<(Env, &'static ests_testenv::RealNode)> {
+    static READY: OnceCell<()> = OnceCell::const_new();
+    let (plane, node) = ests_testenv::shared_real_node().await?;
+    READY
+        .get_or_try_init(|| async {
+            let client = plane.client().await?;
+            install_crds(&client).await?;
+            install_policies(&client, ests_api::policy::DEFAULT_NAMESPACE).await?;
+            create_namespace(&client, "ests-system").await?;
+            bind_cluster_role(
+                &client,
+                "ests-controller-e2e",
+                "cluster-admin",
+                CONTROLLER_USER,
+            )
+            .await?;
+            start_controller(plane, "ests-controller", &["--leader-election=false"]).await
+        })
+        .await?;
+    let env = Env {
+        plane,
+        client: plane.client().await?,
+    };
+    Ok((env, node))
+}
+
 /// The control plane with ests installed and one controller running.
 pub async fn env() -> anyhow::Result<Env> {
     static STARTED: OnceCell<()> = OnceCell::const_new();

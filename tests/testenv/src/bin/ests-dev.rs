@@ -1,6 +1,8 @@
 //! `ests-dev`: the local demo. Brings up a control plane on loopback with three simulated
-//! nodes, installs the ests CRDs and admission policies, runs the ests components that exist,
-//! applies config/samples, prints how to reach it, and stays up until interrupted.
+//! nodes and, where the machine allows it, one real node (kubelet, containerd, CNI), installs
+//! the ests CRDs and admission policies, runs the ests components that exist, applies
+//! config/samples and a set on the real node, prints how to reach it, and stays up until
+//! interrupted.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -9,7 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use ests_testenv::ControlPlane;
+use ests_testenv::control_plane::PlaneOptions;
 use ests_testenv::nodes::{NodeSpec, create_nodes};
+use ests_testenv::real_node::{NodeNetwork, RealNode};
 use ests_testenv::resources::{
     apply_yaml, bind_cluster_role, create_namespace, install_crds, install_policies,
 };
@@ -31,6 +35,16 @@ struct Args {
     #[arg(long)]
     no_samples: bool,
 
+    /// Do not start the real node (kubelet, containerd, CNI on this machine; needs root):
+    /// KWOK nodes only, which starts faster.
+    #[arg(long)]
+    no_real_node: bool,
+
+    /// Do not run ests's components (nor apply the samples): the control plane and its nodes
+    /// only, to run ests yourself.
+    #[arg(long)]
+    no_ests: bool,
+
     /// The ests binary whose components to run (default: `ests` beside this program, as
     /// `cargo build -p ests` leaves it).
     #[arg(long)]
@@ -48,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => path,
         None => std::env::current_exe()?.with_file_name("ests"),
     };
-    if !ests.is_file() {
+    if !args.no_ests && !ests.is_file() {
         anyhow::bail!(
             "{} not found: run `cargo build -p ests` first, or pass --ests",
             ests.display()
@@ -57,8 +71,25 @@ async fn main() -> anyhow::Result<()> {
     eprintln!(
         "ests-dev: starting the control plane (the first run builds it from Go modules; that takes a while)"
     );
-    let plane = ControlPlane::start().await?;
+    let options = if args.no_real_node {
+        PlaneOptions::default()
+    } else {
+        PlaneOptions::for_real_node(NodeNetwork::standard())
+    };
+    let plane = ControlPlane::start_with(options).await?;
     let client = plane.client().await?;
+    let real_node = if args.no_real_node {
+        None
+    } else {
+        eprintln!("ests-dev: starting the real node (the first run builds kubelet and containerd)");
+        match RealNode::start(&plane).await {
+            Ok(node) => Some(node),
+            Err(e) => {
+                eprintln!("ests-dev: no real node, KWOK nodes only: {e:#}");
+                None
+            }
+        }
+    };
     let nodes: Vec<NodeSpec> = (0..args.nodes)
         .map(|i| NodeSpec::new(format!("node-{i}")))
         .collect();
@@ -66,6 +97,72 @@ async fn main() -> anyhow::Result<()> {
     install_crds(&client).await?;
     install_policies(&client, ests_api::policy::DEFAULT_NAMESPACE).await?;
     create_namespace(&client, ests_api::policy::DEFAULT_NAMESPACE).await?;
+    let real_pods = if args.no_ests {
+        Vec::new()
+    } else {
+        start_ests(&plane, &ests, &args).await?;
+        match &real_node {
+            Some(_) => real_node_demo(&plane, &args.namespace).await?,
+            None => Vec::new(),
+        }
+    };
+    let kubectl = plane.bin.join("kubectl");
+    println!(
+        "ests-dev: control plane ready in {:.1}s at {}",
+        plane.start_duration.as_secs_f64(),
+        plane.server
+    );
+    println!("KUBECONFIG={}", plane.kubeconfig.display());
+    println!("ests-dev: try, from another shell:");
+    println!("  export KUBECONFIG={}", plane.kubeconfig.display());
+    println!("  {} get nodes", kubectl.display());
+    println!("  {} get ests,sip -A", kubectl.display());
+    if !real_pods.is_empty() {
+        println!(
+            "ests-dev: pods of the set real-demo run on the real node {}; each answers on TCP {} with its name:",
+            ests_testenv::real_node::NODE_NAME,
+            ests_testenv::real_node::images::ANSWER_PORT
+        );
+        for (name, ip) in &real_pods {
+            println!(
+                "  nc {ip} {}    # answers {name}",
+                ests_testenv::real_node::images::ANSWER_PORT
+            );
+        }
+        println!(
+            "  {} exec -n {} real-demo-0 -- ip addr",
+            kubectl.display(),
+            args.namespace
+        );
+    }
+    println!(
+        "ests-dev: logs are in {}; press Ctrl-C to stop",
+        plane.dir.join("logs").display()
+    );
+
+    wait_for_shutdown().await?;
+    eprintln!("ests-dev: stopping");
+    tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::task::spawn_blocking(move || {
+            // The node first: its undo puts the host back.
+            drop(real_node);
+            plane.stop()
+        }),
+    )
+    .await
+    .context("stopping took too long")??;
+    Ok(())
+}
+
+/// Runs ests's controller and webhook as processes of the plane (the webhook registered by
+/// URL) and applies config/samples unless `--no-samples`.
+async fn start_ests(
+    plane: &ControlPlane,
+    ests: &std::path::Path,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let client = plane.client().await?;
     // Until the Helm chart's least-privilege roles exist, the demo grants the controller
     // cluster-admin.
     bind_cluster_role(
@@ -83,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
     let kubeconfig = kubeconfig.display().to_string();
     plane.run_process(
         "ests-controller",
-        &ests,
+        ests,
         &[
             "controller".into(),
             "--lease-namespace=ests-system".into(),
@@ -105,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
     let webhook_addr = format!("127.0.0.1:{port}");
     plane.run_process(
         "ests-webhook",
-        &ests,
+        ests,
         &[
             "webhook".into(),
             format!("--listen={webhook_addr}"),
@@ -154,31 +251,68 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("ests-dev: applied {}", file.display());
         }
     }
-    let kubectl = plane.bin.join("kubectl");
-    println!(
-        "ests-dev: control plane ready in {:.1}s at {}",
-        plane.start_duration.as_secs_f64(),
-        plane.server
-    );
-    println!("KUBECONFIG={}", plane.kubeconfig.display());
-    println!("ests-dev: try, from another shell:");
-    println!("  export KUBECONFIG={}", plane.kubeconfig.display());
-    println!("  {} get nodes", kubectl.display());
-    println!("  {} get ests,sip -A", kubectl.display());
-    println!(
-        "ests-dev: logs are in {}; press Ctrl-C to stop",
-        plane.dir.join("logs").display()
-    );
-
-    wait_for_shutdown().await?;
-    eprintln!("ests-dev: stopping");
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || plane.stop()),
-    )
-    .await
-    .context("stopping took too long")??;
     Ok(())
+}
+
+/// An EnhancedStatefulSet of two on the real node, from the test image; returns its pods'
+/// names and addresses once they are Ready.
+async fn real_node_demo(
+    plane: &ControlPlane,
+    namespace: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    use ests_testenv::real_node::images::{ANSWER_IMAGE, ANSWER_PORT};
+    use k8s_openapi::api::core::v1::Pod;
+    let client = plane.client().await?;
+    let mut spec = serde_json::json!({
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{
+            "name": "answer",
+            "image": ANSWER_IMAGE,
+            "imagePullPolicy": "Never",
+            "readinessProbe": {"tcpSocket": {"port": ANSWER_PORT}, "periodSeconds": 1},
+        }],
+    });
+    if let (Some(spec), serde_json::Value::Object(placement)) =
+        (spec.as_object_mut(), RealNode::placement())
+    {
+        spec.extend(placement);
+    }
+    let set = serde_json::json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1",
+        "kind": "EnhancedStatefulSet",
+        "metadata": {"name": "real-demo", "namespace": namespace},
+        "spec": {
+            "replicas": 2,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": "real-demo"}},
+            "template": {"metadata": {"labels": {"app": "real-demo"}}, "spec": spec},
+        },
+    });
+    ests_testenv::resources::apply_value(&client, &set, Some(namespace), false).await?;
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client, namespace);
+    let mut found = Vec::new();
+    for name in ["real-demo-0", "real-demo-1"] {
+        let ip = ests_testenv::wait_for(
+            format!("{name} Ready on the real node"),
+            Duration::from_secs(180),
+            || async {
+                let Some(pod) = pods.get_opt(name).await? else {
+                    return Ok(None);
+                };
+                let status = pod.status.unwrap_or_default();
+                let ready = status
+                    .conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                Ok(status.pod_ip.filter(|_| ready))
+            },
+        )
+        .await?;
+        found.push((name.to_string(), ip));
+    }
+    eprintln!("ests-dev: real-demo is Ready on the real node");
+    Ok(found)
 }
 
 async fn wait_for_shutdown() -> anyhow::Result<()> {

@@ -1,0 +1,334 @@
+//! EnhancedStatefulSets on the harness's real node: kubelet, containerd and the reference CNI
+//! plugins give every pod a real address on a veth of the node's bridge. The tests reach each
+//! pod over TCP from the host (the test image answers with its pod's name), use `kubectl logs`
+//! and `kubectl exec`, and reach the `kubernetes` Service from a pod. The invariant checker
+//! runs throughout and asks every Ready pod at its address whether it is who it should be.
+
+mod support;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ests_testenv::invariants::ANSWER_ANNOTATION;
+use ests_testenv::nodes::{NodeSpec, create_nodes};
+use ests_testenv::real_node::images::{ANSWER_IMAGE, ANSWER_PORT};
+use ests_testenv::real_node::{RealNode, ask, wait_answer};
+use ests_testenv::{InvariantChecker, LogsOnFailure, cluster_lock, wait_for};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+use support::{Env, apply, namespace, real_node_env, wait_status};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Merges the real node's placement into a pod spec.
+fn on_real_node(mut spec: Value) -> Value {
+    if let (Some(spec), Value::Object(placement)) = (spec.as_object_mut(), RealNode::placement()) {
+        spec.extend(placement);
+    }
+    spec
+}
+
+/// The test image's container: answers on [`ANSWER_PORT`], Ready once it listens.
+fn answer_container() -> Value {
+    json!({
+        "name": "answer",
+        "image": ANSWER_IMAGE,
+        "imagePullPolicy": "Never",
+        "readinessProbe": {"tcpSocket": {"port": ANSWER_PORT}, "periodSeconds": 1},
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    })
+}
+
+fn answer_set(name: &str, replicas: i32) -> Value {
+    json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1",
+        "kind": "EnhancedStatefulSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": name}},
+            "updateStrategy": {"rollingUpdate": {"maxUnavailable": 1}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": name},
+                    "annotations": {ANSWER_ANNOTATION: ANSWER_PORT.to_string()},
+                },
+                "spec": on_real_node(json!({
+                    "terminationGracePeriodSeconds": 1,
+                    "securityContext": {"runAsUser": 65532, "runAsNonRoot": true},
+                    "containers": [answer_container()],
+                })),
+            }
+        }
+    })
+}
+
+/// A namespace whose `default` service account exists (pods are refused before it does).
+async fn real_namespace(
+    env: &Env,
+    name: &str,
+) -> anyhow::Result<Api<ests_api::EnhancedStatefulSet>> {
+    let sets = namespace(env, name).await?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), name);
+    wait_for(
+        format!("{name}/default service account"),
+        TIMEOUT,
+        || async { Ok(accounts.get_opt("default").await?.map(|_| ())) },
+    )
+    .await?;
+    Ok(sets)
+}
+
+/// The Ready, not going pod `name`: (uid, IP).
+async fn ready_pod(pods: &Api<Pod>, name: &str) -> anyhow::Result<Option<(String, IpAddr)>> {
+    let Some(pod) = pods.get_opt(name).await? else {
+        return Ok(None);
+    };
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let ip = status.and_then(|s| s.pod_ip.as_deref());
+    Ok(
+        match (ready, pod.metadata.deletion_timestamp.is_none(), ip) {
+            (true, true, Some(ip)) => Some((pod.uid().unwrap_or_default(), ip.parse()?)),
+            _ => None,
+        },
+    )
+}
+
+#[tokio::test]
+async fn set_pods_run_on_the_real_node_and_answer_at_their_addresses() -> anyhow::Result<()> {
+    let (env, node) = real_node_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    // The checker sees every pod: not while the impostor below runs.
+    let _checking = cluster_lock().await;
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    let ns = "rn-set";
+    let sets = real_namespace(&env, ns).await?;
+    apply(&env, ns, &answer_set("web", 3)).await?;
+    wait_status(&sets, "web", "3 ready", TIMEOUT, |s| s.ready_replicas == 3)
+        .await
+        .map_err(|e| e.context(node.log_tails(30)))?;
+
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    for i in 0..3 {
+        let name = format!("web-{i}");
+        let pod = pods.get(&name).await?;
+        assert_eq!(
+            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            Some(node.name.as_str())
+        );
+        let (_, ip) = ready_pod(&pods, &name).await?.expect("Ready");
+        assert!(
+            node.network
+                .pod_cidr
+                .contains(&ip.to_string().parse::<std::net::Ipv4Addr>()?),
+            "{name} has {ip}, outside the node's pod range"
+        );
+        // The address is configured inside the pod's network namespace...
+        let addresses = env
+            .plane
+            .kubectl(&[
+                "exec", "-n", ns, &name, "--", "ip", "-o", "-4", "addr", "show", "dev", "eth0",
+            ])
+            .await?;
+        assert!(
+            addresses.contains(&format!("inet {ip}/")),
+            "{name}: {addresses}"
+        );
+        // ...and the pod answers there, from the host, as itself.
+        let answer = wait_answer(ip, ANSWER_PORT, TIMEOUT).await?;
+        assert_eq!(answer, format!("{name} v1"));
+        let logs = env.plane.kubectl(&["logs", "-n", ns, &name]).await?;
+        assert!(
+            logs.contains(&format!("serving {name} v1")),
+            "{name} logs: {logs}"
+        );
+    }
+
+    // A deleted pod comes back, as a new pod, reachable at its (new) address.
+    let (old_uid, _) = ready_pod(&pods, "web-1").await?.expect("Ready");
+    pods.delete("web-1", &DeleteParams::default()).await?;
+    let (_, ip) = wait_for("web-1 back and Ready", TIMEOUT, || async {
+        Ok(ready_pod(&pods, "web-1")
+            .await?
+            .filter(|(uid, _)| *uid != old_uid))
+    })
+    .await?;
+    assert_eq!(wait_answer(ip, ANSWER_PORT, TIMEOUT).await?, "web-1 v1");
+    checker.finish()
+}
+
+#[tokio::test]
+async fn the_invariant_checker_catches_a_pod_answering_as_another() -> anyhow::Result<()> {
+    let (env, node) = real_node_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let _checking = cluster_lock().await;
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    let ns = "rn-impostor";
+    real_namespace(&env, ns).await?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    // Its hostname is another pod's name, so it answers as that pod: what the checker sees
+    // when one address reaches two pods.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "impostor", "annotations": {ANSWER_ANNOTATION: ANSWER_PORT.to_string()}},
+        "spec": on_real_node(json!({
+            "hostname": "web-0",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [answer_container()],
+        })),
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let violation = wait_for("the checker's violation", TIMEOUT, || async {
+        Ok(checker
+            .violations()
+            .into_iter()
+            .find(|v| v.contains("rn-impostor/impostor")))
+    })
+    .await
+    .map_err(|e| e.context(node.log_tails(30)))?;
+    assert!(violation.contains("answered \"web-0 v1\""), "{violation}");
+    pods.delete("impostor", &DeleteParams::default().grace_period(0))
+        .await?;
+    wait_for("impostor gone", TIMEOUT, || async {
+        Ok(pods.get_opt("impostor").await?.is_none().then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_on_the_real_node_reaches_the_kubernetes_service() -> anyhow::Result<()> {
+    let (env, node) = real_node_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let ns = "rn-service";
+    real_namespace(&env, ns).await?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "client", "annotations": {ANSWER_ANNOTATION: ANSWER_PORT.to_string()}},
+        "spec": on_real_node(json!({
+            "terminationGracePeriodSeconds": 1,
+            "containers": [answer_container()],
+        })),
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    wait_for("client Ready", TIMEOUT, || async {
+        ready_pod(&pods, "client").await
+    })
+    .await
+    .map_err(|e| e.context(node.log_tails(30)))?;
+    let service_ip = node.network.kubernetes_service_ip().to_string();
+    // kube-proxy's rules for the Service may come a moment after the pod.
+    let script = format!("echo | nc -w 3 {service_ip} 443 && echo reached");
+    wait_for("the kubernetes Service from the pod", TIMEOUT, || async {
+        let out = env
+            .plane
+            .kubectl(&["exec", "-n", ns, "client", "--", "sh", "-c", &script])
+            .await?;
+        Ok(out.contains("reached").then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_ests_image_runs_on_the_real_node() -> anyhow::Result<()> {
+    let (env, node) = real_node_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let image = node
+        .import_ests_image(std::path::Path::new(env!("CARGO_BIN_EXE_ests")))
+        .await?;
+    let ns = "rn-image";
+    real_namespace(&env, ns).await?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    // As the chart runs it: non-root, read-only root filesystem, no capabilities.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "ests-version"},
+        "spec": on_real_node(json!({
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "ests",
+                "image": image,
+                "imagePullPolicy": "Never",
+                "args": ["--version"],
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }],
+        })),
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let phase = wait_for("ests-version finished", TIMEOUT, || async {
+        let pod = pods.get("ests-version").await?;
+        let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
+        Ok(matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase))
+    })
+    .await
+    .map_err(|e| e.context(node.log_tails(30)))?;
+    let logs = env
+        .plane
+        .kubectl(&["logs", "-n", ns, "ests-version"])
+        .await?;
+    assert_eq!(phase, "Succeeded", "logs: {logs}");
+    assert!(
+        logs.starts_with(&format!("ests {}", env!("CARGO_PKG_VERSION"))),
+        "logs: {logs}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn kwok_nodes_work_beside_the_real_node() -> anyhow::Result<()> {
+    let (env, node) = real_node_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    create_nodes(
+        &env.client,
+        &[NodeSpec::new("kwok-beside").owned_by("rn-kwok")],
+    )
+    .await?;
+    let ns = "rn-kwok";
+    let sets = real_namespace(&env, ns).await?;
+    let mut set = support::simple_set("sim", 2, "Parallel", 1);
+    set["spec"]["template"]["spec"]["tolerations"] = json!([{"key": "ests.test/owner", "operator": "Equal", "value": "rn-kwok", "effect": "NoSchedule"}]);
+    set["spec"]["template"]["spec"]["nodeSelector"] =
+        json!({"kubernetes.io/hostname": "kwok-beside"});
+    apply(&env, ns, &set).await?;
+    wait_status(&sets, "sim", "2 ready", TIMEOUT, |s| s.ready_replicas == 2).await?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    for pod in pods.list(&Default::default()).await? {
+        let on = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        assert_eq!(
+            on.as_deref(),
+            Some("kwok-beside"),
+            "{} ran on {on:?}",
+            pod.name_any()
+        );
+        assert_ne!(on.as_deref(), Some(node.name.as_str()));
+    }
+    // KWOK's addresses are not on this machine: the harness never sends anything there.
+    let pod = pods.get("sim-0").await?;
+    let ip: IpAddr = pod
+        .status
+        .and_then(|s| s.pod_ip)
+        .expect("an address")
+        .parse()?;
+    let refused = ask(ip, ANSWER_PORT, Duration::from_millis(500)).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("not on this machine")),
+        "{refused:?}"
+    );
+    Ok(())
+}
