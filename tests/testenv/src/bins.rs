@@ -54,11 +54,26 @@ pub fn kwok_stage_files() -> anyhow::Result<Vec<PathBuf>> {
 
 /// The directory holding what the real node runs (kubelet, kube-proxy, containerd, its shim,
 /// ctr, pause): `$ESTS_NODE_BIN_DIR` if set, otherwise what `tests/harness/build-node.sh`
-/// builds (once; cached outside the repository).
+/// builds (once; cached outside the repository). The Debian packages the node needs are
+/// installed first by `tests/harness/install-node-deps.sh` where any is missing (it needs
+/// root; without, the node's prerequisite check names what is missing).
 pub fn locate_node() -> anyhow::Result<PathBuf> {
     static FOUND: OnceLock<PathBuf> = OnceLock::new();
     if let Some(dir) = FOUND.get() {
         return Ok(dir.clone());
+    }
+    let deps = harness_dir().join("install-node-deps.sh");
+    let installed = Command::new("bash")
+        .arg(&deps)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .status()
+        .with_context(|| format!("running {}", deps.display()))?;
+    if !installed.success() {
+        eprintln!(
+            "ests-testenv: {} failed ({installed}); going on to name what is missing",
+            deps.display()
+        );
     }
     let dir = match std::env::var_os("ESTS_NODE_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),

@@ -57,9 +57,13 @@ pub async fn bare_env() -> anyhow::Result<Env> {
 }
 
 /// A control plane with the machine's real node, ests installed (CRDs, policies, RBAC for
-/// the controller's identity) and one controller running; no KWOK nodes.
-pub async fn real_node_env() -> anyhow::Result<(Env, &'static ests_testenv::RealNode)> {
+/// the controller's identity) and one controller running; no KWOK nodes. `None` when the
+/// real node is turned off for this run (`ESTS_REAL_NODE=off`).
+pub async fn real_node_env() -> anyhow::Result<Option<(Env, &'static ests_testenv::RealNode)>> {
     static READY: OnceCell<()> = OnceCell::const_new();
+    if ests_testenv::real_node::turned_off() {
+        return Ok(None);
+    }
     let (plane, node) = ests_testenv::shared_real_node().await?;
     READY
         .get_or_try_init(|| async {
@@ -81,7 +85,7 @@ pub async fn real_node_env() -> anyhow::Result<(Env, &'static ests_testenv::Real
         plane,
         client: plane.client().await?,
     };
-    Ok((env, node))
+    Ok(Some((env, node)))
 }
 
 /// The control plane with ests installed and one controller running.

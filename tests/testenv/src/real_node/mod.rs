@@ -83,6 +83,16 @@ impl NodeNetwork {
     }
 }
 
+/// Whether the real node is turned off for this run (`ESTS_REAL_NODE=off`): tests that need
+/// it then say so and return, for a quicker run. CI never sets it.
+pub fn turned_off() -> bool {
+    let off = std::env::var("ESTS_REAL_NODE").is_ok_and(|v| v == "off");
+    if off {
+        eprintln!("ests-testenv: ESTS_REAL_NODE=off: this test, on the real node, is not run");
+    }
+    off
+}
+
 /// A running real node. Its processes are stopped, and the host put back, by its watchdog
 /// when the test process exits, or by [`RealNode::stop`].
 pub struct RealNode {
