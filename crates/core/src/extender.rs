@@ -328,6 +328,17 @@ pub fn score(pod: &PodView, node: &NodeView) -> i64 {
     worst.clamp(0, MAX_SCORE)
 }
 
+/// Whether a pod this extender let through onto `node` must be charged to it until the
+/// watch shows where the pod went: kube-scheduler binds asynchronously, so a burst of pods
+/// is filtered before the earlier ones' bindings arrive, and each would see room reserved
+/// for static-IP pods as still free once the scheduler's own (assumed) accounting is the
+/// only guard. Only nodes that keep room are charged (elsewhere the scheduler's own check is
+/// the whole rule), and never with a pod's own reservation (it already counts there).
+pub fn charges_until_bound(pod: &PodView, node: &NodeView) -> bool {
+    let own_reservation = pod.static_ip && node.reserved.by_identity.contains_key(&pod.key);
+    !node.reserved.by_identity.is_empty() && !own_reservation
+}
+
 /// What the extender's bind does for a pod before the Binding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BindStep {

@@ -214,3 +214,105 @@ async fn a_pod_created_in_the_gap_does_not_take_a_static_ip_pods_room() -> anyho
     pods.delete("competitor", &DeleteParams::default()).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_burst_of_ordinary_pods_leaves_a_static_ip_pods_room() -> anyhow::Result<()> {
+    let env = env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    with_extender(&env).await?;
+    let ns = "ext-burst";
+    // 4 CPUs: the static-IP pod keeps 1, so 30 ordinary 100m pods fit beside its room.
+    create_nodes(
+        &env.client,
+        &[NodeSpec::new("ext-burst")
+            .capacity("4", "64Gi", "110")
+            .owned_by(ns)],
+    )
+    .await?;
+    let sets = namespace(&env, ns).await?;
+    let tolerations = json!([{"key": "ests.test/owner", "operator": "Equal", "value": ns, "effect": "NoSchedule"}]);
+    let mut set = simple_set("db", 1, "Parallel", 1);
+    set["metadata"]["annotations"] = json!({keys::STATIC_IP_ENABLE: "true"});
+    let spec = &mut set["spec"]["template"]["spec"];
+    spec["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
+    spec["nodeSelector"] = json!({"kubernetes.io/hostname": "ext-burst"});
+    spec["tolerations"] = tolerations.clone();
+    apply(&env, ns, &set).await?;
+    wait_status(&sets, "db", "1 ready", T, |s| s.ready_replicas == 1).await?;
+    wait_for("db-0's record Bound on ext-burst", T, || async {
+        Ok((record_nodes(&env, ns)
+            .await?
+            .get("db-0")
+            .map(String::as_str)
+            == Some("ext-burst"))
+        .then_some(()))
+    })
+    .await?;
+
+    // A template db-0 cannot be scheduled with: it is re-created and stays Pending, and its
+    // record keeps its room on ext-burst for as long as the burst lasts.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let old = pods.get("db-0").await?.uid();
+    patch(
+        &sets,
+        "db",
+        json!({"spec": {"template": {"spec": {"nodeSelector": {"ests.test/nowhere": "true"}}}}}),
+    )
+    .await?;
+    wait_for("db-0 re-created and Pending", T, || async {
+        let pod = pods.get_opt("db-0").await?;
+        Ok(pod
+            .filter(|p| p.uid() != old)
+            .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
+            .map(|_| ()))
+    })
+    .await?;
+
+    let burst = (0..40).map(|i| {
+        let pods = pods.clone();
+        let tolerations = tolerations.clone();
+        async move {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": format!("burst-{i}"), "labels": {"app": "burst"}},
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": "ext-burst"},
+                    "tolerations": tolerations,
+                    "containers": [{"name": "app", "image": "app:v1", "resources": {"requests": {"cpu": "100m"}}}]
+                }
+            }))?;
+            pods.create(&PostParams::default(), &pod).await?;
+            anyhow::Ok(())
+        }
+    });
+    for created in futures::future::join_all(burst).await {
+        created?;
+    }
+    // Settled: every burst pod bound, or refused by a scheduling attempt.
+    let bound = wait_for("the burst settled", T, || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=burst"))
+            .await?;
+        let settled = list.items.iter().all(|p| {
+            p.spec.as_ref().is_some_and(|s| s.node_name.is_some())
+                || p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "PodScheduled" && c.status == "False")
+                    })
+        });
+        let bound = list
+            .items
+            .iter()
+            .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+            .count();
+        Ok((list.items.len() == 40 && settled).then_some(bound))
+    })
+    .await?;
+    assert!(
+        bound <= 30,
+        "{bound} ordinary pods of 100m bound to a 4-CPU node that keeps 1 CPU for db-0"
+    );
+    Ok(())
+}

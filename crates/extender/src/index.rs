@@ -14,10 +14,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ests_api::{EnhancedStatefulSet, IPBlock, StaticIP, StaticIPPhase, StaticIPPool, keys};
 use ests_core::allocator::Block;
-use ests_core::extender::{IpNeed, NodeView, PodView, RecordView, pod_requests, reservations};
+use ests_core::extender::{
+    IpNeed, NodeView, PodView, RecordView, charges_until_bound, pod_requests, reservations,
+};
 use ests_core::identity::{ordinal_of, spec_ordinals};
 use ests_core::quantity::{Resources, parse_milli};
 use ests_core::revision::template_of;
@@ -45,6 +48,19 @@ struct PodEntry {
     node: Arc<str>,
     requests: Box<[(u16, i128)]>,
 }
+
+/// A pod this extender let through onto nodes that keep room for static-IP pods, not yet
+/// seen bound: charged to those nodes, as kube-scheduler charges the pods it assumed, until
+/// the watch shows where it went, it goes, or [`ASSUMED_FOR`] passes (a pod the scheduler
+/// finally placed elsewhere, or not at all).
+struct Assumed {
+    nodes: Box<[Arc<str>]>,
+    requests: Box<[(u16, i128)]>,
+    until: Instant,
+}
+
+/// How long a let-through pod stays charged without being seen bound.
+pub const ASSUMED_FOR: Duration = Duration::from_secs(30);
 
 struct RecordEntry {
     node: Option<Arc<str>>,
@@ -134,6 +150,7 @@ pub struct Index {
     claimed: HashMap<(Box<str>, bool), u128>,
     pools: HashMap<Box<str>, PoolEntry>,
     resource_names: Vec<Arc<str>>,
+    assumed: HashMap<Box<str>, Assumed>,
 }
 
 impl Index {
@@ -184,7 +201,10 @@ impl Index {
     pub fn remove(&mut self, kind: Kind, key: &str) {
         match kind {
             Kind::Node => self.remove_node(key),
-            Kind::Pod => self.set_pod(key, None),
+            Kind::Pod => {
+                self.unassume(key);
+                self.set_pod(key, None)
+            }
             Kind::StaticIP => self.set_record(key, None),
             Kind::Set => self.set_set(key, None),
             Kind::Revision => self.set_revision(key, None),
@@ -271,6 +291,9 @@ impl Index {
 
     /// A pod as the index keeps it: only bound, non-terminated pods count.
     pub fn apply_pod(&mut self, pod: &Pod) {
+        if terminated(pod) || pod.metadata.deletion_timestamp.is_some() {
+            self.unassume(&key(pod));
+        }
         let entry = pod
             .spec
             .as_ref()
@@ -308,6 +331,11 @@ impl Index {
     }
 
     fn set_pod(&mut self, key: &str, entry: Option<PodEntry>) {
+        // Seen bound: its real requests replace the charge. (An update of a pod still
+        // waiting to be bound keeps it.)
+        if entry.is_some() {
+            self.unassume(key);
+        }
         let old = self.pods.remove(key);
         let old_node = old.as_ref().map(|o| o.node.clone());
         if let Some(old) = &old {
@@ -325,6 +353,88 @@ impl Index {
         {
             self.refresh(&node);
         }
+    }
+
+    // ---- pods let through, not yet seen bound ----
+
+    /// The kept nodes (of a filter answer for `pod`) that the pod must be charged to until
+    /// it is seen bound ([`charges_until_bound`]); empty, without a lookup, where no node
+    /// keeps room for static-IP pods.
+    pub fn nodes_to_charge<'a>(
+        &self,
+        pod: &PodView,
+        kept: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Arc<str>> {
+        if self.reserving.is_empty() {
+            return Vec::new();
+        }
+        kept.into_iter()
+            .filter_map(|name| self.reserving.get(name))
+            .filter(|name| {
+                self.nodes
+                    .get(&**name)
+                    .is_some_and(|node| charges_until_bound(pod, node))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Charges `pod` to `nodes` until it is seen bound (or [`ASSUMED_FOR`] passes); a pod
+    /// filtered again replaces its earlier charge.
+    pub fn assume(&mut self, pod: &PodView, nodes: Vec<Arc<str>>, now: Instant) {
+        self.expire_assumed(now);
+        self.unassume(&pod.key);
+        if nodes.is_empty() || self.pods.contains_key(pod.key.as_str()) {
+            return;
+        }
+        let requests: Box<[(u16, i128)]> = pod
+            .requests
+            .iter()
+            .filter(|(name, _)| name.as_str() != "pods")
+            .map(|(name, v)| (name.clone(), *v))
+            .chain(std::iter::once(("pods".to_string(), 1000)))
+            .map(|(name, v)| (self.intern_resource(&name), v))
+            .collect();
+        for node in nodes.iter() {
+            self.add_requests(&node.clone(), &requests, 1);
+        }
+        self.assumed.insert(
+            pod.key.as_str().into(),
+            Assumed {
+                nodes: nodes.into(),
+                requests,
+                until: now + ASSUMED_FOR,
+            },
+        );
+    }
+
+    fn unassume(&mut self, key: &str) {
+        if let Some(assumed) = self.assumed.remove(key) {
+            for node in assumed.nodes.iter() {
+                self.add_requests(&node.clone(), &assumed.requests, -1);
+            }
+        }
+    }
+
+    /// Drops the charges older than [`ASSUMED_FOR`].
+    pub fn expire_assumed(&mut self, now: Instant) {
+        if self.assumed.is_empty() {
+            return;
+        }
+        let expired: Vec<Box<str>> = self
+            .assumed
+            .iter()
+            .filter(|(_, a)| a.until <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            self.unassume(&key);
+        }
+    }
+
+    /// How many pods are charged without being seen bound.
+    pub fn assumed_pods(&self) -> usize {
+        self.assumed.len()
     }
 
     // ---- records ----

@@ -114,9 +114,18 @@ fn parse(body: &[u8]) -> Result<ExtenderArgs<'_>, String> {
 
 /// Answers a filter call from the index.
 pub fn answer_filter(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+    filter_answer(index, body).0
+}
+
+/// A pod let through, and the nodes to charge it to until it is seen bound
+/// ([`Index::assume`]).
+type Charge = Option<(ests_core::extender::PodView, Vec<Arc<str>>)>;
+
+/// The filter answer, and what to charge for it.
+fn filter_answer(index: &Index, body: &[u8]) -> ((StatusCode, Vec<u8>, &'static str), Charge) {
     let args = match parse(body) {
         Ok(args) => args,
-        Err(e) => return bad_request(e),
+        Err(e) => return (bad_request(e), None),
     };
     let pod = index.pod_view(&args.pod);
     let mut result = ExtenderFilterResult::default();
@@ -156,13 +165,17 @@ pub fn answer_filter(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'stat
                 .cloned()
                 .collect(),
         });
-    } else {
+    }
+    let charge = index.nodes_to_charge(&pod, kept.iter().map(Name::as_str));
+    let charge = (!charge.is_empty()).then_some((pod, charge));
+    if result.nodes.is_none() {
         result.node_names = Some(kept);
     }
-    match serde_json::to_vec(&result) {
+    let answer = match serde_json::to_vec(&result) {
         Ok(body) => (StatusCode::OK, body, "ok"),
         Err(e) => bad_request(format!("serializing the answer: {e}")),
-    }
+    };
+    (answer, charge)
 }
 
 /// Answers a prioritize call from the index.
@@ -224,7 +237,15 @@ async fn filter_handler(
 ) -> Response {
     let started = Instant::now();
     let answer = match body {
-        Ok(body) => watch::read(&state.index, |index| answer_filter(index, &body)),
+        Ok(body) => {
+            let (answer, charge) = watch::read(&state.index, |index| filter_answer(index, &body));
+            if let Some((pod, nodes)) = charge {
+                watch::write(&state.index, |index| {
+                    index.assume(&pod, nodes, Instant::now())
+                });
+            }
+            answer
+        }
         Err(rejection) => unreadable(rejection),
     };
     respond(&state.metrics, "filter", started, answer)

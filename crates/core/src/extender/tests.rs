@@ -113,6 +113,46 @@ fn reservations_follow_the_rule() {
 }
 
 #[test]
+fn pods_let_through_are_charged_only_where_room_is_kept_for_others() {
+    let mut keeps = node("keeps", 4000, 8192, 0, 0, 0);
+    keeps
+        .reserved
+        .by_identity
+        .insert("ns/db-0".into(), res(1000, 0));
+    let plain = node("plain", 4000, 8192, 0, 0, 0);
+    let ordinary = PodView {
+        key: "ns/web".into(),
+        requests: res(100, 0),
+        ..PodView::default()
+    };
+    let own = PodView {
+        key: "ns/db-0".into(),
+        static_ip: true,
+        ..ordinary.clone()
+    };
+    let other_static = PodView {
+        key: "ns/db-1".into(),
+        static_ip: true,
+        ..ordinary.clone()
+    };
+    for (pod, node, want) in [
+        (&ordinary, &keeps, true),
+        (&ordinary, &plain, false),
+        (&own, &keeps, false),
+        (&other_static, &keeps, true),
+        (&other_static, &plain, false),
+    ] {
+        assert_eq!(
+            charges_until_bound(pod, node),
+            want,
+            "{} on {}",
+            pod.key,
+            node.name
+        );
+    }
+}
+
+#[test]
 fn a_pinned_pod_fits_only_its_node() {
     let pod = PodView {
         key: "ns/web-0".into(),

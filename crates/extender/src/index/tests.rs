@@ -275,3 +275,72 @@ fn prioritize_answers_only_where_a_candidate_keeps_room() {
     assert!(!index.any_reservation());
     assert_eq!(scores(&index), json!([]));
 }
+
+#[test]
+fn a_pod_let_through_is_charged_where_room_is_kept_until_seen_bound() {
+    let mut index = Index::default();
+    index.apply_node(&node("n1"));
+    index.apply_node(&node("n2"));
+    index.apply_set(&set("1", 2, None));
+    // db-1's pod is gone: n1 keeps 1 CPU for it; n2 keeps nothing.
+    index.apply_record(&record("db-1", "n1", "Bound", None, &["10.0.0.2"]));
+    let cpu = |index: &Index, node: &str| {
+        index
+            .node(node)
+            .expect("node")
+            .requested
+            .get("cpu")
+            .copied()
+            .unwrap_or(0)
+    };
+    let web = |n: u32| {
+        let pod: Pod = obj(json!({
+            "metadata": {"name": format!("web-{n}"), "namespace": "ns"},
+            "spec": {"containers": [{"name": "web", "resources": {"requests": {"cpu": "400m"}}}]}
+        }));
+        pod
+    };
+    let now = Instant::now();
+    let view = index.pod_view(&web(0));
+    let charge = index.nodes_to_charge(&view, ["n1", "n2"]);
+    assert_eq!(
+        charge,
+        vec![Arc::<str>::from("n1")],
+        "only where room is kept"
+    );
+    index.assume(&view, charge, now);
+    assert_eq!((cpu(&index, "n1"), cpu(&index, "n2")), (400, 0));
+    // Filtered again (a retry): the charge is replaced, not doubled.
+    let charge = index.nodes_to_charge(&view, ["n1"]);
+    index.assume(&view, charge, now);
+    assert_eq!(cpu(&index, "n1"), 400);
+    // The next pod of a burst sees the first one's charge: 1 CPU kept + 400m + 400m is
+    // 1.8 of 2, so a third 400m pod no longer fits beside the room kept for db-1.
+    let second = index.pod_view(&web(1));
+    let charge = index.nodes_to_charge(&second, ["n1"]);
+    index.assume(&second, charge, now);
+    let third = index.pod_view(&web(2));
+    assert!(matches!(
+        ests_core::extender::filter(&third, index.node("n1").expect("n1")),
+        ests_core::extender::Fit::No(_)
+    ));
+    // An update of the pod still waiting to be bound keeps the charge.
+    index.apply_pod(&web(0));
+    assert_eq!(cpu(&index, "n1"), 800);
+    // Seen bound on n2 after all: n1's charge goes, n2 carries the real requests.
+    let mut bound = web(0);
+    bound.spec.as_mut().expect("spec").node_name = Some("n2".into());
+    index.apply_pod(&bound);
+    assert_eq!((cpu(&index, "n1"), cpu(&index, "n2")), (400, 400));
+    // Deleted before it was bound: its charge goes.
+    index.remove(Kind::Pod, "ns/web-1");
+    assert_eq!(cpu(&index, "n1"), 0);
+    index.assume(&second, vec![Arc::from("n1")], now);
+    // A charge never seen bound expires.
+    index.expire_assumed(now + ASSUMED_FOR);
+    assert_eq!(cpu(&index, "n1"), 0);
+    assert_eq!(index.assumed_pods(), 0);
+    // db-1's own pod is not charged on its own node: its reservation counts already.
+    let own = index.pod_view(&pod("db-1", None, "1"));
+    assert!(index.nodes_to_charge(&own, ["n1"]).is_empty());
+}
