@@ -339,6 +339,19 @@ pub fn charges_until_bound(pod: &PodView, node: &NodeView) -> bool {
     !node.reserved.by_identity.is_empty() && !own_reservation
 }
 
+/// Whether a container of `pod` requests (or is limited to) the managed resource
+/// `jke.jdcloud.com/static-ip` ([`crate::static_ip::request_static_ip`]).
+fn requests_static_ip(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.spec.iter().flat_map(|s| &s.containers).any(|c| {
+        c.resources.as_ref().is_some_and(|r| {
+            [&r.requests, &r.limits]
+                .into_iter()
+                .flatten()
+                .any(|list| list.contains_key(ests_api::keys::STATIC_IP_RESOURCE))
+        })
+    })
+}
+
 /// What the extender's bind does for a pod before the Binding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BindStep {
@@ -362,6 +375,14 @@ pub fn bind_step(
     use ests_api::keys;
     use kube::ResourceExt;
     let name = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    // The scheduler sends only the pods requesting the managed resource to bind; anything
+    // else is a caller placing a pod of its choosing, past taints and affinity.
+    if !requests_static_ip(pod) {
+        return BindStep::Refuse(format!(
+            "pod {name} does not request {}: only the pods the scheduler's bind entry manages are bound here",
+            keys::STATIC_IP_RESOURCE
+        ));
+    }
     if pod
         .labels()
         .get(keys::STATIC_IP_POD_LABEL)

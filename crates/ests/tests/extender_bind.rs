@@ -195,3 +195,62 @@ async fn range_mode_pods_get_their_address_at_bind_and_keep_it() -> anyhow::Resu
     sets.delete("ranged", &DeleteParams::default()).await?;
     checker.finish()
 }
+
+/// POSTs `body` to the extender on loopback `port` over plain HTTP; returns the response body.
+async fn post(port: u16, path: &str, body: &serde_json::Value) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await??;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(response))
+}
+
+#[tokio::test]
+async fn bind_refuses_a_pod_the_schedulers_bind_entry_does_not_manage() -> anyhow::Result<()> {
+    let env = bare_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let port = start_extender(env.plane, true).await?;
+    let ns = "ext-bind-refuse";
+    namespace(&env, ns).await?;
+    create_nodes(&env.client, &[NodeSpec::new("bind-refuse").owned_by(ns)]).await?;
+    // Left alone by the scheduler: only a direct call could place it.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "plain"},
+        "spec": {"schedulerName": "nobody", "containers": [{"name": "app", "image": "app:v1"}]}
+    }))?;
+    let uid = pods.create(&PostParams::default(), &pod).await?.uid();
+    let answer = post(
+        port,
+        "/bind",
+        &json!({"podName": "plain", "podNamespace": ns, "podUID": uid, "node": "bind-refuse"}),
+    )
+    .await?;
+    let answer: serde_json::Value = serde_json::from_str(&answer)?;
+    let error = answer["Error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("does not request jke.jdcloud.com/static-ip"),
+        "{answer}"
+    );
+    let pod = pods.get("plain").await?;
+    assert_eq!(pod.spec.and_then(|s| s.node_name), None, "not bound");
+    pods.delete("plain", &DeleteParams::default()).await?;
+    Ok(())
+}

@@ -7,7 +7,8 @@
 //! scheduler forget the placement and try the pod again.
 //!
 //! Only pods carrying the managed resource `jke.jdcloud.com/static-ip` are sent here (the
-//! bind extender's `managedResources`), but any pod is bound correctly.
+//! bind extender's `managedResources`); a pod without it is refused, so no other caller can
+//! place a pod of its choosing past taints and affinity.
 
 use ests_api::StaticIP;
 use ests_core::extender::{BindStep, bind_step};

@@ -304,7 +304,7 @@ fn pod_requests_count_like_the_scheduler() {
 fn bind_allocates_then_annotates_and_refuses_broken_promises() {
     use ests_api::StaticIP;
     use k8s_openapi::api::core::v1::Pod;
-    let pod = |labelled: bool, stamp: Option<&str>| -> Pod {
+    let pod_requesting = |labelled: bool, stamp: Option<&str>, managed: bool| -> Pod {
         let mut labels = serde_json::Map::new();
         if labelled {
             labels.insert("staticip.jke.jdcloud.com/enabled".into(), "true".into());
@@ -313,12 +313,17 @@ fn bind_allocates_then_annotates_and_refuses_broken_promises() {
         if let Some(stamp) = stamp {
             annotations.insert("staticip.jke.jdcloud.com/record-uid".into(), stamp.into());
         }
-        serde_json::from_value(serde_json::json!({
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "db-0", "namespace": "ns", "labels": labels, "annotations": annotations},
-            "spec": {"containers": []}
+            "spec": {"containers": [{"name": "db"}]}
         }))
-        .expect("pod")
+        .expect("pod");
+        if managed {
+            crate::static_ip::request_static_ip(&mut pod);
+        }
+        pod
     };
+    let pod = |labelled: bool, stamp: Option<&str>| pod_requesting(labelled, stamp, true);
     let record = |pool: Option<&str>, ips: &[&str], node: Option<&str>| -> StaticIP {
         let ips: Vec<serde_json::Value> =
             ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
@@ -336,7 +341,25 @@ fn bind_allocates_then_annotates_and_refuses_broken_promises() {
     let record_mode = record(None, &[], None);
     let cases: Vec<(&str, Pod, Option<&StaticIP>, BindStep)> =
         vec![
-        ("ordinary pod", pod(false, None), None, BindStep::Bind),
+        ("unlabelled pod with the managed resource", pod(false, None), None, BindStep::Bind),
+        (
+            "a pod the scheduler's bind entry does not manage",
+            pod_requesting(false, None, false),
+            None,
+            BindStep::Refuse(
+                "pod ns/db-0 does not request jke.jdcloud.com/static-ip: only the pods the scheduler's bind entry manages are bound here"
+                    .into(),
+            ),
+        ),
+        (
+            "a static-IP pod without the managed resource",
+            pod_requesting(true, Some("r-1"), false),
+            Some(&fresh),
+            BindStep::Refuse(
+                "pod ns/db-0 does not request jke.jdcloud.com/static-ip: only the pods the scheduler's bind entry manages are bound here"
+                    .into(),
+            ),
+        ),
         ("record mode", pod(true, Some("r-1")), Some(&record_mode), BindStep::Bind),
         ("first placement", pod(true, Some("r-1")), Some(&fresh), BindStep::Allocate),
         (
