@@ -88,7 +88,28 @@ pub enum PinVerdict {
     /// Admit as it is: not a static-IP pod, or a new identity whose record has no address yet.
     Unchanged,
     /// Refuse, saying why.
-    Deny(String),
+    Deny(Denial),
+}
+
+/// A refusal: what the caller is told, and what only the webhook's log says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// Only what the caller's own request carried: never a record's UID, resourceVersion,
+    /// workload, addresses or node (whoever can create pods must not learn them this way).
+    pub message: String,
+    /// What the webhook knows besides, for its log.
+    pub detail: String,
+}
+
+fn deny(message: String) -> PinVerdict {
+    PinVerdict::Deny(Denial {
+        message,
+        detail: String::new(),
+    })
+}
+
+fn deny_with(message: String, detail: String) -> PinVerdict {
+    PinVerdict::Deny(Denial { message, detail })
 }
 
 /// The decision for `pod`, created by `user`, whose stamped record the webhook's cache holds
@@ -104,14 +125,14 @@ pub fn pin(pod: &Pod, record: Option<&StaticIP>, user: &str, settings: &PinSetti
         return PinVerdict::Unchanged;
     }
     if !settings.controller_users.iter().any(|u| u == user) {
-        return PinVerdict::Deny(format!(
+        return deny(format!(
             "pod {name} carries the label {}=true, which only the ests controller ({}) may set; {user} may not create static-IP pods",
             keys::STATIC_IP_POD_LABEL,
             settings.controller_users.join(", ")
         ));
     }
     let Some(stamped_uid) = pod.annotations().get(keys::STATIC_IP_RECORD_UID) else {
-        return PinVerdict::Deny(format!(
+        return deny(format!(
             "static-IP pod {name} lacks the annotation {}",
             keys::STATIC_IP_RECORD_UID
         ));
@@ -122,34 +143,44 @@ pub fn pin(pod: &Pod, record: Option<&StaticIP>, user: &str, settings: &PinSetti
         .map(String::as_str)
         .unwrap_or_default();
     let Some(record) = record else {
-        return PinVerdict::Deny(format!(
+        return deny(format!(
             "StaticIP {name} ({stamped_uid}) is not in the webhook's cache yet; the controller will retry"
         ));
     };
     if record.uid().as_deref() != Some(stamped_uid.as_str()) {
-        return PinVerdict::Deny(format!(
-            "the webhook's cache holds StaticIP {name} with UID {}, not the stamped {stamped_uid}; the controller will retry",
-            record.uid().unwrap_or_default()
-        ));
+        return deny_with(
+            format!(
+                "the webhook's cache holds a StaticIP {name} that is not the stamped {stamped_uid}; the controller will retry"
+            ),
+            format!("cached UID {}", record.uid().unwrap_or_default()),
+        );
     }
     if older(
         record.resource_version().as_deref().unwrap_or_default(),
         stamped_version,
     ) {
-        return PinVerdict::Deny(format!(
-            "the webhook's cache holds StaticIP {name} at resourceVersion {}, older than the stamped {stamped_version}; the controller will retry",
-            record.resource_version().unwrap_or_default()
-        ));
+        return deny_with(
+            format!(
+                "the webhook's cache holds StaticIP {name} older than the stamped {stamped_version}; the controller will retry"
+            ),
+            format!(
+                "cached resourceVersion {}",
+                record.resource_version().unwrap_or_default()
+            ),
+        );
     }
     let owner = pod
         .owner_references()
         .iter()
         .find(|o| o.controller == Some(true));
     if owner.map(|o| o.uid.as_str()) != Some(record.spec.workload.uid.as_str()) {
-        return PinVerdict::Deny(format!(
-            "pod {name} is not owned by the workload of StaticIP {name} ({} {}, UID {})",
-            record.spec.workload.kind, record.spec.workload.name, record.spec.workload.uid
-        ));
+        return deny_with(
+            format!("pod {name} is not owned by the workload of StaticIP {name}"),
+            format!(
+                "the record's workload is {} {} (UID {})",
+                record.spec.workload.kind, record.spec.workload.name, record.spec.workload.uid
+            ),
+        );
     }
     // A record moving with its node (node migration) pins to its new node already.
     let bound = record
@@ -168,7 +199,7 @@ pub fn pin(pod: &Pod, record: Option<&StaticIP>, user: &str, settings: &PinSetti
     pin_to_node(&mut pinned, node);
     match (serde_json::to_value(pod), serde_json::to_value(&pinned)) {
         (Ok(before), Ok(after)) => PinVerdict::Pin(json_patch::diff(&before, &after)),
-        (Err(e), _) | (_, Err(e)) => PinVerdict::Deny(format!("pod {name}: {e}")),
+        (Err(e), _) | (_, Err(e)) => deny(format!("pod {name}: {e}")),
     }
 }
 

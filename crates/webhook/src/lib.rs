@@ -154,9 +154,9 @@ pub fn review_pod(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'stat
                 }
             }
         }
-        PinVerdict::Deny(message) => {
-            tracing::info!(namespace, pod = %name, %message, "refused a pod");
-            let (code, body) = review_body(response.deny(message));
+        PinVerdict::Deny(denial) => {
+            tracing::info!(namespace, pod = %name, message = %denial.message, detail = %denial.detail, "refused a pod");
+            let (code, body) = review_body(response.deny(denial.message));
             (code, body, "denied")
         }
     }

@@ -223,7 +223,7 @@ fn refusals_name_the_reason() {
     let p = pod(Value::Null);
     let r = record(&["10.40.0.7"], "Bound", "41");
     let deny = |v: PinVerdict| match v {
-        PinVerdict::Deny(m) => m,
+        PinVerdict::Deny(d) => d.message,
         other => panic!("expected a denial, got {other:?}"),
     };
     assert!(
@@ -264,6 +264,56 @@ fn refusals_name_the_reason() {
     assert!(
         deny(pin(&unstamped, Some(&r), CONTROLLER, &settings())).contains("lacks the annotation")
     );
+}
+
+#[test]
+fn refusals_tell_the_caller_nothing_it_did_not_send() {
+    let p = pod(Value::Null);
+    let message = |v: PinVerdict| match v {
+        PinVerdict::Deny(d) => d.message,
+        other => panic!("expected a denial, got {other:?}"),
+    };
+    let mut other_record = record(&["10.40.0.7"], "Bound", "41");
+    other_record.metadata.uid = Some("rec-0".into());
+    other_record.spec.workload.uid = "set-9".into();
+    let stale = record(&["10.40.0.7"], "Bound", "40");
+    let mut other_owner = p.clone();
+    if let Some(o) = other_owner.metadata.owner_references.as_mut() {
+        o[0].uid = "set-0".into();
+    }
+    for (what, said) in [
+        (
+            "another record",
+            message(pin(&p, Some(&other_record), CONTROLLER, &settings())),
+        ),
+        (
+            "a stale cache",
+            message(pin(&p, Some(&stale), CONTROLLER, &settings())),
+        ),
+        (
+            "another owner",
+            message(pin(
+                &other_owner,
+                Some(&record(&["10.40.0.7"], "Bound", "41")),
+                CONTROLLER,
+                &settings(),
+            )),
+        ),
+    ] {
+        // The record's UID, resourceVersion, workload and addresses are the webhook's to log,
+        // not the caller's to learn.
+        for secret in [
+            "rec-0",
+            "set-9",
+            "set-1",
+            "resourceVersion 40",
+            "10.40.0.7",
+            "node-2",
+            "EnhancedStatefulSet web",
+        ] {
+            assert!(!said.contains(secret), "{what}: {said:?} tells {secret:?}");
+        }
+    }
 }
 
 #[test]
