@@ -6,7 +6,10 @@
 //! - a set's `spec.selector.matchLabels` match its template's labels (a CRD rule over two
 //!   unbounded maps exceeds the API server's CEL cost budget; a policy is checked per request);
 //! - only ests's own service accounts create StaticIP records with addresses or change a
-//!   record's addresses or node.
+//!   record's addresses or node;
+//! - only static-IP pods (label `staticip.jke.jdcloud.com/enabled=true`, which only the ests
+//!   controller may set, as the webhook checks) carry ests's address annotations: an ordinary
+//!   pod cannot ask a CNI or the harness for an address ests keeps for an identity.
 //!
 //! The kube-apiserver evaluates these in process, so they hold even while the ests webhook
 //! is down. `ests crd` writes them to `config/policy/`.
@@ -24,6 +27,8 @@ use crate::keys;
 pub const SET_POLICY: &str = "ests-enhanced-stateful-set";
 /// Name of the policy that guards StaticIP records.
 pub const STATIC_IP_GUARD_POLICY: &str = "ests-static-ip-guard";
+/// Name of the policy that keeps ests's address annotations to static-IP pods.
+pub const POD_ADDRESSES_POLICY: &str = "ests-pod-addresses";
 /// The namespace ests runs in unless configured otherwise.
 pub const DEFAULT_NAMESPACE: &str = "ests-system";
 
@@ -35,7 +40,11 @@ pub fn all(
     Vec<ValidatingAdmissionPolicy>,
     Vec<ValidatingAdmissionPolicyBinding>,
 ) {
-    let policies = vec![set_policy(), static_ip_guard_policy(ests_namespace)];
+    let policies = vec![
+        set_policy(),
+        static_ip_guard_policy(ests_namespace),
+        pod_addresses_policy(),
+    ];
     let bindings = policies
         .iter()
         .map(|p| binding(p.metadata.name.as_deref().unwrap_or_default()))
@@ -170,6 +179,53 @@ fn static_ip_guard_policy(ests_namespace: &str) -> ValidatingAdmissionPolicy {
                     format!("spec.ips and spec.node are changed only by ests's service accounts (namespace {ests_namespace})"),
                 ),
             ]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn pod_addresses_policy() -> ValidatingAdmissionPolicy {
+    let label = keys::STATIC_IP_POD_LABEL;
+    let validations = [keys::STATIC_IP_POD_IP, keys::STATIC_IP_POD_NODE]
+        .into_iter()
+        .map(|key| {
+            let (now, before) = (annotation_of("object", key), annotation_of("oldObject", key));
+            validation(
+                // Kept as it was on an update: a pod released from its set keeps what it had.
+                format!(
+                    "variables.isStaticIP || {now} == '' || (request.operation == 'UPDATE' && {now} == {before})"
+                ),
+                format!(
+                    "metadata.annotations[{key}] is set only on static-IP pods (label {label}=true, set by the ests controller)"
+                ),
+            )
+        })
+        .collect();
+    ValidatingAdmissionPolicy {
+        metadata: ObjectMeta {
+            name: Some(POD_ADDRESSES_POLICY.into()),
+            ..Default::default()
+        },
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(vec![NamedRuleWithOperations {
+                    api_groups: Some(vec![String::new()]),
+                    api_versions: Some(vec!["v1".into()]),
+                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                    resources: Some(vec!["pods".into()]),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            variables: Some(vec![Variable {
+                name: "isStaticIP".into(),
+                expression: format!(
+                    "object.metadata.?labels[?'{label}'].orValue('') == 'true'"
+                ),
+            }]),
+            validations: Some(validations),
             ..Default::default()
         }),
         status: None,

@@ -9,8 +9,8 @@ use ests_testenv::resources::{
     parse_documents,
 };
 use ests_testenv::{LogsOnFailure, shared, wait_for};
-use kube::Client;
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
 use serde_json::{Value, json};
 
 const NS: &str = "api-checks";
@@ -481,5 +481,69 @@ async fn immutable_fields_are_refused_as_updates() -> anyhow::Result<()> {
         Err(_) => {}
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_static_ip_pods_carry_ests_address_annotations() -> anyhow::Result<()> {
+    let client = prepared().await?;
+    let _logs = LogsOnFailure(shared().await?);
+    let pod = |name: &str, labels: Value, annotations: Value| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "app:v1"}]}
+        })
+    };
+    let static_ip = json!({"staticip.jke.jdcloud.com/enabled": "true"});
+    for key in [
+        "staticip.jke.jdcloud.com/ip",
+        "staticip.jke.jdcloud.com/node",
+    ] {
+        let message = refusal(
+            &client,
+            &pod("plain", json!({}), json!({key: "172.30.0.9"})),
+        )
+        .await?
+        .unwrap_or_else(|| panic!("an ordinary pod with {key} was accepted"));
+        assert!(
+            message.contains(&format!("metadata.annotations[{key}]")),
+            "{message}"
+        );
+        assert_eq!(
+            refusal(
+                &client,
+                &pod("labelled", static_ip.clone(), json!({key: "172.30.0.9"}))
+            )
+            .await?,
+            None,
+            "a static-IP pod carries {key}"
+        );
+    }
+    assert_eq!(
+        refusal(&client, &pod("plain", json!({}), json!({}))).await?,
+        None
+    );
+    // Added later to a running ordinary pod: refused as well.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(pod("later", json!({}), json!({})))?,
+    )
+    .await?;
+    let added = pods
+        .patch(
+            "later",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"staticip.jke.jdcloud.com/ip": "172.30.0.9"}}}),
+            ),
+        )
+        .await;
+    assert!(
+        matches!(&added, Err(kube::Error::Api(s)) if s.message.contains("metadata.annotations[staticip.jke.jdcloud.com/ip]")),
+        "{added:?}"
+    );
+    pods.delete("later", &Default::default()).await?;
     Ok(())
 }
