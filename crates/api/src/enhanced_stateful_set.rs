@@ -46,9 +46,10 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EnhancedStatefulSetSpec {
-    /// Desired number of pods (identities). Defaults to 1.
+    /// Desired number of pods (identities). Defaults to 1; at most 150,000, Kubernetes'
+    /// documented limit of pods per cluster (the controller's cost per set grows with it).
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 150000))]
     pub replicas: i32,
 
     /// Label query over the pods the set owns. Must match the template's labels. Immutable.

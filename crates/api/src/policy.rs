@@ -221,9 +221,7 @@ fn pod_addresses_policy() -> ValidatingAdmissionPolicy {
             }),
             variables: Some(vec![Variable {
                 name: "isStaticIP".into(),
-                expression: format!(
-                    "object.metadata.?labels[?'{label}'].orValue('') == 'true'"
-                ),
+                expression: format!("object.metadata.?labels[?'{label}'].orValue('') == 'true'"),
             }]),
             validations: Some(validations),
             ..Default::default()

@@ -18,13 +18,67 @@ pub enum SpecError {
     MaxUnavailable(String),
 }
 
-/// Largest ordinal range a single reserveOrdinals entry may span, so that a typo such as
-/// "0-2000000000" cannot make the controller allocate gigabytes.
-const MAX_RESERVED_RANGE: i64 = 100_000;
+/// Reserved ordinals as sorted, disjoint, non-adjacent inclusive ranges: what
+/// `spec.reserveOrdinals` says, at a cost of its entries, not of the ordinals they span (any
+/// user who may edit a set could otherwise make the controller hold billions of ordinals).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reserved {
+    ranges: Vec<(i32, i32)>,
+}
+
+impl Reserved {
+    /// From inclusive ranges in any order, overlapping or not.
+    pub fn from_ranges(ranges: impl IntoIterator<Item = (i32, i32)>) -> Self {
+        let mut ranges: Vec<(i32, i32)> = ranges.into_iter().filter(|(l, h)| l <= h).collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(i32, i32)> = Vec::with_capacity(ranges.len());
+        for (low, high) in ranges {
+            match merged.last_mut() {
+                Some(last) if i64::from(low) <= i64::from(last.1) + 1 => last.1 = last.1.max(high),
+                _ => merged.push((low, high)),
+            }
+        }
+        Self { ranges: merged }
+    }
+
+    pub fn contains(&self, ordinal: &i32) -> bool {
+        let i = self.ranges.partition_point(|(_, high)| high < ordinal);
+        self.ranges.get(i).is_some_and(|(low, _)| low <= ordinal)
+    }
+
+    /// The ranges, sorted and disjoint.
+    pub fn ranges(&self) -> &[(i32, i32)] {
+        &self.ranges
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// How many ordinals are reserved.
+    pub fn count(&self) -> u64 {
+        self.ranges
+            .iter()
+            .map(|(low, high)| u64::try_from(i64::from(*high) - i64::from(*low) + 1).unwrap_or(0))
+            .sum()
+    }
+}
+
+impl FromIterator<i32> for Reserved {
+    fn from_iter<T: IntoIterator<Item = i32>>(ordinals: T) -> Self {
+        Self::from_ranges(ordinals.into_iter().map(|o| (o, o)))
+    }
+}
+
+impl From<&BTreeSet<i32>> for Reserved {
+    fn from(ordinals: &BTreeSet<i32>) -> Self {
+        ordinals.iter().copied().collect()
+    }
+}
 
 /// The reserved ordinals of `spec.reserveOrdinals`: integers and inclusive "a-b" ranges.
-pub fn reserved_ordinals(entries: &[IntOrString]) -> Result<BTreeSet<i32>, SpecError> {
-    let mut reserved = BTreeSet::new();
+pub fn reserved_ordinals(entries: &[IntOrString]) -> Result<Reserved, SpecError> {
+    let mut ranges = Vec::with_capacity(entries.len());
     for (index, entry) in entries.iter().enumerate() {
         let invalid = || SpecError::ReserveOrdinal {
             index,
@@ -34,32 +88,55 @@ pub fn reserved_ordinals(entries: &[IntOrString]) -> Result<BTreeSet<i32>, SpecE
             },
         };
         match entry {
-            IntOrString::Int(i) if *i >= 0 => {
-                reserved.insert(*i);
-            }
+            IntOrString::Int(i) if *i >= 0 => ranges.push((*i, *i)),
             IntOrString::Int(_) => return Err(invalid()),
             IntOrString::String(s) => {
                 let (low, high) = s.split_once('-').ok_or_else(invalid)?;
                 let low: i32 = low.trim().parse().map_err(|_| invalid())?;
                 let high: i32 = high.trim().parse().map_err(|_| invalid())?;
-                if low < 0 || high < low || i64::from(high) - i64::from(low) > MAX_RESERVED_RANGE {
+                if low < 0 || high < low {
                     return Err(invalid());
                 }
-                reserved.extend(low..=high);
+                ranges.push((low, high));
             }
         }
     }
-    Ok(reserved)
+    Ok(Reserved::from_ranges(ranges))
 }
 
 /// The set's identities: the first `replicas` ordinals counting up from `start` that are not
-/// reserved, in ascending order.
-pub fn ordinals(start: i32, replicas: i32, reserved: &BTreeSet<i32>) -> Vec<i32> {
+/// reserved, in ascending order. Costs O(replicas + reserved ranges), whatever the ranges
+/// span.
+pub fn ordinals(start: i32, replicas: i32, reserved: &Reserved) -> Vec<i32> {
     let wanted = usize::try_from(replicas).unwrap_or(0);
-    (start.max(0)..=i32::MAX)
-        .filter(|o| !reserved.contains(o))
-        .take(wanted)
-        .collect()
+    // The CRD bounds replicas (150,000); the capacity is bounded all the same.
+    let mut out = Vec::with_capacity(wanted.min(1 << 18));
+    let mut next = i64::from(start.max(0));
+    let mut ranges = reserved.ranges.iter().peekable();
+    while out.len() < wanted && next <= i64::from(i32::MAX) {
+        // Skip the ranges below `next`, then jump over the one holding it.
+        while ranges
+            .next_if(|(_, high)| i64::from(*high) < next)
+            .is_some()
+        {}
+        match ranges.peek() {
+            Some((low, high)) if i64::from(*low) <= next => next = i64::from(*high) + 1,
+            Some((low, _)) => {
+                let gap_end = i64::from(*low);
+                while next < gap_end && out.len() < wanted {
+                    out.extend(i32::try_from(next).ok());
+                    next += 1;
+                }
+            }
+            None => {
+                while next <= i64::from(i32::MAX) && out.len() < wanted {
+                    out.extend(i32::try_from(next).ok());
+                    next += 1;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The identities of a set's spec.
@@ -166,6 +243,27 @@ mod tests {
                 vec![int(3)],
                 vec![0, 1, 2, 4, 5],
             ),
+            (
+                "a range of two billion costs nothing",
+                0,
+                3,
+                vec![string("0-2000000000")],
+                vec![2_000_000_001, 2_000_000_002, 2_000_000_003],
+            ),
+            (
+                "overlapping and adjacent ranges",
+                0,
+                4,
+                vec![string("2-5"), string("4-8"), int(9), string("1-1")],
+                vec![0, 10, 11, 12],
+            ),
+            (
+                "every ordinal up to the last reserved: fewer identities",
+                2_147_483_640,
+                10,
+                vec![string("2147483641-2147483647")],
+                vec![2_147_483_640],
+            ),
         ];
         for (name, start, replicas, reserve, want) in cases {
             let reserved = reserved_ordinals(reserve).expect(name);
@@ -180,7 +278,7 @@ mod tests {
             (vec![int(1), string("3")], 1),
             (vec![string("5-2")], 0),
             (vec![string("a-b")], 0),
-            (vec![string("0-2000000000")], 0),
+            (vec![string("3-99999999999")], 0),
         ] {
             let err = reserved_ordinals(&entries).expect_err("invalid");
             assert!(
@@ -245,7 +343,7 @@ mod tests {
             replicas in 0i32..60,
             reserved in proptest::collection::btree_set(0i32..120, 0..20),
         ) {
-            let got = ordinals(start, replicas, &reserved);
+            let got = ordinals(start, replicas, &Reserved::from(&reserved));
             prop_assert_eq!(got.len(), replicas as usize);
             prop_assert!(got.windows(2).all(|w| w[0] < w[1]));
             prop_assert!(got.iter().all(|o| *o >= start && !reserved.contains(o)));
@@ -254,6 +352,26 @@ mod tests {
                 let skipped = (start..*last).filter(|o| !reserved.contains(o) && !got.contains(o)).count();
                 prop_assert_eq!(skipped, 0);
             }
+        }
+
+        #[test]
+        fn ranges_reserve_exactly_the_ordinals_they_span(
+            ranges in proptest::collection::vec((0i32..200, 0i32..30), 0..12),
+            start in 0i32..100,
+            replicas in 0i32..80,
+        ) {
+            let ranges: Vec<(i32, i32)> = ranges.into_iter().map(|(low, len)| (low, low + len)).collect();
+            let expanded: BTreeSet<i32> = ranges.iter().flat_map(|(l, h)| *l..=*h).collect();
+            let reserved = Reserved::from_ranges(ranges.clone());
+            prop_assert!(reserved.ranges().len() <= ranges.len());
+            prop_assert!(reserved.ranges().windows(2).all(|w| i64::from(w[0].1) + 1 < i64::from(w[1].0)));
+            for o in 0..260 {
+                prop_assert_eq!(reserved.contains(&o), expanded.contains(&o), "ordinal {}", o);
+            }
+            prop_assert_eq!(
+                ordinals(start, replicas, &reserved),
+                ordinals(start, replicas, &Reserved::from(&expanded))
+            );
         }
     }
 }

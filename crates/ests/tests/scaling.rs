@@ -226,3 +226,54 @@ async fn kubectl_scale_and_an_autoscaler_use_the_scale_subresource() -> anyhow::
     wait_status(&sets, "elastic", "4 ready", T, |s| s.ready_replicas == 4).await?;
     Ok(())
 }
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
+#[tokio::test]
+async fn wide_reserved_ranges_cost_the_controller_no_memory() -> anyhow::Result<()> {
+    let env = env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let ns = "scale-reserved-cost";
+    let sets = namespace(&env, ns).await?;
+    apply(&env, ns, &simple_set("warm", 1, "Parallel", 1)).await?;
+    wait_status(&sets, "warm", "1 ready", T, |s| s.ready_replicas == 1).await?;
+    let pid = env
+        .plane
+        .pid("ests-controller")
+        .ok_or_else(|| anyhow::anyhow!("the controller is not running"))?;
+    let before = rss(pid)?;
+    // What any user who may edit sets in one namespace can write: 100 ranges of 100,000
+    // ordinals each (ten million reserved ordinals) beside three identities.
+    let mut set = simple_set("wide", 3, "Parallel", 1);
+    let ranges: Vec<String> = (0..100)
+        .map(|i| {
+            let low = 1_000_000 + i * 200_000;
+            format!("{low}-{}", low + 99_999)
+        })
+        .collect();
+    set["spec"]["reserveOrdinals"] = json!(ranges);
+    apply(&env, ns, &set).await?;
+    wait_status(&sets, "wide", "3 ready", T, |s| s.ready_replicas == 3).await?;
+    let names = pod_names(&env, ns, "app=wide").await?;
+    assert_eq!(names, ["wide-0", "wide-1", "wide-2"]);
+    let after = rss(pid)?;
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 40 << 20,
+        "the controller grew by {} MiB ({} -> {} MiB) for one set's reserved ranges",
+        grown >> 20,
+        before >> 20,
+        after >> 20
+    );
+    Ok(())
+}

@@ -278,7 +278,7 @@ async fn karmada_ranges(
                 set.spec.reserve_ordinals.as_deref().unwrap_or_default(),
             )
             .map_err(|e| anyhow::anyhow!("{}: {e}", a.name))?;
-            let reserved = i32::try_from(reserved.len()).unwrap_or(i32::MAX);
+            let reserved = i32::try_from(reserved.count()).unwrap_or(i32::MAX);
             (
                 set.spec.replicas.saturating_add(reserved),
                 cluster.namespace,

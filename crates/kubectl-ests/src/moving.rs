@@ -3,17 +3,15 @@
 //! identity `k-1` moves to the destination, with at-most-one semantics — its pod is gone
 //! from the source before the destination may create it.
 
-use std::collections::BTreeSet;
-
 use ests_api::{EnhancedStatefulSet, PvcRetentionPolicyType, keys};
-use ests_core::identity::{ordinals, pod_name, reserved_ordinals};
+use ests_core::identity::{Reserved, ordinals, pod_name, reserved_ordinals};
 
 /// What the plan needs to know of one side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetFacts {
     pub replicas: i32,
     pub start: i32,
-    pub reserved: BTreeSet<i32>,
+    pub reserved: Reserved,
     pub static_ip: bool,
     /// Names of the volumeClaimTemplates.
     pub claim_templates: Vec<String>,
@@ -315,6 +313,7 @@ impl std::fmt::Display for Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn facts(replicas: i32, start: i32, reserved: &[i32]) -> SetFacts {
         SetFacts {

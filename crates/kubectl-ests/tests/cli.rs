@@ -140,7 +140,7 @@ fn assert_disjoint_for_every_division(
     for division in divisions(replicas, starts.len()) {
         let mut seen = BTreeSet::new();
         for ((cluster, start), r) in starts.iter().zip(&division) {
-            for o in ordinals(*start, *r, reserved) {
+            for o in ordinals(*start, *r, &reserved.into()) {
                 assert!(
                     seen.insert(o),
                     "ordinal {o} twice ({cluster}, division {division:?}, starts {starts:?})"

@@ -109,6 +109,11 @@ async fn bad_manifests_are_refused_with_messages_naming_the_field() -> anyhow::R
             "spec.replicas",
         ),
         (
+            "replicas beyond a cluster's pods",
+            with(minimal.clone(), "spec/replicas", json!(150_001)),
+            "spec.replicas",
+        ),
+        (
             "negative partition",
             with(minimal.clone(), &format!("{rolling}/partition"), json!(-1)),
             "spec.updateStrategy.rollingUpdate.partition",
