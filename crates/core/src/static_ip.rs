@@ -246,6 +246,11 @@ fn same_addresses(a: &[IpAddr], b: &[IpAddr]) -> bool {
     a == b
 }
 
+/// Whether `record` is being deleted: it never pins, allocates, learns or binds again.
+pub fn going(record: &StaticIP) -> bool {
+    record.metadata.deletion_timestamp.is_some()
+}
+
 /// Whether `record` is Bound to the pod with `pod_uid`.
 pub fn bound_to(record: &StaticIP, pod_uid: &str) -> bool {
     record
@@ -259,6 +264,13 @@ pub fn bound_to(record: &StaticIP, pod_uid: &str) -> bool {
 /// to it could lose the address. A pod that runs with other addresses than its record's
 /// (IP range mode before the extender's bind, a CNI that ignored the pin) or with one that
 /// another record keeps has no static address to lose.
+///
+/// Nor does a pod whose record is gone, going (deletionTimestamp) or another than the one
+/// stamped on it: no record will ever learn or bind its address, so holding it would only
+/// keep it forever (no update, no scale-in). Holding a pod never stops an address from being
+/// held twice — only a record holds an address — so letting it go is safe; at worst (a
+/// record cache that lags the pod cache) a record-mode identity's first address is lost and
+/// its next pod gets another one.
 pub fn holds_pod(pod: &Pod, record: Option<&StaticIP>) -> bool {
     let static_ip = pod
         .labels()
@@ -270,9 +282,13 @@ pub fn holds_pod(pod: &Pod, record: Option<&StaticIP>) -> bool {
         return false;
     }
     let uid = pod.uid().unwrap_or_default();
-    let Some(record) = record else {
-        return true;
+    let Some(record) = record.filter(|r| !going(r)) else {
+        return false;
     };
+    let stamped = pod.annotations().get(keys::STATIC_IP_RECORD_UID);
+    if stamped.is_some_and(|s| record.uid().as_deref() != Some(s.as_str())) {
+        return false;
+    }
     if bound_to(record, &uid) || reported(record, "AddressTaken", &uid) {
         return false;
     }

@@ -145,7 +145,6 @@ fn a_pod_is_held_until_its_record_is_bound_to_it() {
     assert!(!holds_pod(&p, Some(&unbound)), "no IP yet: nothing to lose");
     p.status = serde_json::from_value(json!({"podIP": "10.0.0.5"})).expect("status");
     assert!(holds_pod(&p, Some(&unbound)));
-    assert!(holds_pod(&p, None));
     let other = record(json!({"ips": [{"ip": "10.0.0.5"}]}), bound("pod-0", true));
     assert!(
         holds_pod(&p, Some(&other)),
@@ -165,6 +164,48 @@ fn a_pod_is_held_until_its_record_is_bound_to_it() {
     assert!(!holds_pod(&p, Some(&ours)));
     p.metadata.labels = None;
     assert!(!holds_pod(&p, Some(&unbound)), "not a static-IP pod");
+}
+
+#[test]
+fn a_pod_whose_record_is_gone_going_or_another_is_not_held() {
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-0", "uid": "pod-1",
+                     "labels": {"staticip.jke.jdcloud.com/enabled": "true"},
+                     "annotations": {"staticip.jke.jdcloud.com/record-uid": "rec-1"}},
+        "status": {"podIP": "10.0.0.5"}
+    }))
+    .expect("pod");
+    let learning = record(json!({}), json!(null));
+    let mut going = learning.clone();
+    going.metadata.deletion_timestamp =
+        Some(serde_json::from_value(json!("2027-01-15T09:00:00Z")).expect("time"));
+    let mut recreated = learning.clone();
+    recreated.metadata.uid = Some("rec-2".into());
+    let cases: Vec<(&str, Option<&StaticIP>, bool)> = vec![
+        (
+            "a record about to learn the address holds the pod",
+            Some(&learning),
+            true,
+        ),
+        (
+            "no record: nothing will ever learn or bind the address",
+            None,
+            false,
+        ),
+        (
+            "a record being deleted never learns or binds",
+            Some(&going),
+            false,
+        ),
+        (
+            "a record re-created since the pod was stamped never learns from it",
+            Some(&recreated),
+            false,
+        ),
+    ];
+    for (what, record, want) in cases {
+        assert_eq!(holds_pod(&p, record), want, "{what}");
+    }
 }
 
 #[test]
