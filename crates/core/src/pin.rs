@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::ResourceExt;
 
-use crate::static_ip::record_ips;
+use crate::static_ip::{going, record_ips};
 
 /// An annotation a CNI reads the pinned addresses from, and how its value is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +130,11 @@ pub fn pin(pod: &Pod, record: Option<&StaticIP>, user: &str, settings: &PinSetti
         return PinVerdict::Deny(format!(
             "the webhook's cache holds StaticIP {name} with UID {}, not the stamped {stamped_uid}; the controller will retry",
             record.uid().unwrap_or_default()
+        ));
+    }
+    if going(record) {
+        return PinVerdict::Deny(format!(
+            "StaticIP {name} is being deleted: its address is being freed; the controller creates the pod once a new record exists"
         ));
     }
     if older(

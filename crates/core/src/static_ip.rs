@@ -143,7 +143,7 @@ pub enum Ownership {
 
 /// See [`Ownership`].
 pub fn ownership(record: &StaticIP, set: &EnhancedStatefulSet) -> Ownership {
-    if record.metadata.deletion_timestamp.is_some() {
+    if going(record) {
         return Ownership::Deleting;
     }
     let uid = set.uid().unwrap_or_default();
@@ -403,7 +403,7 @@ pub fn decide(
     held_by: &dyn Fn(&IpAddr) -> Option<String>,
     now: i64,
 ) -> Decision {
-    if record.metadata.deletion_timestamp.is_some() {
+    if going(record) {
         return Decision::Wait { after: None };
     }
     let uid = record.uid().unwrap_or_default();

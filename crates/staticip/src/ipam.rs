@@ -14,7 +14,7 @@ use ests_core::allocator::{
     AllocError, BlockView, Holder, MAX_CAS_ATTEMPTS, allocate_in, block_name, blocks_of,
     blocks_to_try, release_in,
 };
-use ests_core::static_ip::record_ips;
+use ests_core::static_ip::{going, record_ips};
 use ipnet::IpNet;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -31,6 +31,8 @@ pub enum IpamError {
     UnknownPool(String),
     #[error("StaticIPPool {pool}: {message}")]
     BadPool { pool: String, message: String },
+    #[error("StaticIP {0} is being deleted: it gets no addresses")]
+    Going(String),
     #[error(transparent)]
     Alloc(#[from] AllocError),
     #[error("{context}: {source}")]
@@ -153,6 +155,12 @@ impl Ipam {
         node: &str,
     ) -> Result<Assignment, IpamError> {
         let name = record.name_any();
+        if going(record) {
+            return Err(IpamError::Going(format!(
+                "{}/{name}",
+                record.namespace().unwrap_or_default()
+            )));
+        }
         let api: Api<StaticIP> =
             Api::namespaced(self.client.clone(), &record.namespace().unwrap_or_default());
         let addresses = self.assign(record, node).await?;
