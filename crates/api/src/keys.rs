@@ -24,6 +24,10 @@ pub const STATIC_IP_POD_NODE: &str = "staticip.jke.jdcloud.com/node";
 pub const STATIC_IP_RECORD_UID: &str = "staticip.jke.jdcloud.com/record-uid";
 /// Pod annotation: resourceVersion of that record.
 pub const STATIC_IP_RECORD_VERSION: &str = "staticip.jke.jdcloud.com/record-resource-version";
+/// StaticIP annotation: when the set controller last claimed the record for a pod it is about
+/// to create (RFC 3339). Written with the record's resourceVersion before every pod creation;
+/// the StaticIP manager releases no record while a claim is fresh.
+pub const STATIC_IP_RECORD_CLAIMED_AT: &str = "staticip.jke.jdcloud.com/claimed-at";
 /// Extended resource that range-mode static-IP pods request, so that only they are sent to
 /// the extender's bind verb (`managedResources`, `ignoredByScheduler`).
 pub const STATIC_IP_RESOURCE: &str = "jke.jdcloud.com/static-ip";

@@ -7,8 +7,10 @@
 
 use ests_api::{EnhancedStatefulSet, StaticIP, keys};
 use ests_core::static_ip::{
-    IpSettings, Ownership, new_record, outlives_set, ownership, workload_of,
+    IpSettings, Ownership, claim, claim_is_fresh, claim_value, new_record, outlives_set, ownership,
+    workload_of,
 };
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
@@ -25,7 +27,11 @@ pub enum RecordState {
     Wait(String),
 }
 
-/// The record of identity `pod_name`, created or adopted if need be.
+/// The record of identity `pod_name`, created or adopted if need be, and claimed for the pod
+/// about to be created (`ests_core::static_ip::claim`): the claim is written with the
+/// record's resourceVersion, so it and a release judged on an earlier version of the record
+/// meet on one compare-and-swap — one of them gets a Conflict. A record being deleted is
+/// never claimed. The pod is stamped with the record as claimed.
 pub async fn ensure(
     ctx: &Context,
     set: &EnhancedStatefulSet,
@@ -34,49 +40,93 @@ pub async fn ensure(
 ) -> Result<RecordState, Error> {
     let ns = set.namespace().unwrap_or_default();
     let api: Api<StaticIP> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = match ctx.records.get(&ObjectRef::new(pod_name).within(&ns)) {
+    let now = Timestamp::now().as_second();
+    let mut record = match ctx.records.get(&ObjectRef::new(pod_name).within(&ns)) {
         Some(record) => (*record).clone(),
-        None => match api
-            .create(&PostParams::default(), &new_record(set, pod_name, settings))
+        None => {
+            // Created claimed: nobody can have judged a record that did not exist.
+            let mut fresh = new_record(set, pod_name, settings);
+            claim(&mut fresh, now);
+            match api.create(&PostParams::default(), &fresh).await {
+                Ok(created) => {
+                    tracing::info!(namespace = %ns, record = pod_name, "created StaticIP record");
+                    return Ok(RecordState::Ready(Box::new(created)));
+                }
+                // The cache is behind: judge the record that is there.
+                Err(kube::Error::Api(s)) if s.is_already_exists() => api
+                    .get(pod_name)
+                    .await
+                    .map_err(|e| Error::kube(format!("reading StaticIP {pod_name}"), e))?,
+                Err(e) => return Err(Error::kube(format!("creating StaticIP {pod_name}"), e)),
+            }
+        }
+    };
+    // A cached record that changed since is read again once, then judged afresh.
+    for _ in 0..2 {
+        match ownership(&record, set) {
+            Ownership::Ours => {}
+            Ownership::Adoptable => return adopt(&api, set, record, now).await,
+            Ownership::Deleting => {
+                return Ok(RecordState::Wait(format!(
+                    "StaticIP {pod_name} is being released; the pod waits for it to go"
+                )));
+            }
+            Ownership::Foreign(owner) => {
+                return Ok(RecordState::Wait(format!(
+                    "StaticIP {pod_name} belongs to {owner}; the pod waits until it is released or orphaned"
+                )));
+            }
+        }
+        if claim_is_fresh(&record, now) {
+            // A pod refused on this claim (the webhook had not seen it yet) comes again on it.
+            return Ok(RecordState::Ready(Box::new(record)));
+        }
+        let patch = json!({"metadata": {
+            "resourceVersion": record.resource_version(),
+            "annotations": {keys::STATIC_IP_RECORD_CLAIMED_AT: claim_value(now)},
+        }});
+        match api
+            .patch(pod_name, &PatchParams::default(), &Patch::Merge(patch))
             .await
         {
-            Ok(created) => {
-                tracing::info!(namespace = %ns, record = pod_name, "created StaticIP record");
-                return Ok(RecordState::Ready(Box::new(created)));
+            Ok(claimed) => {
+                tracing::debug!(namespace = %ns, record = pod_name, "claimed StaticIP record");
+                return Ok(RecordState::Ready(Box::new(claimed)));
             }
-            // The cache is behind: judge the record that is there.
-            Err(kube::Error::Api(s)) if s.is_already_exists() => api
-                .get(pod_name)
-                .await
-                .map_err(|e| Error::kube(format!("reading StaticIP {pod_name}"), e))?,
-            Err(e) => return Err(Error::kube(format!("creating StaticIP {pod_name}"), e)),
-        },
-    };
-    match ownership(&existing, set) {
-        Ownership::Ours => Ok(RecordState::Ready(Box::new(existing))),
-        Ownership::Adoptable => adopt(&api, set, existing).await,
-        Ownership::Deleting => Ok(RecordState::Wait(format!(
-            "StaticIP {pod_name} is being released; the pod waits for it to go"
-        ))),
-        Ownership::Foreign(owner) => Ok(RecordState::Wait(format!(
-            "StaticIP {pod_name} belongs to {owner}; the pod waits until it is released or orphaned"
-        ))),
+            Err(kube::Error::Api(s)) if s.is_conflict() => {
+                match api
+                    .get_opt(pod_name)
+                    .await
+                    .map_err(|e| Error::kube(format!("reading StaticIP {pod_name}"), e))?
+                {
+                    Some(live) => record = live,
+                    None => break,
+                }
+            }
+            Err(kube::Error::Api(s)) if s.is_not_found() => break,
+            Err(e) => return Err(Error::kube(format!("claiming StaticIP {pod_name}"), e)),
+        }
     }
+    Ok(RecordState::Wait(format!(
+        "StaticIP {pod_name} changed or went while being claimed; trying again"
+    )))
 }
 
 /// Takes over a record kept after an earlier set of the same name went: this set becomes
-/// its owner and its workload UID. The write carries the resourceVersion read, so a record
-/// released meanwhile is not resurrected.
+/// its owner and its workload UID, and the record is claimed for the pod. The write carries
+/// the resourceVersion read, so a record released meanwhile is not resurrected.
 async fn adopt(
     api: &Api<StaticIP>,
     set: &EnhancedStatefulSet,
     record: StaticIP,
+    now: i64,
 ) -> Result<RecordState, Error> {
     let name = record.name_any();
     let patch = json!({
         "metadata": {
             "resourceVersion": record.resource_version(),
             "ownerReferences": set.controller_owner_ref(&()).map(|o| vec![o]),
+            "annotations": {keys::STATIC_IP_RECORD_CLAIMED_AT: claim_value(now)},
         },
         "spec": {"workload": workload_of(set)},
     });

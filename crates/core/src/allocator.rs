@@ -62,6 +62,33 @@ pub fn blocks_of(cidr: IpNet, prefix: u8) -> Box<dyn Iterator<Item = IpNet> + Se
     }
 }
 
+/// A block of one family of a pool, as an allocation for a record on a node chooses among
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockView {
+    pub name: String,
+    /// The node that owns the block; None while it is free.
+    pub node: Option<String>,
+    /// Whether the record already holds an address on it (an allocation whose record write
+    /// was lost).
+    pub held: bool,
+}
+
+/// The blocks an allocation for a record of a pod on `node` tries, in order: the node's
+/// blocks the record already holds an address on (reused: nothing is handed out twice),
+/// then the node's other blocks, each in the order given. A block of another node — or a
+/// free one — is never tried, even if the record holds an address there: that address is
+/// not where the pod runs, so it is never written to the record (the sweeper frees it once
+/// the record holds others).
+pub fn blocks_to_try(blocks: &[BlockView], node: &str) -> Vec<String> {
+    let on_node = || blocks.iter().filter(|b| b.node.as_deref() == Some(node));
+    on_node()
+        .filter(|b| b.held)
+        .chain(on_node().filter(|b| !b.held))
+        .map(|b| b.name.clone())
+        .collect()
+}
+
 /// The name of the IPBlock object of block `cidr` of pool `pool`: the pool, the network
 /// address and the prefix length, with `.` and `:` as `-` (`blue-10-20-0-64-26`).
 pub fn block_name(pool: &str, cidr: &IpNet) -> String {

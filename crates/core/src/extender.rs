@@ -406,6 +406,11 @@ pub fn bind_step(
             record.uid().unwrap_or_default()
         ));
     }
+    if crate::static_ip::going(record) {
+        return BindStep::Refuse(format!(
+            "StaticIP {name} is being deleted: its addresses are being freed; the pod waits for a new record"
+        ));
+    }
     if record.spec.pool.is_none() {
         return BindStep::Bind;
     }

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::ResourceExt;
 
-use crate::static_ip::record_ips;
+use crate::static_ip::{going, record_ips};
 
 /// An annotation a CNI reads the pinned addresses from, and how its value is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +154,11 @@ pub fn pin(pod: &Pod, record: Option<&StaticIP>, user: &str, settings: &PinSetti
             ),
             format!("cached UID {}", record.uid().unwrap_or_default()),
         );
+    }
+    if going(record) {
+        return deny(format!(
+            "StaticIP {name} is being deleted: its address is being freed; the controller creates the pod once a new record exists"
+        ));
     }
     if older(
         record.resource_version().as_deref().unwrap_or_default(),

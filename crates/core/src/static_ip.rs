@@ -28,6 +28,12 @@ pub const CONDITION_POD_PRESENT: &str = "PodPresent";
 /// Seconds after which a pod whose address another record held is looked at again.
 pub const ADDRESS_TAKEN_RECHECK: i64 = 10;
 
+/// Seconds for which the controller's claim on a record (see [`claim`]) keeps the manager
+/// from releasing it: longer than a pod creation takes (the API server gives up on a request
+/// after 60 s; admission webhooks have at most 30 s), so that the pod exists — and the
+/// release's live look-up finds it — before the claim runs out.
+pub const CLAIM_SECONDS: i64 = 90;
+
 /// A set's static-IP settings, from its annotations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpSettings {
@@ -143,7 +149,7 @@ pub enum Ownership {
 
 /// See [`Ownership`].
 pub fn ownership(record: &StaticIP, set: &EnhancedStatefulSet) -> Ownership {
-    if record.metadata.deletion_timestamp.is_some() {
+    if going(record) {
         return Ownership::Deleting;
     }
     let uid = set.uid().unwrap_or_default();
@@ -164,6 +170,50 @@ pub fn ownership(record: &StaticIP, set: &EnhancedStatefulSet) -> Ownership {
             record.spec.workload.kind, record.spec.workload.name
         )),
     }
+}
+
+/// Seconds for which the controller creates pods on a claim it wrote earlier instead of
+/// claiming again: a pod the webhook refused because its cache had not yet seen the claim is
+/// created again on the same claim (another claim would move the record on again). A third
+/// of [`CLAIM_SECONDS`], leaving the rest for the creation itself.
+pub const CLAIM_REUSE_SECONDS: i64 = CLAIM_SECONDS / 3;
+// A claim reused at its last moment still leaves the API server's 60 s for the creation.
+const _: () = assert!(CLAIM_REUSE_SECONDS + 60 <= CLAIM_SECONDS);
+
+/// Whether the controller may create a pod on the claim `record` carries at `now`, without
+/// claiming it again.
+pub fn claim_is_fresh(record: &StaticIP, now: i64) -> bool {
+    claimed_at(record).is_some_and(|claimed| (now - claimed).abs() < CLAIM_REUSE_SECONDS)
+}
+
+/// The value of the claim annotation for `now` (seconds since the epoch): RFC 3339.
+pub fn claim_value(now: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(now)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+        .to_string()
+}
+
+/// Claims `record` for a pod about to be created at `now`: the controller writes this, with
+/// the record's resourceVersion, before it creates the pod, and stamps the pod with the
+/// record as written. A release judged on the record before the claim then fails on the
+/// resourceVersion, and one judged after it sees the claim and waits ([`CLAIM_SECONDS`])
+/// until the pod exists; a claim written after the release deleted the record fails (not
+/// found, or a Conflict on the deletionTimestamp's write) and no pod is created.
+pub fn claim(record: &mut StaticIP, now: i64) {
+    record
+        .annotations_mut()
+        .insert(keys::STATIC_IP_RECORD_CLAIMED_AT.into(), claim_value(now));
+}
+
+/// When the record was last claimed for a pod, in seconds since the epoch. A value that does
+/// not parse (only a user's edit writes one) is no claim.
+pub fn claimed_at(record: &StaticIP) -> Option<i64> {
+    record
+        .annotations()
+        .get(keys::STATIC_IP_RECORD_CLAIMED_AT)?
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_second())
 }
 
 /// Marks `pod` as the static-IP pod of `record`: the label the webhook is scoped to and the
@@ -246,6 +296,11 @@ fn same_addresses(a: &[IpAddr], b: &[IpAddr]) -> bool {
     a == b
 }
 
+/// Whether `record` is being deleted: it never pins, allocates, learns or binds again.
+pub fn going(record: &StaticIP) -> bool {
+    record.metadata.deletion_timestamp.is_some()
+}
+
 /// Whether `record` is Bound to the pod with `pod_uid`.
 pub fn bound_to(record: &StaticIP, pod_uid: &str) -> bool {
     record
@@ -259,6 +314,13 @@ pub fn bound_to(record: &StaticIP, pod_uid: &str) -> bool {
 /// to it could lose the address. A pod that runs with other addresses than its record's
 /// (IP range mode before the extender's bind, a CNI that ignored the pin) or with one that
 /// another record keeps has no static address to lose.
+///
+/// Nor does a pod whose record is gone, going (deletionTimestamp) or another than the one
+/// stamped on it: no record will ever learn or bind its address, so holding it would only
+/// keep it forever (no update, no scale-in). Holding a pod never stops an address from being
+/// held twice — only a record holds an address — so letting it go is safe; at worst (a
+/// record cache that lags the pod cache) a record-mode identity's first address is lost and
+/// its next pod gets another one.
 pub fn holds_pod(pod: &Pod, record: Option<&StaticIP>) -> bool {
     let static_ip = pod
         .labels()
@@ -270,9 +332,13 @@ pub fn holds_pod(pod: &Pod, record: Option<&StaticIP>) -> bool {
         return false;
     }
     let uid = pod.uid().unwrap_or_default();
-    let Some(record) = record else {
-        return true;
+    let Some(record) = record.filter(|r| !going(r)) else {
+        return false;
     };
+    let stamped = pod.annotations().get(keys::STATIC_IP_RECORD_UID);
+    if stamped.is_some_and(|s| record.uid().as_deref() != Some(s.as_str())) {
+        return false;
+    }
     if bound_to(record, &uid) || reported(record, "AddressTaken", &uid) {
         return false;
     }
@@ -387,7 +453,7 @@ pub fn decide(
     held_by: &dyn Fn(&IpAddr) -> Option<String>,
     now: i64,
 ) -> Decision {
-    if record.metadata.deletion_timestamp.is_some() {
+    if going(record) {
         return Decision::Wait { after: None };
     }
     let uid = record.uid().unwrap_or_default();
@@ -492,7 +558,7 @@ fn release(record: &StaticIP, identity: Identity, now: i64) -> Decision {
             }
         }
     };
-    match (identity, record.spec.release_policy) {
+    let decision = match (identity, record.spec.release_policy) {
         (Identity::InSet | Identity::Unknown, _) => keep,
         (Identity::ScaledIn, WhenScaled) => Decision::Release { why: "scaled in" },
         (Identity::ScaledIn, Ttl) => ttl("scaled in, TTL expired"),
@@ -502,6 +568,16 @@ fn release(record: &StaticIP, identity: Identity, now: i64) -> Decision {
         },
         (Identity::Orphaned, Ttl) => ttl("workload deleted, TTL expired"),
         (Identity::Orphaned, Never) => keep,
+    };
+    // The controller claimed the record for a pod it is creating: the pod may not exist
+    // yet, so the release's look-up would not find it. Wait until it would.
+    match (decision, claimed_at(record)) {
+        (Decision::Release { .. }, Some(claimed)) if now < claimed + CLAIM_SECONDS => {
+            Decision::Wait {
+                after: Some(claimed + CLAIM_SECONDS - now),
+            }
+        }
+        (decision, _) => decision,
     }
 }
 

@@ -297,7 +297,7 @@ async fn scale_in_and_out(
     })
     .await?;
     // The manager has seen the pods go (or released the records).
-    let after_scale_in = wait_for(
+    let mut after_scale_in = wait_for(
         format!("{policy}: records of 4 and 5 settled"),
         T,
         || async {
@@ -323,13 +323,24 @@ async fn scale_in_and_out(
         wait_blocks_match_records(&env, ns).await?;
     }
 
-    // With a TTL, the records go after it.
-    if ttl.is_some() {
-        wait_for("records of 4 and 5 released after the TTL", T, || async {
+    // With a TTL, the records go after it; WhenScaled ones go once the controller's claim
+    // for their last pod has run out (ests_core::static_ip::CLAIM_SECONDS after it was
+    // created).
+    if ttl.is_some() || policy == "WhenScaled" {
+        let released = wait_for("records of 4 and 5 released", T, || async {
             let records = records(&env, ns).await?;
-            Ok((!records.contains_key("web-4") && !records.contains_key("web-5")).then_some(()))
+            let gone = !records.contains_key("web-4") && !records.contains_key("web-5");
+            Ok(gone.then(|| {
+                records
+                    .into_iter()
+                    .map(|(k, (s, _))| (k, s))
+                    .collect::<BTreeMap<_, _>>()
+            }))
         })
         .await?;
+        if ttl.is_none() {
+            after_scale_in = released;
+        }
     }
 
     patch(&sets, name, json!({"spec": {"replicas": 6}})).await?;

@@ -415,3 +415,83 @@ async fn a_certificate_rotated_on_disk_is_served_without_a_restart() -> anyhow::
     assert!(env.plane.is_running("ests-webhook"), "no restart");
     Ok(())
 }
+
+/// A record being deleted (held back by a finalizer) pins no pod: its address is on its way
+/// to being freed, and a pod pinned to it would share it with the next holder.
+#[tokio::test]
+async fn a_record_being_deleted_pins_no_pod() -> anyhow::Result<()> {
+    let _serial = RECORD_MODE.lock().await;
+    let (env, _) = webhook_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let ns = "wh-going";
+    let _sets = namespace(&env, ns).await?;
+    let (_, as_controller) = env
+        .plane
+        .client_as(CONTROLLER_USER, CONTROLLER_GROUPS)
+        .await?;
+    let records: Api<StaticIP> = Api::namespaced(as_controller.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(as_controller, ns);
+    const HOLD: &str = "e2e.ests/hold";
+    let record: StaticIP = serde_json::from_value(json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "StaticIP",
+        "metadata": {"name": "going-0", "finalizers": [HOLD]},
+        "spec": {
+            "workload": {"apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "EnhancedStatefulSet", "name": "going", "uid": "going-uid"},
+            "podName": "going-0", "ips": [{"ip": "10.251.0.9"}], "node": "node-1", "releasePolicy": "Never"
+        }
+    }))?;
+    records.create(&PostParams::default(), &record).await?;
+    records
+        .patch_status(
+            "going-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Bound", "podUID": "gone-pod"}})),
+        )
+        .await?;
+    records.delete("going-0", &DeleteParams::default()).await?;
+    let going = records.get("going-0").await?;
+    assert!(going.metadata.deletion_timestamp.is_some());
+
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "going-0",
+            "labels": {keys::STATIC_IP_POD_LABEL: "true"},
+            "annotations": {keys::STATIC_IP_RECORD_UID: going.uid(), keys::STATIC_IP_RECORD_VERSION: going.resource_version()},
+            "ownerReferences": [{"apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "EnhancedStatefulSet",
+                                 "name": "going", "uid": "going-uid", "controller": true}]
+        },
+        "spec": {"containers": [{"name": "app", "image": "app:v1"}]}
+    }))?;
+    // The webhook's cache may be behind the delete for a moment: it refuses until it is not.
+    let verdict = wait_for(
+        "a verdict from a cache that has seen the delete",
+        T,
+        || async {
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(created) => Ok(Some(Ok(created))),
+                Err(kube::Error::Api(s)) if s.message.contains("older than the stamped") => {
+                    Ok(None)
+                }
+                Err(e) => Ok(Some(Err(e.to_string()))),
+            }
+        },
+    )
+    .await?;
+    if let Ok(created) = &verdict {
+        pods.delete("going-0", &DeleteParams::default()).await?;
+        panic!(
+            "the pod was admitted with annotations {:?}",
+            created.annotations()
+        );
+    }
+    let message = verdict.err().unwrap_or_default();
+    assert!(message.contains("being deleted"), "{message}");
+    records
+        .patch(
+            "going-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await?;
+    Ok(())
+}

@@ -11,9 +11,10 @@ use std::net::IpAddr;
 
 use ests_api::{IPBlock, IPBlockSpec, StaticIP, StaticIPAddress, StaticIPPool};
 use ests_core::allocator::{
-    AllocError, Holder, MAX_CAS_ATTEMPTS, allocate_in, block_name, blocks_of, release_in,
+    AllocError, BlockView, Holder, MAX_CAS_ATTEMPTS, allocate_in, block_name, blocks_of,
+    blocks_to_try, release_in,
 };
-use ests_core::static_ip::record_ips;
+use ests_core::static_ip::{going, record_ips};
 use ipnet::IpNet;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -30,6 +31,8 @@ pub enum IpamError {
     UnknownPool(String),
     #[error("StaticIPPool {pool}: {message}")]
     BadPool { pool: String, message: String },
+    #[error("StaticIP {0} is being deleted: it gets no addresses")]
+    Going(String),
     #[error(transparent)]
     Alloc(#[from] AllocError),
     #[error("{context}: {source}")]
@@ -152,6 +155,12 @@ impl Ipam {
         node: &str,
     ) -> Result<Assignment, IpamError> {
         let name = record.name_any();
+        if going(record) {
+            return Err(IpamError::Going(format!(
+                "{}/{name}",
+                record.namespace().unwrap_or_default()
+            )));
+        }
         let api: Api<StaticIP> =
             Api::namespaced(self.client.clone(), &record.namespace().unwrap_or_default());
         let addresses = self.assign(record, node).await?;
@@ -262,24 +271,18 @@ impl Ipam {
             .collect();
         cached.sort_by_key(|b| b.spec.cidr.parse::<IpNet>().ok());
 
-        // An address this record got before, whose record write did not happen: reuse it.
-        for block in cached
+        // The node's blocks, lowest first, those with an address this record got before
+        // (whose record write did not happen) first: it is reused. One on another node's
+        // block is never used (`blocks_to_try`).
+        let views: Vec<BlockView> = cached
             .iter()
-            .filter(|b| b.spec.allocations.values().any(|a| a.uid == holder.uid))
-        {
-            let name = block.name_any();
-            match allocate_in(&pool.store, &name, holder).await {
-                Ok(ip) => return Ok(address(ip, name)),
-                Err(AllocError::BlockFull(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        // The node's blocks, lowest first.
-        for block in cached
-            .iter()
-            .filter(|b| b.spec.node.as_deref() == Some(node))
-        {
-            let name = block.name_any();
+            .map(|b| BlockView {
+                name: b.name_any(),
+                node: b.spec.node.clone(),
+                held: b.spec.allocations.values().any(|a| a.uid == holder.uid),
+            })
+            .collect();
+        for name in blocks_to_try(&views, node) {
             match allocate_in(&pool.store, &name, holder).await {
                 Ok(ip) => return Ok(address(ip, name)),
                 Err(AllocError::BlockFull(_)) => continue,

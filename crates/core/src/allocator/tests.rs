@@ -373,3 +373,63 @@ fn blocks_are_named_and_listed_lazily() {
     let small: IpNet = "10.30.0.0/28".parse().expect("cidr");
     assert_eq!(blocks_of(small, 26).collect::<Vec<_>>(), vec![small]);
 }
+
+fn view(name: &str, node: Option<&str>, held: bool) -> BlockView {
+    BlockView {
+        name: name.into(),
+        node: node.map(Into::into),
+        held,
+    }
+}
+
+#[test]
+fn only_the_nodes_blocks_are_tried_those_the_record_holds_on_first() {
+    let blocks = vec![
+        view("b0", Some("n1"), false),
+        view("b1", Some("n2"), true),
+        view("b2", Some("n1"), true),
+        view("b3", None, true),
+        view("b4", Some("n1"), false),
+    ];
+    let cases: Vec<(&str, &str, Vec<&str>)> = vec![
+        (
+            "an earlier allocation on this node is reused first",
+            "n1",
+            vec!["b2", "b0", "b4"],
+        ),
+        (
+            "an earlier allocation on another node or a free block is never reused",
+            "n3",
+            vec![],
+        ),
+        ("the node's own blocks, held or not", "n2", vec!["b1"]),
+    ];
+    for (what, node, want) in cases {
+        assert_eq!(blocks_to_try(&blocks, node), want, "{what}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn blocks_tried_are_exactly_the_nodes_held_ones_first(
+        blocks in proptest::collection::vec((0u8..4, any::<bool>()), 0..12),
+    ) {
+        let views: Vec<BlockView> = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, (node, held))| {
+                let node = (*node > 0).then(|| format!("n{node}"));
+                view(&format!("b{i}"), node.as_deref(), *held)
+            })
+            .collect();
+        let tried = blocks_to_try(&views, "n1");
+        let on_node: Vec<&BlockView> = views.iter().filter(|b| b.node.as_deref() == Some("n1")).collect();
+        prop_assert_eq!(tried.len(), on_node.len());
+        let held_first = on_node.iter().filter(|b| b.held).count();
+        for (i, name) in tried.iter().enumerate() {
+            let block = views.iter().find(|b| &b.name == name);
+            prop_assert!(block.is_some_and(|b| b.node.as_deref() == Some("n1")));
+            prop_assert_eq!(block.is_some_and(|b| b.held), i < held_first);
+        }
+    }
+}

@@ -339,6 +339,18 @@ fn bind_allocates_then_annotates_and_refuses_broken_promises() {
     let fresh = record(Some("blue"), &[], None);
     let held = record(Some("blue"), &["10.40.0.5", "fd00::5"], Some("n1"));
     let record_mode = record(None, &[], None);
+    let going = |mut r: StaticIP| {
+        r.metadata.deletion_timestamp =
+            Some(serde_json::from_value(serde_json::json!("2027-01-15T09:00:00Z")).expect("time"));
+        r
+    };
+    let fresh_going = going(fresh.clone());
+    let held_going = going(held.clone());
+    let record_mode_going = going(record_mode.clone());
+    let being_deleted = BindStep::Refuse(
+        "StaticIP ns/db-0 is being deleted: its addresses are being freed; the pod waits for a new record"
+            .into(),
+    );
     let cases: Vec<(&str, Pod, Option<&StaticIP>, BindStep)> =
         vec![
         ("unlabelled pod with the managed resource", pod(false, None), None, BindStep::Bind),
@@ -388,6 +400,24 @@ fn bind_allocates_then_annotates_and_refuses_broken_promises() {
             pod(true, Some("r-0")),
             Some(&fresh),
             BindStep::Refuse("StaticIP ns/db-0 has UID r-1, not the r-0 stamped on the pod".into()),
+        ),
+        (
+            "going, no address yet: never allocates",
+            pod(true, Some("r-1")),
+            Some(&fresh_going),
+            being_deleted.clone(),
+        ),
+        (
+            "going, addresses here: never annotates",
+            pod(true, Some("r-1")),
+            Some(&held_going),
+            being_deleted.clone(),
+        ),
+        (
+            "going, record mode",
+            pod(true, Some("r-1")),
+            Some(&record_mode_going),
+            being_deleted.clone(),
         ),
     ];
     for (what, pod, record, want) in cases {

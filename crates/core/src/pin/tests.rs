@@ -342,3 +342,24 @@ fn a_migrating_record_pins_to_its_new_node() {
     );
     assert_eq!(terms(&after), json!([{"matchFields": [pin_req()]}]));
 }
+
+#[test]
+fn a_record_being_deleted_pins_nothing() {
+    let p = pod(Value::Null);
+    let mut going = record(&["10.40.0.7"], "Bound", "41");
+    going.metadata.deletion_timestamp =
+        Some(serde_json::from_value(json!("2027-01-15T09:00:00Z")).expect("time"));
+    for phase in ["Bound", "Migrating", "Pending"] {
+        if let Some(status) = going.status.as_mut() {
+            status.phase = serde_json::from_value(json!(phase)).expect("phase");
+        }
+        match pin(&p, Some(&going), CONTROLLER, &settings()) {
+            PinVerdict::Deny(denial) => assert!(
+                denial.message.contains("StaticIP web-1 is being deleted"),
+                "{phase}: {}",
+                denial.message
+            ),
+            other => panic!("{phase}: a record being deleted gave {other:?}"),
+        }
+    }
+}

@@ -145,7 +145,6 @@ fn a_pod_is_held_until_its_record_is_bound_to_it() {
     assert!(!holds_pod(&p, Some(&unbound)), "no IP yet: nothing to lose");
     p.status = serde_json::from_value(json!({"podIP": "10.0.0.5"})).expect("status");
     assert!(holds_pod(&p, Some(&unbound)));
-    assert!(holds_pod(&p, None));
     let other = record(json!({"ips": [{"ip": "10.0.0.5"}]}), bound("pod-0", true));
     assert!(
         holds_pod(&p, Some(&other)),
@@ -165,6 +164,48 @@ fn a_pod_is_held_until_its_record_is_bound_to_it() {
     assert!(!holds_pod(&p, Some(&ours)));
     p.metadata.labels = None;
     assert!(!holds_pod(&p, Some(&unbound)), "not a static-IP pod");
+}
+
+#[test]
+fn a_pod_whose_record_is_gone_going_or_another_is_not_held() {
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-0", "uid": "pod-1",
+                     "labels": {"staticip.jke.jdcloud.com/enabled": "true"},
+                     "annotations": {"staticip.jke.jdcloud.com/record-uid": "rec-1"}},
+        "status": {"podIP": "10.0.0.5"}
+    }))
+    .expect("pod");
+    let learning = record(json!({}), json!(null));
+    let mut going = learning.clone();
+    going.metadata.deletion_timestamp =
+        Some(serde_json::from_value(json!("2027-01-15T09:00:00Z")).expect("time"));
+    let mut recreated = learning.clone();
+    recreated.metadata.uid = Some("rec-2".into());
+    let cases: Vec<(&str, Option<&StaticIP>, bool)> = vec![
+        (
+            "a record about to learn the address holds the pod",
+            Some(&learning),
+            true,
+        ),
+        (
+            "no record: nothing will ever learn or bind the address",
+            None,
+            false,
+        ),
+        (
+            "a record being deleted never learns or binds",
+            Some(&going),
+            false,
+        ),
+        (
+            "a record re-created since the pod was stamped never learns from it",
+            Some(&recreated),
+            false,
+        ),
+    ];
+    for (what, record, want) in cases {
+        assert_eq!(holds_pod(&p, record), want, "{what}");
+    }
 }
 
 #[test]
@@ -505,5 +546,89 @@ fn a_migrating_record_waits_for_its_pod_on_the_new_node() {
             pod_uid: "pod-2".into(),
             node: "n2".into()
         }
+    );
+}
+
+#[test]
+fn a_claim_by_the_controller_postpones_the_release() {
+    use Decision::{Release, Wait};
+    let claimed = seconds("2027-01-15T09:00:00Z");
+    let mut r = record(
+        json!({"ips": [{"ip": "10.0.0.5"}], "node": "n1", "releasePolicy": "WhenScaled"}),
+        bound("pod-1", false),
+    );
+    r.annotations_mut().insert(
+        keys::STATIC_IP_RECORD_CLAIMED_AT.into(),
+        "2027-01-15T09:00:00Z".into(),
+    );
+    let cases: Vec<(&str, i64, Decision)> = vec![
+        (
+            "just claimed: a pod is being created",
+            claimed + 1,
+            Wait {
+                after: Some(CLAIM_SECONDS - 1),
+            },
+        ),
+        (
+            "claimed by a clock ahead of ours",
+            claimed - 5,
+            Wait {
+                after: Some(CLAIM_SECONDS + 5),
+            },
+        ),
+        (
+            "the claim has run out",
+            claimed + CLAIM_SECONDS,
+            Release { why: "scaled in" },
+        ),
+    ];
+    for (what, now, want) in cases {
+        assert_eq!(
+            decide(&r, None, Identity::ScaledIn, &free, now),
+            want,
+            "{what}"
+        );
+    }
+    // A claim only postpones a release: it keeps nothing a policy keeps anyway, and does not
+    // hide that the pod has gone.
+    assert_eq!(
+        decide(&r, None, Identity::InSet, &free, claimed + 1),
+        Wait { after: None }
+    );
+    let mut present = record(json!({"ips": [{"ip": "10.0.0.5"}]}), bound("pod-1", true));
+    present.annotations_mut().insert(
+        keys::STATIC_IP_RECORD_CLAIMED_AT.into(),
+        "2027-01-15T09:00:00Z".into(),
+    );
+    assert_eq!(
+        decide(&present, None, Identity::ScaledIn, &free, claimed + 1),
+        Decision::PodGone
+    );
+    // What the controller writes is what the manager reads.
+    let mut fresh = record(json!({}), json!(null));
+    assert!(!claim_is_fresh(&fresh, claimed), "never claimed");
+    claim(&mut fresh, claimed);
+    assert_eq!(claimed_at(&fresh), Some(claimed));
+    // The controller creates again on its own recent claim, and claims again once it ages.
+    let reuse: Vec<(i64, bool)> = vec![
+        (0, true),
+        (CLAIM_REUSE_SECONDS - 1, true),
+        (CLAIM_REUSE_SECONDS, false),
+        (-CLAIM_REUSE_SECONDS, false),
+    ];
+    for (since, want) in reuse {
+        assert_eq!(
+            claim_is_fresh(&fresh, claimed + since),
+            want,
+            "{since}s after the claim"
+        );
+    }
+    fresh
+        .annotations_mut()
+        .insert(keys::STATIC_IP_RECORD_CLAIMED_AT.into(), "yesterday".into());
+    assert_eq!(
+        claimed_at(&fresh),
+        None,
+        "a value that does not parse is no claim"
     );
 }
