@@ -121,13 +121,17 @@ async fn a_killed_demo_leaves_the_host_as_it_was() -> anyhow::Result<()> {
         .stderr(Stdio::inherit())
         .spawn()?;
     let stdout = demo.stdout.take().expect("piped");
-    let kubeconfig = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("KUBECONFIG=").map(str::to_string))
-    })
-    .await?;
+    // Read to the end in the background: the demo keeps its standard output open.
+    let (found, kubeconfig) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut found = Some(found);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let (Some(path), Some(tx)) = (line.strip_prefix("KUBECONFIG="), found.take()) {
+                let _ = tx.send(path.to_string());
+            }
+        }
+    });
+    let kubeconfig = kubeconfig.await.ok();
     let Some(kubeconfig) = kubeconfig else {
         let status = demo.wait()?;
         anyhow::bail!("ests-dev ended ({status}) without printing its KUBECONFIG");

@@ -51,6 +51,16 @@ struct Args {
     ests: Option<PathBuf>,
 }
 
+/// Prints a line to standard output, as `println!`, but a closed standard output (the
+/// reader went away: `ests-dev | head`, a test that read its KUBECONFIG line) does not end
+/// the demo.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// The identity the demo's controller runs as, as in a cluster.
 const CONTROLLER_USER: &str = "system:serviceaccount:ests-system:ests-controller";
 
@@ -107,35 +117,35 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let kubectl = plane.bin.join("kubectl");
-    println!(
+    say!(
         "ests-dev: control plane ready in {:.1}s at {}",
         plane.start_duration.as_secs_f64(),
         plane.server
     );
-    println!("KUBECONFIG={}", plane.kubeconfig.display());
-    println!("ests-dev: try, from another shell:");
-    println!("  export KUBECONFIG={}", plane.kubeconfig.display());
-    println!("  {} get nodes", kubectl.display());
-    println!("  {} get ests,sip -A", kubectl.display());
+    say!("KUBECONFIG={}", plane.kubeconfig.display());
+    say!("ests-dev: try, from another shell:");
+    say!("  export KUBECONFIG={}", plane.kubeconfig.display());
+    say!("  {} get nodes", kubectl.display());
+    say!("  {} get ests,sip -A", kubectl.display());
     if !real_pods.is_empty() {
-        println!(
+        say!(
             "ests-dev: pods of the set real-demo run on the real node {}; each answers on TCP {} with its name:",
             ests_testenv::real_node::NODE_NAME,
             ests_testenv::real_node::images::ANSWER_PORT
         );
         for (name, ip) in &real_pods {
-            println!(
+            say!(
                 "  nc {ip} {}    # answers {name}",
                 ests_testenv::real_node::images::ANSWER_PORT
             );
         }
-        println!(
+        say!(
             "  {} exec -n {} real-demo-0 -- ip addr",
             kubectl.display(),
             args.namespace
         );
     }
-    println!(
+    say!(
         "ests-dev: logs are in {}; press Ctrl-C to stop",
         plane.dir.join("logs").display()
     );
