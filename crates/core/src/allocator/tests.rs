@@ -373,3 +373,33 @@ fn blocks_are_named_and_listed_lazily() {
     let small: IpNet = "10.30.0.0/28".parse().expect("cidr");
     assert_eq!(blocks_of(small, 26).collect::<Vec<_>>(), vec![small]);
 }
+
+/// Every block size a StaticIPPool accepts, the allocator serves, down to the last address.
+#[test]
+fn every_block_size_a_pool_accepts_is_served() {
+    use ests_api::ip_pool::{
+        MAX_IPV4_BLOCK_PREFIX, MAX_IPV6_BLOCK_PREFIX, MIN_IPV4_BLOCK_PREFIX, MIN_IPV6_BLOCK_PREFIX,
+    };
+    let cases = [
+        ("10.0.0.0/8", MIN_IPV4_BLOCK_PREFIX..=MAX_IPV4_BLOCK_PREFIX),
+        ("fd00::/64", MIN_IPV6_BLOCK_PREFIX..=MAX_IPV6_BLOCK_PREFIX),
+    ];
+    for (cidr, prefixes) in cases {
+        for prefix in prefixes {
+            let first = blocks_of(net(cidr), prefix).next().expect("a block");
+            let mut block =
+                Block::new(first, &[]).unwrap_or_else(|e| panic!("{cidr} /{prefix}: {e}"));
+            let usable = (1u64 << (first.max_prefix_len() - prefix)) - 2;
+            assert_eq!(block.capacity(), usable, "{cidr} /{prefix}");
+            for n in 0..usable {
+                block
+                    .allocate(&holder(n as u32))
+                    .unwrap_or_else(|e| panic!("{cidr} /{prefix}: {e}"));
+            }
+            assert_eq!(
+                block.allocate(&holder(u32::MAX)),
+                Err(AllocError::BlockFull(first))
+            );
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! StaticIPPool edits the real kube-apiserver refuses, because they would hand one address
+//! to two records: block sizes the allocator cannot serve or whose allocation map cannot fit
+//! in one object, a live pool's CIDRs removed or changed or its block sizes changed.
+
+mod support;
+
+use ests_api::StaticIPPool;
+use ests_testenv::LogsOnFailure;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::*;
+
+fn pool(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1",
+        "kind": "StaticIPPool",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+/// Creates `object` (for real, or as a server-side dry run); the refusal message, or None
+/// if it was accepted.
+async fn create(env: &Env, object: &Value, dry_run: bool) -> anyhow::Result<Option<String>> {
+    let api: Api<StaticIPPool> = Api::all(env.client.clone());
+    let object: StaticIPPool = serde_json::from_value(object.clone())?;
+    match api
+        .create(
+            &PostParams {
+                dry_run,
+                field_manager: None,
+            },
+            &object,
+        )
+        .await
+    {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(status)) => Ok(Some(status.message.clone())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Merge-patches pool `name`; the refusal message, or None if it was accepted.
+async fn patch_pool(env: &Env, name: &str, patch: Value) -> anyhow::Result<Option<String>> {
+    let api: Api<StaticIPPool> = Api::all(env.client.clone());
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(status)) => Ok(Some(status.message.clone())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::test]
+async fn block_prefix_lengths_the_allocator_cannot_serve_are_refused() -> anyhow::Result<()> {
+    let env = bare_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let cases = [
+        // 2^24 addresses: the allocator handles at most 2^20 in one block.
+        ("ipv6BlockPrefixLength", 104, false),
+        ("ipv6BlockPrefixLength", 107, false),
+        // 2^11+ allocations of worst-case records exceed etcd's 1.5 MiB object limit.
+        ("ipv6BlockPrefixLength", 116, false),
+        ("ipv6BlockPrefixLength", 117, true),
+        ("ipv6BlockPrefixLength", 126, true),
+        ("ipv6BlockPrefixLength", 127, false),
+        ("ipv4BlockPrefixLength", 16, false),
+        ("ipv4BlockPrefixLength", 20, false),
+        ("ipv4BlockPrefixLength", 21, true),
+        ("ipv4BlockPrefixLength", 30, true),
+        ("ipv4BlockPrefixLength", 31, false),
+    ];
+    let mut failures = Vec::new();
+    for (field, prefix, accepted) in cases {
+        let object = pool(
+            "prefix-bounds",
+            json!({"cidrs": ["172.31.0.0/16", "fd00:31::/64"], field: prefix}),
+        );
+        match (create(&env, &object, true).await?, accepted) {
+            (None, true) => {}
+            (Some(m), false) if m.contains(&format!("spec.{field}")) => {}
+            (None, false) => failures.push(format!("{field} {prefix}: accepted")),
+            (Some(m), _) => failures.push(format!("{field} {prefix}: refused: {m}")),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_live_pools_cidrs_may_only_be_appended_and_its_block_sizes_never_change()
+-> anyhow::Result<()> {
+    let env = bare_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let name = "live-edits";
+    assert_eq!(
+        create(
+            &env,
+            &pool(name, json!({"cidrs": ["172.29.0.0/24", "fd00:29::/120"]})),
+            false
+        )
+        .await?,
+        None
+    );
+    let refused = [
+        (
+            json!({"spec": {"ipv4BlockPrefixLength": 27}}),
+            "spec.ipv4BlockPrefixLength",
+        ),
+        (
+            json!({"spec": {"ipv6BlockPrefixLength": 121}}),
+            "spec.ipv6BlockPrefixLength",
+        ),
+        (json!({"spec": {"cidrs": ["172.29.0.0/24"]}}), "spec.cidrs"),
+        (
+            json!({"spec": {"cidrs": ["172.29.0.0/25", "fd00:29::/120"]}}),
+            "spec.cidrs",
+        ),
+        (
+            json!({"spec": {"cidrs": ["172.29.0.0/23", "fd00:29::/120"]}}),
+            "spec.cidrs",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (patch, field) in &refused {
+        match patch_pool(&env, name, patch.clone()).await? {
+            None => failures.push(format!("{patch}: accepted")),
+            Some(m) if !m.contains(field) => failures.push(format!("{patch}: {m}")),
+            Some(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    // Appending a CIDR and changing the reserved addresses are fine.
+    assert_eq!(
+        patch_pool(
+            &env,
+            name,
+            json!({"spec": {"cidrs": ["172.29.0.0/24", "fd00:29::/120", "172.29.1.0/24"], "reservedIPs": ["172.29.0.1"]}})
+        )
+        .await?,
+        None
+    );
+    Api::<StaticIPPool>::all(env.client.clone())
+        .delete(name, &DeleteParams::default())
+        .await?;
+    Ok(())
+}
