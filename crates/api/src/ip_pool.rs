@@ -66,9 +66,11 @@ pub const OBJECT_OVERHEAD_BYTES: usize = 64 * 1024;
 #[serde(rename_all = "camelCase")]
 pub struct StaticIPPoolSpec {
     /// CIDRs the pool hands out, IPv4 and/or IPv6. A pool with both families gives every
-    /// pod one address of each (dual-stack), or none. Must not overlap the cluster's other
-    /// pod ranges. New CIDRs can be added to a live pool; an existing entry can never be
-    /// removed or changed (records may hold its addresses), only the whole pool deleted.
+    /// pod one address of each (dual-stack), or none. Must not overlap each other or another
+    /// StaticIPPool's CIDRs (the ests admission webhook, which sees every pool, refuses such
+    /// a pool), nor the cluster's other pod ranges. New CIDRs can be added to a live pool; an
+    /// existing entry can never be removed or changed (records may hold its addresses), only
+    /// the whole pool deleted.
     #[schemars(length(min = 1, max = 16), inner(length(max = 49)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("spec.cidrs entries must be CIDRs such as 10.10.0.0/16"))]
     #[x_kube(validation = Rule::new("oldSelf.all(c, c in self)").message("spec.cidrs: an existing entry cannot be removed or changed (records may hold its addresses); only new CIDRs can be added").reason(Reason::FieldValueForbidden))]

@@ -1,14 +1,20 @@
 //! StaticIPPool edits the real kube-apiserver refuses, because they would hand one address
 //! to two records: block sizes the allocator cannot serve or whose allocation map cannot fit
-//! in one object, a live pool's CIDRs removed or changed or its block sizes changed.
+//! in one object, a live pool's CIDRs removed or changed or its block sizes changed, and a
+//! pool overlapping another (the admission webhook, which sees every pool).
 
 mod support;
 
+use std::time::Duration;
+
 use ests_api::StaticIPPool;
-use ests_testenv::LogsOnFailure;
+use ests_testenv::{LogsOnFailure, wait_for};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::*;
+use tokio::sync::OnceCell;
+
+const T: Duration = Duration::from_secs(120);
 
 fn pool(name: &str, spec: Value) -> Value {
     json!({
@@ -51,6 +57,14 @@ async fn patch_pool(env: &Env, name: &str, patch: Value) -> anyhow::Result<Optio
         Err(kube::Error::Api(status)) => Ok(Some(status.message.clone())),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The webhook (once per test binary) on the control plane with ests installed.
+async fn webhook_env() -> anyhow::Result<Env> {
+    static STARTED: OnceCell<()> = OnceCell::const_new();
+    let env = env().await?;
+    STARTED.get_or_try_init(|| start_webhook(&env)).await?;
+    Ok(env)
 }
 
 #[tokio::test]
@@ -146,4 +160,103 @@ async fn a_live_pools_cidrs_may_only_be_appended_and_its_block_sizes_never_chang
         .delete(name, &DeleteParams::default())
         .await?;
     Ok(())
+}
+
+#[tokio::test]
+async fn overlapping_pools_are_refused_naming_both_pools_and_the_overlap() -> anyhow::Result<()> {
+    let env = webhook_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let first = pool(
+        "overlap-first",
+        json!({"cidrs": ["172.30.0.0/24", "fd00:30::/112"], "reservedIPs": ["172.30.0.1"]}),
+    );
+    // The webhook answers only once its pool cache has listed.
+    wait_for("the pool webhook admits a pool", T, || async {
+        Ok(create(&env, &first, false).await?.is_none().then_some(()))
+    })
+    .await?;
+    let cases = [
+        (
+            json!({"cidrs": ["172.30.0.0/24"]}),
+            "172.30.0.0/24 overlaps 172.30.0.0/24",
+        ),
+        (
+            json!({"cidrs": ["10.99.0.0/24", "172.30.0.128/25"]}),
+            "172.30.0.128/25 overlaps 172.30.0.0/24",
+        ),
+        (
+            json!({"cidrs": ["172.16.0.0/12"]}),
+            "172.16.0.0/12 overlaps 172.30.0.0/24",
+        ),
+        (
+            json!({"cidrs": ["fd00:30::ff00/120"]}),
+            "fd00:30::ff00/120 overlaps fd00:30::/112",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (spec, overlap) in &cases {
+        match wait_for_refusal(&env, &pool("overlap-second", spec.clone())).await? {
+            None => failures.push(format!("{spec}: accepted")),
+            Some(m)
+                if !(m.contains("spec.cidrs")
+                    && m.contains("overlap-second")
+                    && m.contains("StaticIPPool overlap-first")
+                    && m.contains(overlap)) =>
+            {
+                failures.push(format!("{spec}: {m}"))
+            }
+            Some(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+
+    // A pool beside it is accepted, and cannot grow into it.
+    assert_eq!(
+        create(
+            &env,
+            &pool("overlap-beside", json!({"cidrs": ["172.30.1.0/24"]})),
+            false
+        )
+        .await?,
+        None
+    );
+    let grown = patch_pool(
+        &env,
+        "overlap-beside",
+        json!({"spec": {"cidrs": ["172.30.1.0/24", "fd00:30::8000/113"]}}),
+    )
+    .await?;
+    assert!(
+        grown.as_deref().is_some_and(|m| m.contains("overlap-first")
+            && m.contains("fd00:30::8000/113 overlaps fd00:30::/112")),
+        "{grown:?}"
+    );
+    // Updating a pool does not find it overlapping itself.
+    assert_eq!(
+        patch_pool(
+            &env,
+            "overlap-first",
+            json!({"spec": {"reservedIPs": ["172.30.0.1", "172.30.0.2"]}})
+        )
+        .await?,
+        None
+    );
+    let api: Api<StaticIPPool> = Api::all(env.client.clone());
+    for name in ["overlap-first", "overlap-beside"] {
+        api.delete(name, &DeleteParams::default()).await?;
+    }
+    Ok(())
+}
+
+/// A dry-run create's refusal; the webhook's cache may not have seen a pool created a moment
+/// ago, so an acceptance is retried for a while.
+async fn wait_for_refusal(env: &Env, object: &Value) -> anyhow::Result<Option<String>> {
+    let result = wait_for("a refusal", Duration::from_secs(10), || async {
+        create(env, object, true).await
+    })
+    .await;
+    match result {
+        Ok(message) => Ok(Some(message)),
+        Err(_) => create(env, object, true).await,
+    }
 }

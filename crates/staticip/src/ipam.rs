@@ -14,6 +14,7 @@ use ests_core::allocator::{
     AllocError, Holder, MAX_CAS_ATTEMPTS, allocate_in, block_name, blocks_of, release_in,
 };
 use ests_core::static_ip::record_ips;
+use ests_core::validate::pool_usable;
 use ipnet::IpNet;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -84,6 +85,33 @@ impl Ipam {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether addresses may be handed out of pool `name` (freeing them always may).
+    fn may_allocate(&self, name: &str) -> Result<(), IpamError> {
+        let pool = self
+            .pools
+            .get(&ObjectRef::new(name))
+            .ok_or_else(|| IpamError::UnknownPool(name.to_string()))?;
+        let bad = |message: String| IpamError::BadPool {
+            pool: name.to_string(),
+            message,
+        };
+        // The webhook refuses overlapping pools, but two created in the same instant can
+        // both pass it before its cache holds either: of overlapping pools only the oldest
+        // hands out addresses, the same one for every allocator.
+        let all = self.pools.state();
+        if let Err(overlaps) = pool_usable(&pool, all.iter().map(AsRef::as_ref)) {
+            return Err(bad(format!(
+                "spec.cidrs: {}; no address is handed out of this pool while it overlaps an older one",
+                overlaps
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(())
     }
 
     fn pool(&self, name: &str) -> Result<Pool, IpamError> {
@@ -211,6 +239,7 @@ impl Ipam {
         node: &str,
     ) -> Result<Vec<StaticIPAddress>, IpamError> {
         let pool = self.pool(pool_name)?;
+        self.may_allocate(pool_name)?;
         let holder = holder_of(record);
         let mut got: Vec<StaticIPAddress> = Vec::new();
         for v6 in [false, true] {
