@@ -51,6 +51,11 @@ pub const OBJECT_OVERHEAD_BYTES: usize = 64 * 1024;
 /// A live pool never changes in a way that could hand one address to two records: CIDRs
 /// can be appended, but an existing entry is never removed or changed, and the block prefix
 /// lengths never change.
+///
+/// Deleting a pool whose addresses records still hold leaves it Terminating (finalizer
+/// `jke.jdcloud.com/pool-protection`, added by the StaticIP manager) until the last of them
+/// is released, as a PersistentVolumeClaim in use waits for its pods; no address is handed
+/// out of it meanwhile. Then its IPBlocks are deleted and the pool goes.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "jke.jdcloud.com",

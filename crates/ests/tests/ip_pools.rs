@@ -1,15 +1,18 @@
 //! StaticIPPool edits the real kube-apiserver refuses, because they would hand one address
 //! to two records: block sizes the allocator cannot serve or whose allocation map cannot fit
-//! in one object, a live pool's CIDRs removed or changed or its block sizes changed, and a
-//! pool overlapping another (the admission webhook, which sees every pool).
+//! in one object, a live pool's CIDRs removed or changed or its block sizes changed, a pool
+//! overlapping another (the admission webhook, which sees every pool), and a pool deleted
+//! while its addresses are held (it waits, Terminating, until they are released).
 
 mod support;
 
 use std::time::Duration;
 
-use ests_api::StaticIPPool;
+use ests_api::{IPBlock, StaticIP, StaticIPPool, keys};
+use ests_testenv::resources::apply_value;
 use ests_testenv::{LogsOnFailure, wait_for};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::*;
 use tokio::sync::OnceCell;
@@ -259,4 +262,88 @@ async fn wait_for_refusal(env: &Env, object: &Value) -> anyhow::Result<Option<St
         Ok(message) => Ok(Some(message)),
         Err(_) => create(env, object, true).await,
     }
+}
+
+#[tokio::test]
+async fn deleting_a_pool_waits_until_its_addresses_are_released() -> anyhow::Result<()> {
+    let env = env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let name = "deleted-pool";
+    let pools: Api<StaticIPPool> = Api::all(env.client.clone());
+    apply_value(
+        &env.client,
+        &pool(name, json!({"cidrs": ["10.44.0.0/24"]})),
+        None,
+        false,
+    )
+    .await?;
+    let ns = "pool-deletion";
+    let sets = namespace(&env, ns).await?;
+    let mut set = simple_set("held", 1, "Parallel", 1);
+    set["metadata"]["annotations"] = json!({
+        keys::STATIC_IP_ENABLE: "true",
+        keys::STATIC_IP_POOL: name,
+        keys::STATIC_IP_RELEASE_POLICY: "WhenDeleted",
+    });
+    apply(&env, ns, &set).await?;
+    let records: Api<StaticIP> = Api::namespaced(env.client.clone(), ns);
+    let ip = wait_for("the record holds an address of the pool", T, || async {
+        Ok(records
+            .get_opt("held-0")
+            .await?
+            .and_then(|r| r.spec.ips.first().map(|a| a.ip.clone())))
+    })
+    .await?;
+    assert!(ip.starts_with("10.44.0."), "{ip}");
+
+    pools.delete(name, &DeleteParams::default()).await?;
+    // The pool stays, Terminating, while the record holds its address.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let live = pools.get_opt(name).await?;
+    assert!(
+        live.as_ref()
+            .is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+        "the pool went while an address of it is held: {live:?}"
+    );
+    let record = records.get("held-0").await?;
+    assert_eq!(
+        record.spec.ips.first().map(|a| a.ip.as_str()),
+        Some(ip.as_str())
+    );
+    // A new record cannot get an address of a pool being deleted.
+    sets.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 2}})),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let second = records.get_opt("held-1").await?;
+    assert!(
+        second.as_ref().is_none_or(|r| r.spec.ips.is_empty()),
+        "a record got an address of a pool being deleted: {second:?}"
+    );
+
+    // Once the set and its records are gone, so are the pool and its blocks: no record is
+    // left Terminating.
+    sets.delete("held", &DeleteParams::foreground()).await?;
+    wait_for(
+        "the records, the pool and its blocks are gone",
+        T,
+        || async {
+            let left = records.list(&ListParams::default()).await?.items;
+            let blocks: Vec<_> = Api::<IPBlock>::all(env.client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|b| b.spec.pool == name)
+                .map(|b| b.name_any())
+                .collect();
+            let pool = pools.get_opt(name).await?;
+            Ok((left.is_empty() && blocks.is_empty() && pool.is_none()).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
 }

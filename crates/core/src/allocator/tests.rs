@@ -403,3 +403,42 @@ fn every_block_size_a_pool_accepts_is_served() {
         }
     }
 }
+
+#[test]
+fn a_deleted_pool_goes_only_once_no_address_of_it_is_held() {
+    let blocks = |held: &[usize]| -> Vec<(String, usize)> {
+        held.iter()
+            .enumerate()
+            .map(|(i, n)| (format!("b{i}"), *n))
+            .collect()
+    };
+    /// (deleting, protected, blocks, step)
+    type Case = (bool, bool, Vec<(String, usize)>, PoolStep);
+    let cases: Vec<Case> = vec![
+        (false, false, blocks(&[]), PoolStep::Protect),
+        (false, false, blocks(&[3]), PoolStep::Protect),
+        (false, true, blocks(&[3, 0]), PoolStep::None),
+        // Deleted before the manager protected it: nothing is the manager's to hold back.
+        (true, false, blocks(&[3]), PoolStep::None),
+        (
+            true,
+            true,
+            blocks(&[2, 0, 1]),
+            PoolStep::Wait { held: 3, blocks: 2 },
+        ),
+        (
+            true,
+            true,
+            blocks(&[0, 0]),
+            PoolStep::DeleteBlocks(vec!["b0".into(), "b1".into()]),
+        ),
+        (true, true, blocks(&[]), PoolStep::Release),
+    ];
+    for (deleting, protected, blocks, want) in cases {
+        assert_eq!(
+            pool_step(deleting, protected, &blocks),
+            want,
+            "deleting {deleting}, protected {protected}, {blocks:?}"
+        );
+    }
+}
