@@ -248,6 +248,15 @@ pub fn review_pool(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'sta
     if new.metadata.name.is_none() && !request.name.is_empty() {
         new.metadata.name = Some(request.name.clone());
     }
+    // An update adding no CIDR (a finalizer, reservedIPs) has nothing to judge: it must
+    // not wait for the cache (the StaticIP manager's finalizer removal goes through here).
+    if old
+        .as_ref()
+        .is_some_and(|old| new.spec.cidrs.iter().all(|c| old.spec.cidrs.contains(c)))
+    {
+        let (code, body) = review_body(response);
+        return (code, body, "allowed");
+    }
     if !state.pools_listed.load(Ordering::SeqCst) {
         let (code, body) = review_body(response.deny(
             "spec.cidrs: the ests webhook has not yet read every StaticIPPool to check for overlaps; retry in a moment",

@@ -71,9 +71,15 @@ fn overlapping_pools_are_refused_naming_both() {
     let (state, mut writer) = state();
     let blue = pool("blue", &["172.30.0.0/24"]);
     let green = pool("green", &["172.30.0.128/25"]);
-    // Not listed yet: nothing is admitted.
+    // Not listed yet: nothing is admitted that adds a CIDR; an update adding none (a
+    // finalizer's removal) is.
     let (allowed, message) = answer(&state, &review("CREATE", &green, None));
     assert!(!allowed && message.contains("spec.cidrs"), "{message}");
+    let mut finalized = blue.clone();
+    finalized["metadata"]["finalizers"] = json!(["jke.jdcloud.com/pool-protection"]);
+    assert!(answer(&state, &review("UPDATE", &finalized, Some(&blue))).0);
+    let grown = pool("blue", &["172.30.0.0/24", "10.1.0.0/24"]);
+    assert!(!answer(&state, &review("UPDATE", &grown, Some(&blue))).0);
 
     writer.apply_watcher_event(&Event::Apply(
         serde_json::from_value(blue.clone()).expect("pool"),
@@ -93,6 +99,5 @@ fn overlapping_pools_are_refused_naming_both() {
         .0
     );
     // An update of blue is not judged against blue.
-    let grown = pool("blue", &["172.30.0.0/24", "10.1.0.0/24"]);
     assert!(answer(&state, &review("UPDATE", &grown, Some(&blue))).0);
 }
