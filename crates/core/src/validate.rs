@@ -171,18 +171,18 @@ pub fn pool_admission<'a>(
         .collect()
 }
 
-/// Whether `pool` may hand out addresses though it overlaps other pools (created before
-/// the webhook refused overlaps, or in the same instant as one of them, before either was
-/// in the webhook's cache): only the oldest of overlapping pools does (creation time, then
-/// name), so that every allocator, however it learnt of them, picks the same one. The
-/// overlaps that stop it, if any.
+/// Whether `pool` may hand out addresses, given the pools an allocator's cache holds: not
+/// while it overlaps another. The webhook refuses overlapping pools, but two created in the
+/// same instant can both pass it before its cache holds either, and pools made before the
+/// webhook checked may overlap. A cache that holds the later-created of two pools holds the
+/// earlier one too (one watch, in resourceVersion order), so whatever an allocator hands out
+/// of the earlier pool before it sees the later one, it never hands out an address of the
+/// later one: no address goes to two records. The overlaps that stop it, if any.
 pub fn pool_usable<'a>(
     pool: &StaticIPPool,
     others: impl IntoIterator<Item = &'a StaticIPPool>,
 ) -> Result<(), Vec<Overlap>> {
-    let key = |p: &StaticIPPool| (p.creation_timestamp().map(|t| t.0), p.name_any());
-    let older: Vec<&StaticIPPool> = others.into_iter().filter(|o| key(o) < key(pool)).collect();
-    let stopping = pool_overlaps(pool, None, older)
+    let stopping = pool_overlaps(pool, None, others)
         .into_iter()
         .filter(|o| o.other_pool.is_some())
         .collect::<Vec<_>>();
@@ -280,11 +280,14 @@ mod tests {
         );
     }
 
+    /// An allocator's cache that holds the later-created of two pools holds the earlier
+    /// one too (one watch, in resourceVersion order), so refusing both is what keeps every
+    /// allocator from ever handing out an address of both; "the oldest wins" would not be,
+    /// as creation timestamps have one-second resolution and come from several API servers.
     #[test]
-    fn of_overlapping_pools_only_the_oldest_hands_out_addresses() {
+    fn overlapping_pools_hand_out_nothing() {
         let first = pool("b-first", &["172.30.0.0/24"], "2026-01-01T00:00:00Z");
         let second = pool("c-second", &["172.30.0.0/25"], "2026-01-01T00:00:05Z");
-        // Created in the same second: the name decides.
         let same_second = pool("a-same", &["172.30.0.128/25"], "2026-01-01T00:00:00Z");
         let apart = pool("d-apart", &["10.0.0.0/24"], "2026-01-01T00:00:00Z");
         let all = [&first, &second, &same_second, &apart];
@@ -297,13 +300,15 @@ mod tests {
             [
                 ("b-first".into(), false),
                 ("c-second".into(), false),
-                ("a-same".into(), true),
+                ("a-same".into(), false),
                 ("d-apart".into(), true),
             ]
         );
+        // The first pool alone in a cache (the second not yet seen) hands out addresses.
+        assert!(pool_usable(&first, [&first, &apart]).is_ok());
         assert_eq!(
-            pool_usable(&first, all).map_err(|o| o[0].to_string()),
-            Err("172.30.0.0/24 overlaps 172.30.0.128/25 of StaticIPPool a-same".into())
+            pool_usable(&same_second, all).map_err(|o| o[0].to_string()),
+            Err("172.30.0.128/25 overlaps 172.30.0.0/24 of StaticIPPool b-first".into())
         );
     }
 

@@ -105,12 +105,11 @@ impl Ipam {
             ));
         }
         // The webhook refuses overlapping pools, but two created in the same instant can
-        // both pass it before its cache holds either: of overlapping pools only the oldest
-        // hands out addresses, the same one for every allocator.
+        // both pass it before its cache holds either: overlapping pools hand out nothing.
         let all = self.pools.state();
         if let Err(overlaps) = pool_usable(&pool, all.iter().map(AsRef::as_ref)) {
             return Err(bad(format!(
-                "spec.cidrs: {}; no address is handed out of this pool while it overlaps an older one",
+                "spec.cidrs: {}; no address is handed out of a pool while it overlaps another",
                 overlaps
                     .iter()
                     .map(ToString::to_string)
