@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 /// (1,572,864 − 65,536) / 475 = 3,173 allocations at most, so a block may hold 2^11 = 2,048
 /// addresses: prefix 32 − 11 = 21. (A /20, 4,096 addresses, would reach 1.9 MiB; a /16 passes
 /// 1.5 MiB near 15,000 allocations even with short names.) `tests::a_full_block_fits_in_one_object`
-/// builds such a block and checks the sum.
+/// checks the sum and serializes a full block of each family.
 pub const MIN_IPV4_BLOCK_PREFIX: u8 = 21;
 /// Longest IPv4 block prefix length: a block holds at least 4 addresses (its first and last
 /// are never handed out).
@@ -211,6 +211,57 @@ mod tests {
         // One bit shorter would not fit: the bound is as loose as it can be.
         assert!(worst_case_bytes(v4_bits + 1, v4) > budget);
         assert!(worst_case_bytes(v6_bits + 1, v6) > budget);
+
+        // A full block of each family, every address taken by a worst-case record, as
+        // stored: its JSON, plus one managedFields entry per address.
+        for (cidr, bits, address_of) in [
+            (
+                "10.255.248.0/21",
+                v4_bits,
+                Box::new(|i: u32| std::net::Ipv4Addr::from(0x0aff_f800 + i).to_string())
+                    as Box<dyn Fn(u32) -> String>,
+            ),
+            (
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:f800/117",
+                v6_bits,
+                Box::new(|i: u32| {
+                    std::net::Ipv6Addr::from(u128::MAX - 0x7ff + u128::from(i)).to_string()
+                }),
+            ),
+        ] {
+            let allocations: BTreeMap<String, IPAllocation> = (1..(1u32 << bits) - 1)
+                .map(|i| {
+                    (
+                        address_of(i),
+                        IPAllocation {
+                            namespace: "n".repeat(63),
+                            name: format!("{:r<253}", i),
+                            uid: "00000000-0000-0000-0000-000000000000".into(),
+                        },
+                    )
+                })
+                .collect();
+            let managed: usize = allocations
+                .keys()
+                .map(|a| {
+                    format!(
+                        r#""f:{a}":{{".":{{}},"f:name":{{}},"f:namespace":{{}},"f:uid":{{}}}},"#
+                    )
+                    .len()
+                })
+                .sum();
+            let block = IPBlock::new(
+                &"b".repeat(253),
+                IPBlockSpec {
+                    pool: "p".repeat(253),
+                    cidr: cidr.into(),
+                    node: Some("n".repeat(253)),
+                    allocations,
+                },
+            );
+            let stored = serde_json::to_vec(&block).expect("serializes").len() + managed;
+            assert!(stored <= budget, "{cidr}: {stored} bytes");
+        }
     }
 
     #[test]
