@@ -104,16 +104,18 @@ RBAC rules of the StaticIP manager (crates/staticip), in the controller's role o
   resources: ["enhancedstatefulsets"]
   verbs: ["list", "watch"]
 # IP range mode: blocks are the allocator's compare-and-swap store (replace at a
-# resourceVersion); the sweeper patches their status.
+# resourceVersion); the sweeper patches their status; a deleted pool's free blocks are
+# deleted (at the resourceVersion judged free).
 - apiGroups: ["jke.jdcloud.com"]
   resources: ["ipblocks"]
-  verbs: ["get", "list", "watch", "create", "update"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
 - apiGroups: ["jke.jdcloud.com"]
   resources: ["ipblocks/status"]
   verbs: ["patch"]
+# Pools carry the manager's finalizer until their addresses are released.
 - apiGroups: ["jke.jdcloud.com"]
   resources: ["staticippools"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}
 
 {{/*

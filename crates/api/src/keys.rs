@@ -45,6 +45,10 @@ pub const SET_RECORDS_FINALIZER: &str = "jke.jdcloud.com/static-ip-records";
 /// Finalizer on IP-range-mode records: the record goes only after its addresses are freed
 /// on their blocks, once no pod of the identity runs.
 pub const RECORD_RELEASE_FINALIZER: &str = "jke.jdcloud.com/release-ip";
+/// Finalizer on StaticIPPools, added by the StaticIP manager: a deleted pool stays
+/// (Terminating) until no record holds an address of it; then its IPBlocks are deleted and
+/// the pool goes. No address is handed out of a pool being deleted.
+pub const POOL_PROTECTION_FINALIZER: &str = "jke.jdcloud.com/pool-protection";
 
 /// Label on a node that replaces another in node migration: the value is the name of the
 /// node it replaces.

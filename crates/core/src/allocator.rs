@@ -101,6 +101,45 @@ pub fn block_name(pool: &str, cidr: &IpNet) -> String {
     format!("{pool}-{address}-{}", cidr.prefix_len())
 }
 
+/// What the StaticIP manager does about a pool: protect it with its finalizer while it
+/// lives; once it is deleted, wait while any of its blocks holds an address, then delete
+/// its blocks, then let it go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolStep {
+    /// Nothing to do.
+    None,
+    /// Add the protection finalizer.
+    Protect,
+    /// Deleted, but records hold `held` addresses of it (in `blocks` blocks): wait.
+    Wait { held: usize, blocks: usize },
+    /// Deleted and no address held: delete these (free) blocks.
+    DeleteBlocks(Vec<String>),
+    /// Deleted, no block left: remove the finalizer.
+    Release,
+}
+
+/// The next [`PoolStep`] for a pool (`deleting`: it has a deletion timestamp; `protected`:
+/// it carries the finalizer), given its blocks as (name, addresses held).
+pub fn pool_step(deleting: bool, protected: bool, blocks: &[(String, usize)]) -> PoolStep {
+    match (deleting, protected) {
+        (false, false) => PoolStep::Protect,
+        (false, true) | (true, false) => PoolStep::None,
+        (true, true) => {
+            let holding: Vec<usize> = blocks.iter().map(|(_, n)| *n).filter(|n| *n > 0).collect();
+            if !holding.is_empty() {
+                PoolStep::Wait {
+                    held: holding.iter().sum(),
+                    blocks: holding.len(),
+                }
+            } else if !blocks.is_empty() {
+                PoolStep::DeleteBlocks(blocks.iter().map(|(name, _)| name.clone()).collect())
+            } else {
+                PoolStep::Release
+            }
+        }
+    }
+}
+
 /// One block's allocation state: a bitmap over its addresses, for constant-time-ish
 /// allocation even in large blocks, plus who holds each taken address.
 #[derive(Debug, Clone, PartialEq, Eq)]

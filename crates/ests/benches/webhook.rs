@@ -68,6 +68,8 @@ fn text(registry: &prometheus::Registry) -> String {
 fn state(records: Store<StaticIP>, registry: &prometheus::Registry) -> anyhow::Result<AppState> {
     Ok(AppState {
         records,
+        pools: kube::runtime::reflector::store().0,
+        pools_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         pin: Arc::new(PinSettings {
             controller_users: vec![CONTROLLER_USER.into()],
             cni: vec![CniAnnotation::calico()],

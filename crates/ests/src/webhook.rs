@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use ests_api::StaticIP;
+use ests_api::{StaticIP, StaticIPPool};
 use ests_core::pin::{CniAnnotation, PinSettings};
 use ests_webhook::tls::{CertFiles, reloading_config};
 use ests_webhook::{AppState, Metrics, router};
@@ -95,23 +95,40 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     .context("loading the serving certificate")?;
     metrics.certs_loaded.inc();
 
-    // Records, from a watch: the request path never calls the API server.
+    // Records and pools, from watches: the request path never calls the API server.
     let (records, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
-        watcher::watcher(Api::<StaticIP>::all(client), watcher::Config::default()),
+        watcher::watcher(
+            Api::<StaticIP>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .touched_objects();
     tokio::spawn(stream.for_each(|_| async {}));
+    let (pools, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(Api::<StaticIPPool>::all(client), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    tokio::spawn(stream.for_each(|_| async {}));
+    let pools_listed = Arc::new(AtomicBool::new(false));
     {
-        let (listed, ready) = (
-            ests_cache::Listed::spawn("webhook", vec![ests_cache::wait_for(&records)]),
+        let (listed, ready, pools_listed) = (
+            ests_cache::Listed::spawn(
+                "webhook",
+                vec![ests_cache::wait_for(&records), ests_cache::wait_for(&pools)],
+            ),
             ready.clone(),
+            pools_listed.clone(),
         );
         tokio::spawn(async move {
             listed.wait().await;
-            tracing::info!("StaticIP cache listed; ready");
+            tracing::info!("StaticIP and StaticIPPool caches listed; ready");
+            pools_listed.store(true, Ordering::SeqCst);
             ready.store(true, Ordering::SeqCst);
         });
     }
@@ -123,6 +140,8 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     };
     let app = router(AppState {
         records,
+        pools,
+        pools_listed,
         pin: Arc::new(PinSettings {
             controller_users: args.controller_users,
             cni,

@@ -15,7 +15,9 @@ use ests_core::allocator::{
     blocks_to_try, release_in,
 };
 use ests_core::static_ip::{going, record_ips};
+use ests_core::validate::pool_usable;
 use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
@@ -68,6 +70,7 @@ pub enum Assignment {
 /// A pool as allocation reads it.
 struct Pool {
     name: String,
+    uid: Option<String>,
     cidrs: Vec<IpNet>,
     v4_prefix: u8,
     v6_prefix: u8,
@@ -87,6 +90,37 @@ impl Ipam {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether addresses may be handed out of pool `name` (freeing them always may).
+    fn may_allocate(&self, name: &str) -> Result<(), IpamError> {
+        let pool = self
+            .pools
+            .get(&ObjectRef::new(name))
+            .ok_or_else(|| IpamError::UnknownPool(name.to_string()))?;
+        let bad = |message: String| IpamError::BadPool {
+            pool: name.to_string(),
+            message,
+        };
+        if pool.metadata.deletion_timestamp.is_some() {
+            return Err(bad(
+                "metadata.deletionTimestamp: the pool is being deleted; no address of it is handed out".into(),
+            ));
+        }
+        // The webhook refuses overlapping pools, but two created in the same instant can
+        // both pass it before its cache holds either: overlapping pools hand out nothing.
+        let all = self.pools.state();
+        if let Err(overlaps) = pool_usable(&pool, all.iter().map(AsRef::as_ref)) {
+            return Err(bad(format!(
+                "spec.cidrs: {}; no address is handed out of a pool while it overlaps another",
+                overlaps
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(())
     }
 
     fn pool(&self, name: &str) -> Result<Pool, IpamError> {
@@ -120,6 +154,7 @@ impl Ipam {
             .counting_conflicts(self.metrics.conflicts.with_label_values(&["IPBlock"]));
         Ok(Pool {
             name: name.to_string(),
+            uid: pool.uid(),
             cidrs,
             v4_prefix: pool.spec.ipv4_block_prefix_length,
             v6_prefix: pool.spec.ipv6_block_prefix_length,
@@ -220,6 +255,7 @@ impl Ipam {
         node: &str,
     ) -> Result<Vec<StaticIPAddress>, IpamError> {
         let pool = self.pool(pool_name)?;
+        self.may_allocate(pool_name)?;
         let holder = holder_of(record);
         let mut got: Vec<StaticIPAddress> = Vec::new();
         for v6 in [false, true] {
@@ -368,6 +404,16 @@ impl Ipam {
                 let object = IPBlock {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
+                        // Should the pool go without its finalizer, its blocks go with it.
+                        owner_references: pool.uid.clone().map(|uid| {
+                            vec![OwnerReference {
+                                api_version: format!("{}/{}", ests_api::GROUP, ests_api::VERSION),
+                                kind: "StaticIPPool".into(),
+                                name: pool.name.clone(),
+                                uid,
+                                ..OwnerReference::default()
+                            }]
+                        }),
                         ..ObjectMeta::default()
                     },
                     spec: IPBlockSpec {
@@ -436,7 +482,10 @@ impl Ipam {
     /// freed.
     pub async fn release(&self, record: &StaticIP, reason: &str) -> Result<usize, IpamError> {
         let pool_name = record.spec.pool.clone().unwrap_or_default();
-        let pool = self.pool(&pool_name)?;
+        // Freeing needs only the blocks: a record outliving its pool (deleted before the
+        // manager protected it) is not left Terminating.
+        let store = ApiBlockStore::new(self.client.clone(), self.reserved(&pool_name))
+            .counting_conflicts(self.metrics.conflicts.with_label_values(&["IPBlock"]));
         let holder = holder_of(record);
         let mut targets: Vec<(String, IpAddr)> = record
             .spec
@@ -457,7 +506,7 @@ impl Ipam {
         targets.dedup();
         let mut freed = 0;
         for (block, ip) in targets {
-            match release_in(&pool.store, &block, ip, &holder).await {
+            match release_in(&store, &block, ip, &holder).await {
                 Ok(()) => freed += 1,
                 // Someone else's now, or the block is gone: nothing of ours to free.
                 Err(AllocError::NotHolder { .. }) => {}

@@ -5,7 +5,8 @@
 //! node's blocks (IP range mode, [`ipam`]), is Bound to the pod that runs with them, and is
 //! released when its release policy says so and no pod of the identity is left
 //! ([`records`]). The sweeper ([`sweep`]) frees block addresses no record holds and keeps
-//! block counts and metrics. What to do is decided in `ests_core::static_ip` and
+//! block counts and metrics. A deleted pool waits until no address of it is held
+//! ([`pools`]). What to do is decided in `ests_core::static_ip` and
 //! `ests_core::allocator`; this crate reads caches and writes conditionally.
 //!
 //! State lives only in the API server — records and blocks — and is read from there on
@@ -15,6 +16,7 @@
 pub mod blocks;
 pub mod ipam;
 pub mod metrics;
+pub mod pools;
 pub mod records;
 pub mod sweep;
 
@@ -129,8 +131,6 @@ pub async fn run(
     )
     .default_backoff()
     .touched_objects();
-    // Pools only feed the cache.
-    tokio::spawn(pool_stream.for_each(|_| async {}));
 
     let listed = ests_cache::Listed::spawn(
         "static-ip manager",
@@ -146,7 +146,7 @@ pub async fn run(
         listed,
         ipam: Ipam {
             client: client.clone(),
-            pools,
+            pools: pools.clone(),
             blocks: blocks.clone(),
             metrics: metrics.clone(),
         },
@@ -157,9 +157,9 @@ pub async fn run(
     });
 
     let by_set = records.clone();
-    let (shutdown_records, shutdown_blocks) = {
+    let (shutdown_records, shutdown_blocks, shutdown_pools) = {
         let shared = futures::FutureExt::shared(Box::pin(shutdown));
-        (shared.clone(), shared)
+        (shared.clone(), shared.clone(), shared)
     };
     let record_controller = Controller::for_stream(record_stream, records)
         // A pod's changes concern the record named like it.
@@ -191,12 +191,20 @@ pub async fn run(
     let block_controller = Controller::for_stream(block_stream, blocks)
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown_blocks)
-        .run(sweep::reconcile, sweep::error_policy, ctx)
+        .run(sweep::reconcile, sweep::error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "block sweeper event");
             }
         });
-    futures::join!(record_controller, block_controller);
+    let pool_controller = Controller::for_stream(pool_stream, pools)
+        .graceful_shutdown_on(shutdown_pools)
+        .run(pools::reconcile, pools::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "pool protection event");
+            }
+        });
+    futures::join!(record_controller, block_controller, pool_controller);
     Ok(())
 }

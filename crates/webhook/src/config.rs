@@ -18,6 +18,8 @@ pub const NAME: &str = "ests-webhook";
 pub const PODS_PATH: &str = "/mutate-pods";
 /// Path of the EnhancedStatefulSet webhook.
 pub const SETS_PATH: &str = "/validate-sets";
+/// Path of the StaticIPPool webhook.
+pub const POOLS_PATH: &str = "/validate-pools";
 
 /// Where the API server reaches the webhook.
 #[derive(Debug, Clone)]
@@ -69,9 +71,9 @@ fn namespace_selector(ests_namespace: &str) -> LabelSelector {
     }
 }
 
-/// The Pod webhook (mutating, only pods with the static-IP label) and the set webhook
-/// (validating). Both fail closed: a static-IP pod must never start without its pin, and a
-/// set the webhook could not check is not admitted.
+/// The Pod webhook (mutating, only pods with the static-IP label), the set webhook and the
+/// pool webhook (validating). All fail closed: a static-IP pod must never start without its
+/// pin, and a set or pool the webhook could not check is not admitted.
 pub fn configurations(
     endpoint: &Endpoint,
     ca_bundle: Option<&[u8]>,
@@ -127,6 +129,26 @@ pub fn configurations(
         timeout_seconds: Some(5),
         match_conditions: None,
     };
+    // Pools are cluster-scoped: no namespace selector applies.
+    let pools = ValidatingWebhook {
+        name: "staticippools.jke.jdcloud.com".into(),
+        admission_review_versions: vec!["v1".into()],
+        client_config: client_config(endpoint, POOLS_PATH, ca_bundle),
+        rules: Some(vec![RuleWithOperations {
+            operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+            api_groups: Some(vec![ests_api::GROUP.into()]),
+            api_versions: Some(vec!["v1alpha1".into()]),
+            resources: Some(vec!["staticippools".into()]),
+            scope: Some("Cluster".into()),
+        }]),
+        namespace_selector: None,
+        object_selector: None,
+        failure_policy: Some("Fail".into()),
+        match_policy: Some("Equivalent".into()),
+        side_effects: "None".into(),
+        timeout_seconds: Some(5),
+        match_conditions: None,
+    };
     (
         MutatingWebhookConfiguration {
             metadata: metadata.clone(),
@@ -134,7 +156,7 @@ pub fn configurations(
         },
         ValidatingWebhookConfiguration {
             metadata,
-            webhooks: Some(vec![sets]),
+            webhooks: Some(vec![sets, pools]),
         },
     )
 }

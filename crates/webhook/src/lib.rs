@@ -5,11 +5,14 @@
 //!   ([`ests_core::pin`]); other pods claiming to be static-IP pods are refused.
 //! - `POST /validate-sets` (EnhancedStatefulSet CREATE/UPDATE): what the CRD cannot check
 //!   ([`ests_core::validate`]).
+//! - `POST /validate-pools` (StaticIPPool CREATE/UPDATE): no CIDR may overlap another
+//!   pool's ([`ests_core::validate::pool_admission`]), judged against a watch-fed cache of
+//!   every pool; until that cache has listed, pools are refused (retry).
 //! - `POST /interpret` (Karmada's Resource Interpreter webhook, `ResourceInterpreterContext`
 //!   for EnhancedStatefulSet): the same answers as the Lua customization in
 //!   `config/karmada` ([`interpreter`]).
 //!
-//! Records are read from a watch-fed cache: nothing on the request path calls the API
+//! Records and pools are read from watch-fed caches: nothing on the request path calls the API
 //! server. Every malformed request gets a 400 with a JSON message, never a panic; bodies are
 //! size-limited.
 #![forbid(unsafe_code)]
@@ -20,6 +23,7 @@ pub mod metrics;
 pub mod tls;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
@@ -29,9 +33,9 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use ests_api::{EnhancedStatefulSet, StaticIP};
+use ests_api::{EnhancedStatefulSet, StaticIP, StaticIPPool};
 use ests_core::pin::{PinSettings, PinVerdict, pin};
-use ests_core::validate::set_admission;
+use ests_core::validate::{pool_admission, set_admission};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
@@ -48,6 +52,10 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub records: Store<StaticIP>,
+    /// Every StaticIPPool, and whether that cache has listed (a pool is judged against all
+    /// others, so never against a half-filled cache).
+    pub pools: Store<StaticIPPool>,
+    pub pools_listed: Arc<AtomicBool>,
     pub pin: Arc<PinSettings>,
     pub metrics: Metrics,
 }
@@ -57,6 +65,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/mutate-pods", post(mutate_pods))
         .route("/validate-sets", post(validate_sets))
+        .route("/validate-pools", post(validate_pools))
         .route("/interpret", post(interpret))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -205,6 +214,66 @@ pub fn review_set(body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
     }
 }
 
+/// Answers a StaticIPPool admission review from the pool cache, without I/O.
+pub fn review_pool(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+    let request: AdmissionRequest<DynamicObject> = match parse(body) {
+        Ok(request) => request,
+        Err(e) => {
+            let (code, body) = bad_request(e);
+            return (code, body, "malformed");
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    let typed = |object: &Option<DynamicObject>| -> Result<Option<StaticIPPool>, String> {
+        object
+            .as_ref()
+            .map(|o| {
+                serde_json::to_value(o)
+                    .and_then(serde_json::from_value::<StaticIPPool>)
+                    .map_err(|e| format!("not a StaticIPPool: {e}"))
+            })
+            .transpose()
+    };
+    let (new, old) = match (typed(&request.object), typed(&request.old_object)) {
+        (Ok(new), Ok(old)) => (new, old),
+        (Err(e), _) | (_, Err(e)) => {
+            let (code, body) = review_body(response.deny(e));
+            return (code, body, "denied");
+        }
+    };
+    let Some(mut new) = new else {
+        let (code, body) = review_body(response);
+        return (code, body, "allowed");
+    };
+    if new.metadata.name.is_none() && !request.name.is_empty() {
+        new.metadata.name = Some(request.name.clone());
+    }
+    // An update adding no CIDR (a finalizer, reservedIPs) has nothing to judge: it must
+    // not wait for the cache (the StaticIP manager's finalizer removal goes through here).
+    if old
+        .as_ref()
+        .is_some_and(|old| new.spec.cidrs.iter().all(|c| old.spec.cidrs.contains(c)))
+    {
+        let (code, body) = review_body(response);
+        return (code, body, "allowed");
+    }
+    if !state.pools_listed.load(Ordering::SeqCst) {
+        let (code, body) = review_body(response.deny(
+            "spec.cidrs: the ests webhook has not yet read every StaticIPPool to check for overlaps; retry in a moment",
+        ));
+        return (code, body, "denied");
+    }
+    let pools = state.pools.state();
+    let problems = pool_admission(&new, old.as_ref(), pools.iter().map(AsRef::as_ref));
+    if problems.is_empty() {
+        let (code, body) = review_body(response);
+        (code, body, "allowed")
+    } else {
+        let (code, body) = review_body(response.deny(problems.join("; ")));
+        (code, body, "denied")
+    }
+}
+
 fn respond(
     metrics: &Metrics,
     endpoint: &str,
@@ -253,6 +322,18 @@ async fn validate_sets(
         Err(rejection) => unreadable(rejection),
     };
     respond(&state.metrics, "validate-sets", started, answer)
+}
+
+async fn validate_pools(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let answer = match body {
+        Ok(body) => review_pool(&state, &body),
+        Err(rejection) => unreadable(rejection),
+    };
+    respond(&state.metrics, "validate-pools", started, answer)
 }
 
 /// Answers a Karmada `ResourceInterpreterContext`, without I/O.

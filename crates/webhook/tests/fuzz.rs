@@ -231,6 +231,8 @@ fn a_million_hostile_requests_never_panic() {
     writer.apply_watcher_event(&Event::Apply(record));
     let state = AppState {
         records,
+        pools: kube::runtime::reflector::store().0,
+        pools_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         pin: Arc::new(PinSettings {
             controller_users: vec![CONTROLLER.into()],
             cni: vec![CniAnnotation::calico()],

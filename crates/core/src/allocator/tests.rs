@@ -433,3 +433,72 @@ proptest! {
         }
     }
 }
+
+/// Every block size a StaticIPPool accepts, the allocator serves, down to the last address.
+#[test]
+fn every_block_size_a_pool_accepts_is_served() {
+    use ests_api::ip_pool::{
+        MAX_IPV4_BLOCK_PREFIX, MAX_IPV6_BLOCK_PREFIX, MIN_IPV4_BLOCK_PREFIX, MIN_IPV6_BLOCK_PREFIX,
+    };
+    let cases = [
+        ("10.0.0.0/8", MIN_IPV4_BLOCK_PREFIX..=MAX_IPV4_BLOCK_PREFIX),
+        ("fd00::/64", MIN_IPV6_BLOCK_PREFIX..=MAX_IPV6_BLOCK_PREFIX),
+    ];
+    for (cidr, prefixes) in cases {
+        for prefix in prefixes {
+            let first = blocks_of(net(cidr), prefix).next().expect("a block");
+            let mut block =
+                Block::new(first, &[]).unwrap_or_else(|e| panic!("{cidr} /{prefix}: {e}"));
+            let usable = (1u64 << (first.max_prefix_len() - prefix)) - 2;
+            assert_eq!(block.capacity(), usable, "{cidr} /{prefix}");
+            for n in 0..usable {
+                block
+                    .allocate(&holder(n as u32))
+                    .unwrap_or_else(|e| panic!("{cidr} /{prefix}: {e}"));
+            }
+            assert_eq!(
+                block.allocate(&holder(u32::MAX)),
+                Err(AllocError::BlockFull(first))
+            );
+        }
+    }
+}
+
+#[test]
+fn a_deleted_pool_goes_only_once_no_address_of_it_is_held() {
+    let blocks = |held: &[usize]| -> Vec<(String, usize)> {
+        held.iter()
+            .enumerate()
+            .map(|(i, n)| (format!("b{i}"), *n))
+            .collect()
+    };
+    /// (deleting, protected, blocks, step)
+    type Case = (bool, bool, Vec<(String, usize)>, PoolStep);
+    let cases: Vec<Case> = vec![
+        (false, false, blocks(&[]), PoolStep::Protect),
+        (false, false, blocks(&[3]), PoolStep::Protect),
+        (false, true, blocks(&[3, 0]), PoolStep::None),
+        // Deleted before the manager protected it: nothing is the manager's to hold back.
+        (true, false, blocks(&[3]), PoolStep::None),
+        (
+            true,
+            true,
+            blocks(&[2, 0, 1]),
+            PoolStep::Wait { held: 3, blocks: 2 },
+        ),
+        (
+            true,
+            true,
+            blocks(&[0, 0]),
+            PoolStep::DeleteBlocks(vec!["b0".into(), "b1".into()]),
+        ),
+        (true, true, blocks(&[]), PoolStep::Release),
+    ];
+    for (deleting, protected, blocks, want) in cases {
+        assert_eq!(
+            pool_step(deleting, protected, &blocks),
+            want,
+            "deleting {deleting}, protected {protected}, {blocks:?}"
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! Pool protection: a StaticIPPool carries the finalizer `jke.jdcloud.com/pool-protection`
+//! while it lives. Deleted, it stays (Terminating) while any of its blocks holds an address,
+//! as a PersistentVolumeClaim in use waits for its pods; no address is handed out of it
+//! meanwhile (`Ipam::assign`). Once none is held its blocks are deleted, each at the
+//! resourceVersion judged free (an allocation in between makes the delete fail and the
+//! pool wait again), and the finalizer goes. What to do is `ests_core::allocator::pool_step`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ests_api::{IPBlock, StaticIPPool, keys};
+use ests_core::allocator::{PoolStep, pool_step};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use serde_json::json;
+
+use crate::{Context, Error};
+
+/// How often a deleted pool whose addresses are held is looked at again.
+const WAIT: Duration = Duration::from_secs(5);
+
+pub async fn reconcile(pool: Arc<StaticIPPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = pool.name_any();
+    let client = ctx.ipam.client.clone();
+    let deleting = pool.metadata.deletion_timestamp.is_some();
+    let protected = pool
+        .finalizers()
+        .iter()
+        .any(|f| f == keys::POOL_PROTECTION_FINALIZER);
+    // The blocks of a deleted pool are read from the API server, not the cache: its last
+    // allocation must not be missed.
+    let blocks: Vec<IPBlock> = if deleting && protected {
+        Api::<IPBlock>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| Error::kube(format!("listing the IPBlocks of StaticIPPool {name}"), e))?
+            .items
+            .into_iter()
+            .filter(|b| b.spec.pool == name)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let held: Vec<(String, usize)> = blocks
+        .iter()
+        .map(|b| (b.name_any(), b.spec.allocations.len()))
+        .collect();
+    let pools: Api<StaticIPPool> = Api::all(client.clone());
+    match pool_step(deleting, protected, &held) {
+        PoolStep::None => Ok(Action::await_change()),
+        PoolStep::Protect => {
+            let mut finalizers = pool.finalizers().to_vec();
+            finalizers.push(keys::POOL_PROTECTION_FINALIZER.to_string());
+            write_finalizers(&pools, &pool, finalizers, "adding").await
+        }
+        PoolStep::Wait { held, blocks } => {
+            tracing::info!(pool = %name, held, blocks, "StaticIPPool deleted; waiting until no record holds an address of it");
+            Ok(Action::requeue(WAIT))
+        }
+        PoolStep::DeleteBlocks(names) => {
+            let api: Api<IPBlock> = Api::all(client);
+            for block in blocks.iter().filter(|b| names.contains(&b.name_any())) {
+                let block_name = block.name_any();
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: block.uid(),
+                        resource_version: block.resource_version(),
+                    }),
+                    ..DeleteParams::default()
+                };
+                match api.delete(&block_name, &params).await {
+                    Ok(_) => {
+                        tracing::info!(pool = %name, block = %block_name, "deleted a free IPBlock of a deleted StaticIPPool")
+                    }
+                    // Changed (an allocation) or gone since it was read: judged again.
+                    Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {}
+                    Err(e) => {
+                        return Err(Error::kube(
+                            format!("deleting IPBlock {block_name} of StaticIPPool {name}"),
+                            e,
+                        ));
+                    }
+                }
+            }
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        PoolStep::Release => {
+            let finalizers: Vec<String> = pool
+                .finalizers()
+                .iter()
+                .filter(|f| *f != keys::POOL_PROTECTION_FINALIZER)
+                .cloned()
+                .collect();
+            tracing::info!(pool = %name, "StaticIPPool deleted and no address of it held; letting it go");
+            write_finalizers(&pools, &pool, finalizers, "removing").await
+        }
+    }
+}
+
+/// Writes the pool's finalizers at the resourceVersion they were judged at.
+async fn write_finalizers(
+    api: &Api<StaticIPPool>,
+    pool: &StaticIPPool,
+    finalizers: Vec<String>,
+    what: &str,
+) -> Result<Action, Error> {
+    let name = pool.name_any();
+    let patch =
+        json!({"metadata": {"resourceVersion": pool.resource_version(), "finalizers": finalizers}});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        Err(e) => Err(Error::kube(
+            format!(
+                "{what} the finalizer {} of StaticIPPool {name}",
+                keys::POOL_PROTECTION_FINALIZER
+            ),
+            e,
+        )),
+    }
+}
+
+pub fn error_policy(pool: Arc<StaticIPPool>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(pool = %pool.name_any(), %error, "pool protection failed");
+    Action::requeue(Duration::from_secs(5))
+}
