@@ -77,6 +77,23 @@ async fn wait_lock_free() -> anyhow::Result<()> {
     .await
 }
 
+/// The demo, killed (SIGKILL, as a crash would) however the test ends.
+struct Demo(std::process::Child);
+
+impl Demo {
+    fn kill(&mut self) -> anyhow::Result<()> {
+        self.0.kill()?;
+        self.0.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
 fn assert_same(before: &Fingerprint, after: &Fingerprint) {
     let diff = before.diff(after);
     assert!(diff.is_empty(), "the host changed:\n{}", diff.join("\n"));
@@ -114,33 +131,35 @@ async fn a_killed_demo_leaves_the_host_as_it_was() -> anyhow::Result<()> {
     let _turn = cluster_lock().await;
     wait_lock_free().await?;
     let before = Fingerprint::take()?;
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_ests-dev"))
-        .args(["--no-ests", "--nodes=0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = demo.stdout.take().expect("piped");
+    let mut demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_ests-dev"))
+            .args(["--no-ests", "--nodes=0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
+    let stdout = demo.0.stdout.take().expect("piped");
     // Read to the end in the background: the demo keeps its standard output open.
     let (found, kubeconfig) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let mut found = Some(found);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let (Some(path), Some(tx)) = (line.strip_prefix("KUBECONFIG="), found.take()) {
+            if let Some(path) = line.strip_prefix("KUBECONFIG=")
+                && let Some(tx) = found.take()
+            {
                 let _ = tx.send(path.to_string());
             }
         }
     });
     let kubeconfig = kubeconfig.await.ok();
     let Some(kubeconfig) = kubeconfig else {
-        let status = demo.wait()?;
-        anyhow::bail!("ests-dev ended ({status}) without printing its KUBECONFIG");
+        anyhow::bail!("ests-dev closed its output without printing its KUBECONFIG");
     };
     let client = client_from_kubeconfig(std::path::Path::new(&kubeconfig)).await?;
     run_a_pod(&client, "killed").await?;
     // As a crash would: no chance to stop anything itself.
     demo.kill()?;
-    demo.wait()?;
     wait_lock_free().await?;
     assert_same(&before, &Fingerprint::take()?);
     Ok(())
