@@ -13,7 +13,7 @@ use ests_extender::bind::Binder;
 use ests_extender::watch::SharedIndex;
 use ests_extender::{AppState, Metrics, router};
 use ests_staticip::Ipam;
-use ests_webhook::tls::{CertFiles, reloading_config};
+use ests_webhook::tls::{CertFiles, client_verifier, reloading_config_with};
 use kube::Client;
 
 use crate::serve;
@@ -49,6 +49,13 @@ pub struct ExtenderArgs {
     /// The private key of --tls-cert-file (PEM).
     #[arg(long, env = "ESTS_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
+
+    /// Admit only callers presenting a client certificate signed by a CA in this file (PEM):
+    /// kube-scheduler, with the extender entry's tlsConfig.certFile and keyFile. Others fail
+    /// the TLS handshake, so no one else can filter, prioritize or bind. Requires
+    /// --tls-cert-file. Read at start.
+    #[arg(long, env = "ESTS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub client_ca_file: Option<PathBuf>,
 
     /// How often the certificate files are checked for a new certificate, in seconds.
     #[arg(long, default_value_t = 10, env = "ESTS_CERT_RELOAD_SECONDS")]
@@ -114,9 +121,15 @@ pub async fn run(args: ExtenderArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     match (args.tls_cert_file, args.tls_key_file) {
         (Some(cert), Some(key)) => {
-            let tls = reloading_config(
+            let client_auth = match &args.client_ca_file {
+                Some(ca) => Some(client_verifier(ca).context("loading the client CA")?),
+                None => None,
+            };
+            let authenticated = client_auth.is_some();
+            let tls = reloading_config_with(
                 CertFiles { cert, key },
                 Duration::from_secs(args.cert_reload_seconds.max(1)),
+                client_auth,
                 |result| {
                     if let Err(e) = result {
                         tracing::warn!(error = %e, "reloading the serving certificate");
@@ -125,7 +138,7 @@ pub async fn run(args: ExtenderArgs) -> anyhow::Result<()> {
             )
             .await
             .context("loading the serving certificate")?;
-            tracing::info!(%addr, bind = args.bind, "serving the scheduler extender over HTTPS");
+            tracing::info!(%addr, bind = args.bind, client_certificates = authenticated, "serving the scheduler extender over HTTPS");
             ests_webhook::tls::serve(listener, tls, app, serve::shutdown_signal()).await;
             Ok(())
         }

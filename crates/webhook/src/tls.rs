@@ -6,7 +6,7 @@
 //! they form a valid pair the new certificate is served to the next handshake. A bad pair
 //! keeps the old one (and is logged and counted).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ use anyhow::Context;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
 /// Where the certificate and its key are read from.
@@ -73,6 +74,25 @@ impl ReloadingCert {
     }
 }
 
+/// A verifier that admits only clients presenting a certificate signed by a CA of `ca_file`
+/// (PEM): any other caller fails the handshake.
+pub fn client_verifier(ca_file: &Path) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let pem = std::fs::read(ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.with_context(|| format!("parsing {}", ca_file.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("a CA certificate of {}", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        anyhow::bail!("{} holds no CA certificate", ca_file.display());
+    }
+    WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .with_context(|| format!("client verification with {}", ca_file.display()))
+}
+
 /// A TLS configuration over `files`, and the task that reloads them every `interval` (it
 /// runs until the process ends). Fails if the files cannot be loaded now.
 pub async fn reloading_config(
@@ -80,16 +100,29 @@ pub async fn reloading_config(
     interval: Duration,
     on_reload: impl Fn(Result<(), String>) + Send + 'static,
 ) -> anyhow::Result<Arc<ServerConfig>> {
+    reloading_config_with(files, interval, None, on_reload).await
+}
+
+/// [`reloading_config`], with clients authenticated by `client_auth` when given.
+pub async fn reloading_config_with(
+    files: CertFiles,
+    interval: Duration,
+    client_auth: Option<Arc<dyn ClientCertVerifier>>,
+    on_reload: impl Fn(Result<(), String>) + Send + 'static,
+) -> anyhow::Result<Arc<ServerConfig>> {
     let (cert, key) = files.read().await?;
     let resolver = Arc::new(ReloadingCert {
         current: RwLock::new(Arc::new(certified_key(&cert, &key)?)),
     });
-    let mut config = ServerConfig::builder_with_protocol_versions(&[
+    let builder = ServerConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,
         &rustls::version::TLS12,
-    ])
-    .with_no_client_auth()
-    .with_cert_resolver(resolver.clone());
+    ]);
+    let builder = match client_auth {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     tokio::spawn(async move {
         let mut last = (cert, key);
