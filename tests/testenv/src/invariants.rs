@@ -2,7 +2,8 @@
 //! StaticIP records and IP blocks, and records a violation when:
 //!
 //! - two non-terminated pods hold the same IP;
-//! - one address is in two StaticIP records, or allocated in two IP blocks;
+//! - one address is in two StaticIP records, or allocated in two IP blocks, or lies in the
+//!   blocks of two pools (overlapping pools);
 //! - a pod leaves the API (so that its identity can be re-created) while it sits on a node
 //!   that is NotReady and not fenced (no `node.kubernetes.io/out-of-service` taint): the
 //!   old pod may still be running there;
@@ -169,6 +170,8 @@ pub struct InvariantState {
     block_ips: AddressIndex,
     violations: Vec<String>,
     probes: Vec<Probe>,
+    /// Every block's pool and range, by block name.
+    block_ranges: HashMap<String, (String, ipnet::IpNet)>,
 }
 
 impl InvariantState {
@@ -301,6 +304,32 @@ impl InvariantState {
 
     pub fn block_deleted(&mut self, name: &str) {
         self.block_ips.remove(name);
+        self.block_ranges.remove(name);
+    }
+
+    /// A block's pool and range: a block whose range overlaps a block of another pool puts
+    /// addresses in two pools at once.
+    pub fn block_range_applied(&mut self, name: &str, pool: &str, cidr: &str) {
+        let Ok(range) = cidr.parse::<ipnet::IpNet>() else {
+            return;
+        };
+        let overlapping: Vec<String> = self
+            .block_ranges
+            .iter()
+            .filter(|(other, (other_pool, other_range))| {
+                other.as_str() != name
+                    && other_pool != pool
+                    && (other_range.contains(&range.network()) || range.contains(&other_range.network()))
+            })
+            .map(|(other, (other_pool, other_range))| {
+                format!("block {name} ({range}, pool {pool}) overlaps block {other} ({other_range}, pool {other_pool})")
+            })
+            .collect();
+        for message in overlapping {
+            self.violate(message);
+        }
+        self.block_ranges
+            .insert(name.to_string(), (pool.to_string(), range));
     }
 }
 
@@ -356,7 +385,10 @@ impl InvariantChecker {
                 Api::<IPBlock>::all(client),
                 state.clone(),
                 None,
-                |s, o| s.block_applied(&o.name_any(), o.spec.allocations.keys().cloned().collect()),
+                |s, o| {
+                    s.block_range_applied(&o.name_any(), &o.spec.pool, &o.spec.cidr);
+                    s.block_applied(&o.name_any(), o.spec.allocations.keys().cloned().collect())
+                },
                 |s, o| s.block_deleted(&o.name_any()),
             ),
         ];
@@ -617,5 +649,22 @@ mod tests {
         s.record_deleted("ns/a-0");
         s.record_applied("ns/c-0", vec!["172.30.0.6".into()]);
         assert_eq!(s.violations().len(), 2);
+    }
+
+    #[test]
+    fn blocks_of_two_pools_over_one_range_are_a_violation() {
+        let mut s = InvariantState::default();
+        s.block_range_applied("blue-172.30.0.0-26", "blue", "172.30.0.0/26");
+        s.block_range_applied("blue-172.30.0.64-26", "blue", "172.30.0.64/26");
+        s.block_range_applied("blue-172.30.0.0-26", "blue", "172.30.0.0/26");
+        assert!(s.violations().is_empty(), "{:?}", s.violations());
+        s.block_range_applied("green-172.30.0.96-27", "green", "172.30.0.96/27");
+        assert_eq!(s.violations().len(), 1, "{:?}", s.violations());
+        // Gone, then the range is another pool's: fine.
+        let mut t = InvariantState::default();
+        t.block_range_applied("blue-172.30.1.0-26", "blue", "172.30.1.0/26");
+        t.block_deleted("blue-172.30.1.0-26");
+        t.block_range_applied("green-172.30.1.0-26", "green", "172.30.1.0/26");
+        assert!(t.violations().is_empty(), "{:?}", t.violations());
     }
 }
