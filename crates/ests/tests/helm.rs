@@ -438,6 +438,24 @@ async fn rbac_has_no_wildcard_no_secret_access_and_binds_only_the_charts_account
                 "users write only sets: {rule}"
             );
         }
+        // The extender places pods and writes addresses only when it binds: the defaults
+        // leave bind off, every option turns it on.
+        let extender = one(&docs, "ClusterRole", "ests-extender");
+        let binds = rules(extender).iter().any(|rule| {
+            strings(&rule["resources"]).contains(&"pods/binding")
+                && strings(&rule["verbs"]).contains(&"create")
+        });
+        let writes = rules(extender).iter().any(|rule| {
+            strings(&rule["verbs"])
+                .iter()
+                .any(|v| matches!(*v, "create" | "update" | "patch"))
+        });
+        let bind_on = label == "all options";
+        assert_eq!(
+            binds, bind_on,
+            "{label}: the extender may bind pods: {binds}"
+        );
+        assert_eq!(writes, bind_on, "{label}: the extender may write: {writes}");
     }
     Ok(())
 }
