@@ -21,6 +21,15 @@ use support::*;
 
 const T: Duration = Duration::from_secs(120);
 
+/// Starts `ests extender --bind` and restarts kube-scheduler with it, once per binary (two
+/// tests restarting the scheduler at once would both bind its port); returns its port.
+async fn binding_extender(env: &Env) -> anyhow::Result<u16> {
+    static PORT: tokio::sync::OnceCell<u16> = tokio::sync::OnceCell::const_new();
+    PORT.get_or_try_init(|| start_extender(env.plane, true))
+        .await
+        .copied()
+}
+
 #[tokio::test]
 async fn range_mode_pods_get_their_address_at_bind_and_keep_it() -> anyhow::Result<()> {
     let env = bare_env().await?;
@@ -31,7 +40,7 @@ async fn range_mode_pods_get_their_address_at_bind_and_keep_it() -> anyhow::Resu
         &["--leader-election=false", "--extender-binds"],
     )
     .await?;
-    start_extender(env.plane, true).await?;
+    binding_extender(&env).await?;
     let checker = InvariantChecker::start(env.client.clone()).await?;
     let ns = "ext-bind";
     let nodes: Vec<NodeSpec> = ["bind-a", "bind-b", "bind-c"]
@@ -226,7 +235,7 @@ async fn post(port: u16, path: &str, body: &serde_json::Value) -> anyhow::Result
 async fn bind_refuses_a_pod_the_schedulers_bind_entry_does_not_manage() -> anyhow::Result<()> {
     let env = bare_env().await?;
     let _logs = LogsOnFailure(env.plane);
-    let port = start_extender(env.plane, true).await?;
+    let port = binding_extender(&env).await?;
     let ns = "ext-bind-refuse";
     namespace(&env, ns).await?;
     create_nodes(&env.client, &[NodeSpec::new("bind-refuse").owned_by(ns)]).await?;
