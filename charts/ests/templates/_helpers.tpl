@@ -163,6 +163,42 @@ webhook.tls.regenerate is set or the names it must carry changed.
 {{- end }}
 
 {{/*
+The client CA and kube-scheduler's client certificate for the extender
+(extender.tls.clientAuth), made once per render and cached in .Values: a dict of base64
+"ca.crt", "tls.crt", "tls.key". An existing Secret is kept on upgrade.
+*/}}
+{{- define "ests.schedulerClientCertificates" -}}
+{{- if not (hasKey .Values "__estsSchedulerClient") }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "ests.schedulerClientSecret" .) }}
+{{- $data := dict }}
+{{- if $existing }}
+{{- $data = $existing.data | default dict }}
+{{- end }}
+{{- if not (and (index $data "ca.crt") (index $data "tls.crt") (index $data "tls.key")) }}
+{{- $days := int .Values.webhook.tls.validityDays }}
+{{- $ca := genCA (printf "%s-scheduler-client-ca" (include "ests.fullname" .)) $days }}
+{{- $cert := genSignedCert "system:kube-scheduler" nil nil $days $ca }}
+{{- $data = dict "ca.crt" ($ca.Cert | b64enc) "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) }}
+{{- end }}
+{{- $_ := set .Values "__estsSchedulerClient" $data }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret holding kube-scheduler's client certificate for the extender.
+*/}}
+{{- define "ests.schedulerClientSecret" -}}
+{{- printf "%s-scheduler-client" (include "ests.fullname" .) }}
+{{- end }}
+
+{{/*
+Whether kube-scheduler authenticates to the extender with a client certificate.
+*/}}
+{{- define "ests.extenderClientAuth" -}}
+{{- if and .Values.extender.tls.enabled .Values.extender.tls.clientAuth.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
 The CA that signed the serving certificate, base64: chart-made, or extender.tls.caData with
 cert-manager (its CA injector fills webhook configurations, not ConfigMaps).
 */}}
@@ -243,13 +279,18 @@ extenders:
 {{- end }}
 
 {{/*
-HTTPS settings of an extender entry: the scheduler checks the extender's certificate.
+HTTPS settings of an extender entry: the scheduler checks the extender's certificate and,
+with extender.tls.clientAuth, presents its own.
 */}}
 {{- define "ests.extenderTLS" -}}
 {{- if .Values.extender.tls.enabled }}
   enableHTTPS: true
   tlsConfig:
     caData: {{ include "ests.caData" . }}
+    {{- if include "ests.extenderClientAuth" . }}
+    certFile: {{ .Values.extender.tls.clientAuth.schedulerCertDir }}/scheduler-client.crt
+    keyFile: {{ .Values.extender.tls.clientAuth.schedulerCertDir }}/scheduler-client.key
+    {{- end }}
 {{- end }}
 {{- end }}
 

@@ -4,49 +4,15 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ests_testenv::{LogsOnFailure, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(120);
-
-/// What a TLS client trusting `ca_pem` and presenting no certificate reads back for a
-/// filter call: the extender must not answer.
-async fn unauthenticated_call(port: u16, ca_pem: &str) -> String {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()).flatten() {
-        let _ = roots.add(cert);
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let name = ServerName::try_from("127.0.0.1")?.to_owned();
-        let mut tls = connector.connect(name, tcp).await?;
-        tls.write_all(
-            b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
-        )
-        .await?;
-        let mut answer = String::new();
-        tls.read_to_string(&mut answer).await?;
-        anyhow::Ok(answer)
-    };
-    match tokio::time::timeout(Duration::from_secs(10), exchange).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => format!("refused: {e:#}"),
-        Err(_) => "no answer within 10 s".into(),
-    }
-}
 
 #[tokio::test]
 async fn only_a_caller_with_a_client_certificate_reaches_the_extender() -> anyhow::Result<()> {
@@ -79,7 +45,7 @@ async fn only_a_caller_with_a_client_certificate_reaches_the_extender() -> anyho
     })
     .await?;
 
-    let answer = unauthenticated_call(port, &pki.ca_pem).await;
+    let answer = call_without_client_certificate(port, &pki.ca_pem).await;
     assert!(
         !answer.contains("HTTP/1.1"),
         "a caller without a certificate was answered: {answer}"

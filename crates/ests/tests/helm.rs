@@ -279,6 +279,30 @@ async fn rendered_objects_are_valid_kubernetes_objects() -> anyhow::Result<()> {
         for component in ["controller", "webhook", "extender"] {
             one(&docs, "PodDisruptionBudget", &format!("ests-{component}"));
         }
+        // Either way kube-scheduler calls the extender over HTTPS with a client certificate
+        // that only the extender's CA signed.
+        let extender = one(&docs, "Deployment", "ests-extender");
+        let args = strings(&extender["spec"]["template"]["spec"]["containers"][0]["args"]);
+        assert!(
+            args.contains(&"--client-ca-file=/etc/ests/client-ca/ca.crt"),
+            "{label}: {args:?}"
+        );
+        let client = one(&docs, "Secret", "ests-scheduler-client");
+        let config = one(&docs, "ConfigMap", "ests-scheduler-config");
+        let scheduler: Value = serde_saphyr::from_str(
+            config["data"]["kube-scheduler-config.yaml"]
+                .as_str()
+                .unwrap_or_default(),
+        )?;
+        for entry in scheduler["extenders"].as_array().into_iter().flatten() {
+            assert_eq!(entry["enableHTTPS"], json!(true), "{label}: {entry}");
+            assert_eq!(
+                entry["tlsConfig"]["certFile"],
+                json!("/etc/kubernetes/ests/scheduler-client.crt"),
+                "{label}: {entry}"
+            );
+        }
+        assert!(client["data"]["tls.key"].is_string());
         let webhook = one(&docs, "Deployment", "ests-webhook");
         let anti = &webhook["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"];
         if label == "defaults" {
@@ -303,7 +327,10 @@ async fn rendered_objects_are_valid_kubernetes_objects() -> anyhow::Result<()> {
                 mutating["webhooks"][0]["clientConfig"]["url"],
                 json!("https://127.0.0.1:9443/mutate-pods")
             );
-            assert!(of_kind(&docs, "Secret").is_empty());
+            // cert-manager makes the serving certificate; the chart only kube-scheduler's
+            // client certificate for the extender.
+            let secrets: Vec<&str> = of_kind(&docs, "Secret").into_iter().map(name).collect();
+            assert_eq!(secrets, ["ests-scheduler-client"]);
             one(&docs, "Certificate", "ests-webhook");
             assert!(anti["requiredDuringSchedulingIgnoredDuringExecution"].is_array());
             one(&docs, "ServiceMonitor", "ests");
@@ -624,11 +651,21 @@ async fn config_is_in_step_with_the_chart() -> anyhow::Result<()> {
         docs.clone()
     };
     let config_map = one(&bind_docs, "ConfigMap", "ests-scheduler-config");
-    let chart_scheduler: Value = serde_saphyr::from_str(
+    let mut chart_scheduler: Value = serde_saphyr::from_str(
         config_map["data"]["kube-scheduler-config.yaml"]
             .as_str()
             .unwrap_or_default(),
     )?;
+    // The CA the chart makes differs at every render: config/scheduler says CA_DATA.
+    for entry in chart_scheduler["extenders"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        if entry["tlsConfig"]["caData"].is_string() {
+            entry["tlsConfig"]["caData"] = json!("CA_DATA");
+        }
+    }
     if let Some(difference) = first_difference(&chart_scheduler, &scheduler[0], "") {
         panic!(
             "the chart's scheduler configuration differs from config/scheduler at {difference}; change the ests.schedulerExtenders template in charts/ests/templates/_helpers.tpl"
@@ -822,6 +859,16 @@ async fn run_component(
     Ok(())
 }
 
+/// Where the chart's values put kube-scheduler's client certificate on its host.
+const SCHEDULER_CERT_DIR: &str = "/etc/kubernetes/ests";
+
+/// `text` with each host directory replaced by the local one standing in for it.
+fn on_host(text: &str, dirs: &[(&str, &Path)]) -> String {
+    dirs.iter().fold(text.to_string(), |text, (host, local)| {
+        text.replace(host, &local.display().to_string())
+    })
+}
+
 /// Runs the harness's kube-scheduler as the chart's second scheduler: the chart's
 /// configuration (with a kubeconfig holding a token of the chart's ServiceAccount for it),
 /// the Deployment's flags, loopback ports. Waits until it holds its Lease.
@@ -830,6 +877,7 @@ async fn run_second_scheduler(
     admin: &Client,
     running: &mut Running<'_>,
     prefix: &str,
+    host_dirs: &[(&str, &Path)],
 ) -> anyhow::Result<()> {
     let process = format!("{prefix}-scheduler");
     let name = format!("{RELEASE}-scheduler");
@@ -877,7 +925,7 @@ async fn run_second_scheduler(
     config["clientConnection"] = json!({"kubeconfig": kubeconfig.display().to_string()});
     std::fs::write(
         config_dir.join("config.yaml"),
-        serde_saphyr::to_string(&config)?,
+        on_host(&serde_saphyr::to_string(&config)?, host_dirs),
     )?;
     let kubeconfig = kubeconfig.display().to_string();
     let mut args: Vec<String> = command
@@ -1094,6 +1142,30 @@ async fn install_and_run(separate_manager: bool) -> anyhow::Result<()> {
         std::fs::write(tls_dir.join(file), &data.0)?;
     }
 
+    // kube-scheduler's client certificate for the extender (extender.tls.clientAuth, on with
+    // extender.tls), where the extender and both schedulers look for it: the host directory
+    // of the chart's values and the extender's mount, here one local directory.
+    let client_dir = plane.dir.join(format!("{prefix}-scheduler-client"));
+    if separate_manager {
+        let client = Api::<Secret>::namespaced(admin.clone(), NAMESPACE)
+            .get("ests-scheduler-client")
+            .await?;
+        std::fs::create_dir_all(&client_dir)?;
+        for (key, file) in [
+            ("ca.crt", "ca.crt"),
+            ("tls.crt", "scheduler-client.crt"),
+            ("tls.key", "scheduler-client.key"),
+        ] {
+            let data = client
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .with_context(|| format!("the scheduler's client Secret has no {key}"))?;
+            std::fs::write(client_dir.join(file), &data.0)?;
+        }
+    }
+    let host_dirs = [(SCHEDULER_CERT_DIR, client_dir.as_path())];
+
     let mut running = Running {
         plane,
         names: Vec::new(),
@@ -1121,9 +1193,30 @@ async fn install_and_run(separate_manager: bool) -> anyhow::Result<()> {
         prefix,
         "extender",
         Some(extender_port),
-        &[("/etc/ests/tls", &tls_dir)],
+        &[
+            ("/etc/ests/tls", &tls_dir),
+            ("/etc/ests/client-ca", &client_dir),
+        ],
     )
     .await?;
+
+    if separate_manager {
+        // Nobody but kube-scheduler: a caller without its certificate gets no answer.
+        let ca = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt"))
+            .context("the webhook Secret has no ca.crt")?;
+        let answer = support::call_without_client_certificate(
+            extender_port,
+            &String::from_utf8_lossy(&ca.0),
+        )
+        .await;
+        assert!(
+            !answer.contains("HTTP/1.1"),
+            "the chart's extender answered a caller without a certificate: {answer}"
+        );
+    }
 
     // The scheduler that places all pods, with the chart's extender entry.
     let config_map = Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE)
@@ -1140,7 +1233,15 @@ async fn install_and_run(separate_manager: bool) -> anyhow::Result<()> {
         scheduler["extenders"][0]["urlPrefix"],
         json!(format!("{scheme}://127.0.0.1:{extender_port}"))
     );
-    let extenders = serde_saphyr::to_string(&json!({"extenders": scheduler["extenders"]}))?;
+    assert_eq!(
+        scheduler["extenders"][0]["tlsConfig"]["certFile"].is_string(),
+        separate_manager,
+        "the scheduler presents a client certificate exactly with extender.tls"
+    );
+    let extenders = on_host(
+        &serde_saphyr::to_string(&json!({"extenders": scheduler["extenders"]}))?,
+        &host_dirs,
+    );
     plane.restart_scheduler(Some(&extenders)).await?;
 
     // A user with the built-in `edit` role in their namespace: the aggregated roles let
@@ -1278,7 +1379,7 @@ async fn install_and_run(separate_manager: bool) -> anyhow::Result<()> {
 
     // The second-scheduler option: kube-scheduler with the chart's configuration, under its
     // ServiceAccount, leads and places a pod that asks for it.
-    run_second_scheduler(plane, &admin, &mut running, prefix).await?;
+    run_second_scheduler(plane, &admin, &mut running, prefix, &host_dirs).await?;
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "second-scheduler-pod", "namespace": ns},

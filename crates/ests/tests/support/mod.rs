@@ -353,3 +353,39 @@ pub async fn bound_records(
         })
         .collect())
 }
+
+/// What a TLS client trusting `ca_pem` and presenting no certificate reads back for a
+/// filter call: the extender must not answer.
+pub async fn call_without_client_certificate(port: u16, ca_pem: &str) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+            ca_pem.as_bytes(),
+        )
+        .flatten()
+    {
+        let _ = roots.add(cert);
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
+        let mut tls = connector.connect(name, tcp).await?;
+        tls.write_all(
+            b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        )
+        .await?;
+        let mut answer = String::new();
+        tls.read_to_string(&mut answer).await?;
+        anyhow::Ok(answer)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => format!("refused: {e:#}"),
+        Err(_) => "no answer within 10 s".into(),
+    }
+}
