@@ -171,40 +171,31 @@ pub fn review_pod(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'stat
     }
 }
 
-/// Answers an EnhancedStatefulSet admission review, without I/O.
-pub fn review_set(body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
-    // The set is parsed loosely first: a set the CRD schema admits but our types cannot
-    // read is refused with the reason rather than with a 400.
-    let request: AdmissionRequest<DynamicObject> = match parse(body) {
-        Ok(request) => request,
-        Err(e) => {
-            let (code, body) = bad_request(e);
-            return (code, body, "malformed");
-        }
-    };
-    let response = AdmissionResponse::from(&request);
-    let typed = |object: &Option<DynamicObject>| -> Result<Option<EnhancedStatefulSet>, String> {
+/// The request's object and old object as `K` (either absent where the request has none).
+/// Objects are parsed loosely first: one the CRD schema admits but our types cannot read is
+/// refused with the reason rather than with a 400.
+fn typed_objects<K: serde::de::DeserializeOwned>(
+    request: &AdmissionRequest<DynamicObject>,
+    kind: &str,
+) -> Result<(Option<K>, Option<K>), String> {
+    let typed = |object: &Option<DynamicObject>| -> Result<Option<K>, String> {
         object
             .as_ref()
             .map(|o| {
                 serde_json::to_value(o)
-                    .and_then(serde_json::from_value::<EnhancedStatefulSet>)
-                    .map_err(|e| format!("not an EnhancedStatefulSet: {e}"))
+                    .and_then(serde_json::from_value::<K>)
+                    .map_err(|e| format!("not a {kind}: {e}"))
             })
             .transpose()
     };
-    let (new, old) = match (typed(&request.object), typed(&request.old_object)) {
-        (Ok(new), Ok(old)) => (new, old),
-        (Err(e), _) | (_, Err(e)) => {
-            let (code, body) = review_body(response.deny(e));
-            return (code, body, "denied");
-        }
-    };
-    let Some(new) = new else {
-        let (code, body) = review_body(response);
-        return (code, body, "allowed");
-    };
-    let problems = set_admission(&new, old.as_ref());
+    Ok((typed(&request.object)?, typed(&request.old_object)?))
+}
+
+/// Admits with no problems, else denies with them all.
+fn verdict(
+    response: AdmissionResponse,
+    problems: Vec<String>,
+) -> (StatusCode, Vec<u8>, &'static str) {
     if problems.is_empty() {
         let (code, body) = review_body(response);
         (code, body, "allowed")
@@ -214,8 +205,13 @@ pub fn review_set(body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
     }
 }
 
-/// Answers a StaticIPPool admission review from the pool cache, without I/O.
-pub fn review_pool(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+/// Answers a review of kind `K` with `judge` over its new and old objects; a request without
+/// a new object (a delete) is admitted.
+fn review_typed<K: serde::de::DeserializeOwned>(
+    body: &[u8],
+    kind: &str,
+    judge: impl FnOnce(&AdmissionRequest<DynamicObject>, K, Option<K>) -> Vec<String>,
+) -> (StatusCode, Vec<u8>, &'static str) {
     let request: AdmissionRequest<DynamicObject> = match parse(body) {
         Ok(request) => request,
         Err(e) => {
@@ -224,54 +220,46 @@ pub fn review_pool(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'sta
         }
     };
     let response = AdmissionResponse::from(&request);
-    let typed = |object: &Option<DynamicObject>| -> Result<Option<StaticIPPool>, String> {
-        object
-            .as_ref()
-            .map(|o| {
-                serde_json::to_value(o)
-                    .and_then(serde_json::from_value::<StaticIPPool>)
-                    .map_err(|e| format!("not a StaticIPPool: {e}"))
-            })
-            .transpose()
-    };
-    let (new, old) = match (typed(&request.object), typed(&request.old_object)) {
-        (Ok(new), Ok(old)) => (new, old),
-        (Err(e), _) | (_, Err(e)) => {
-            let (code, body) = review_body(response.deny(e));
-            return (code, body, "denied");
+    match typed_objects::<K>(&request, kind) {
+        Err(e) => verdict(response, vec![e]),
+        Ok((None, _)) => verdict(response, Vec::new()),
+        Ok((Some(new), old)) => {
+            let problems = judge(&request, new, old);
+            verdict(response, problems)
         }
-    };
-    let Some(mut new) = new else {
-        let (code, body) = review_body(response);
-        return (code, body, "allowed");
-    };
-    if new.metadata.name.is_none() && !request.name.is_empty() {
-        new.metadata.name = Some(request.name.clone());
     }
-    // An update adding no CIDR (a finalizer, reservedIPs) has nothing to judge: it must
-    // not wait for the cache (the StaticIP manager's finalizer removal goes through here).
-    if old
-        .as_ref()
-        .is_some_and(|old| new.spec.cidrs.iter().all(|c| old.spec.cidrs.contains(c)))
-    {
-        let (code, body) = review_body(response);
-        return (code, body, "allowed");
-    }
-    if !state.pools_listed.load(Ordering::SeqCst) {
-        let (code, body) = review_body(response.deny(
-            "spec.cidrs: the ests webhook has not yet read every StaticIPPool to check for overlaps; retry in a moment",
-        ));
-        return (code, body, "denied");
-    }
-    let pools = state.pools.state();
-    let problems = pool_admission(&new, old.as_ref(), pools.iter().map(AsRef::as_ref));
-    if problems.is_empty() {
-        let (code, body) = review_body(response);
-        (code, body, "allowed")
-    } else {
-        let (code, body) = review_body(response.deny(problems.join("; ")));
-        (code, body, "denied")
-    }
+}
+
+/// Answers an EnhancedStatefulSet admission review, without I/O.
+pub fn review_set(body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+    review_typed::<EnhancedStatefulSet>(body, "EnhancedStatefulSet", |_, new, old| {
+        set_admission(&new, old.as_ref())
+    })
+}
+
+/// Answers a StaticIPPool admission review from the pool cache, without I/O.
+pub fn review_pool(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+    review_typed::<StaticIPPool>(body, "StaticIPPool", |request, mut new, old| {
+        if new.metadata.name.is_none() && !request.name.is_empty() {
+            new.metadata.name = Some(request.name.clone());
+        }
+        // An update adding no CIDR (a finalizer, reservedIPs) has nothing to judge: it must
+        // not wait for the cache (the StaticIP manager's finalizer removal goes through here).
+        if old
+            .as_ref()
+            .is_some_and(|old| new.spec.cidrs.iter().all(|c| old.spec.cidrs.contains(c)))
+        {
+            return Vec::new();
+        }
+        if !state.pools_listed.load(Ordering::SeqCst) {
+            return vec![
+                "spec.cidrs: the ests webhook has not yet read every StaticIPPool to check for overlaps; retry in a moment"
+                    .to_string(),
+            ];
+        }
+        let pools = state.pools.state();
+        pool_admission(&new, old.as_ref(), pools.iter().map(AsRef::as_ref))
+    })
 }
 
 fn respond(
