@@ -91,11 +91,8 @@ async fn ready_pod(pods: &Api<Pod>, name: &str) -> anyhow::Result<Option<(String
     let Some(pod) = pods.get_opt(name).await? else {
         return Ok(None);
     };
-    let status = pod.status.as_ref();
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let ip = status.and_then(|s| s.pod_ip.as_deref());
+    let ready = ests_testenv::wait::pod_ready(&pod);
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
     Ok(
         match (ready, pod.metadata.deletion_timestamp.is_none(), ip) {
             (true, true, Some(ip)) => Some((pod.uid().unwrap_or_default(), ip.parse()?)),

@@ -88,9 +88,7 @@ impl PodFacts {
             // Host-network pods share their node's IP by design.
             ips: if host_network { Vec::new() } else { ips },
             terminated: matches!(phase, "Succeeded" | "Failed"),
-            ready: status
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            ready: crate::wait::pod_ready(pod),
             deleting: pod.metadata.deletion_timestamp.is_some(),
             answer_port: pod
                 .annotations()

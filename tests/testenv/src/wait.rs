@@ -48,3 +48,27 @@ where
         Err(_) => bail!("timed out after {timeout:?} waiting for a condition on {name}"),
     }
 }
+
+/// Whether the pod's Ready condition is True.
+pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until pod `name` is Ready and not being deleted, and returns its IP.
+pub async fn ready_pod_ip(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    wait_for(format!("{name} Ready"), timeout, || async {
+        let Some(pod) = pods.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let usable = pod_ready(&pod) && pod.metadata.deletion_timestamp.is_none();
+        Ok(pod.status.and_then(|s| s.pod_ip).filter(|_| usable))
+    })
+    .await
+}

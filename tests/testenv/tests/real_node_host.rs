@@ -48,17 +48,7 @@ async fn run_a_pod(client: &Client, name: &str) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     pods.create(&PostParams::default(), &answer_pod(name)?)
         .await?;
-    let ip = wait_for(format!("{name} Ready"), TIMEOUT, || async {
-        let pod = pods.get(name).await?;
-        let status = pod.status.unwrap_or_default();
-        let ready = status
-            .conditions
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        Ok(status.pod_ip.filter(|_| ready))
-    })
-    .await?;
+    let ip = ests_testenv::wait::ready_pod_ip(&pods, name, TIMEOUT).await?;
     let answer = wait_answer(ip.parse()?, ANSWER_PORT, TIMEOUT).await?;
     assert_eq!(answer, format!("{name} v1"));
     Ok(())

@@ -302,23 +302,7 @@ async fn real_node_demo(
     let pods: kube::Api<Pod> = kube::Api::namespaced(client, namespace);
     let mut found = Vec::new();
     for name in ["real-demo-0", "real-demo-1"] {
-        let ip = ests_testenv::wait_for(
-            format!("{name} Ready on the real node"),
-            Duration::from_secs(180),
-            || async {
-                let Some(pod) = pods.get_opt(name).await? else {
-                    return Ok(None);
-                };
-                let status = pod.status.unwrap_or_default();
-                let ready = status
-                    .conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                Ok(status.pod_ip.filter(|_| ready))
-            },
-        )
-        .await?;
+        let ip = ests_testenv::wait::ready_pod_ip(&pods, name, Duration::from_secs(180)).await?;
         found.push((name.to_string(), ip));
     }
     eprintln!("ests-dev: real-demo is Ready on the real node");
