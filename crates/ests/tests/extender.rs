@@ -18,6 +18,13 @@ use support::*;
 
 const T: Duration = Duration::from_secs(120);
 
+/// Taken by the burst test and the gap test: the burst floods the scheduler and the
+/// extender, and the gap test deletes its static-IP pod right after the API shows the record
+/// Bound — the extender's record watch, lagging its pod watch under that load, can see the
+/// pod go before the record is Bound and keep no room (an ordering race between two watches
+/// that this does not fix; see the closing note of this change).
+static SCHEDULER_LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Starts `ests extender` and restarts kube-scheduler with it configured (once per binary).
 async fn with_extender(env: &Env) -> anyhow::Result<()> {
     static STARTED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
@@ -128,6 +135,7 @@ async fn pinned_pods_land_on_their_node_and_ordinary_pods_still_schedule() -> an
 
 #[tokio::test]
 async fn a_pod_created_in_the_gap_does_not_take_a_static_ip_pods_room() -> anyhow::Result<()> {
+    let _alone = SCHEDULER_LOAD.lock().await;
     let env = env().await?;
     let _logs = LogsOnFailure(env.plane);
     with_extender(&env).await?;
@@ -217,6 +225,7 @@ async fn a_pod_created_in_the_gap_does_not_take_a_static_ip_pods_room() -> anyho
 
 #[tokio::test]
 async fn a_burst_of_ordinary_pods_leaves_a_static_ip_pods_room() -> anyhow::Result<()> {
+    let _alone = SCHEDULER_LOAD.lock().await;
     let env = env().await?;
     let _logs = LogsOnFailure(env.plane);
     with_extender(&env).await?;
