@@ -94,14 +94,8 @@ impl Ipam {
 
     /// Whether addresses may be handed out of pool `name` (freeing them always may).
     fn may_allocate(&self, name: &str) -> Result<(), IpamError> {
-        let pool = self
-            .pools
-            .get(&ObjectRef::new(name))
-            .ok_or_else(|| IpamError::UnknownPool(name.to_string()))?;
-        let bad = |message: String| IpamError::BadPool {
-            pool: name.to_string(),
-            message,
-        };
+        let pool = self.cached_pool(name)?;
+        let bad = |message: String| bad_pool(name, message);
         if pool.metadata.deletion_timestamp.is_some() {
             return Err(bad(
                 "metadata.deletionTimestamp: the pool is being deleted; no address of it is handed out".into(),
@@ -123,15 +117,16 @@ impl Ipam {
         Ok(())
     }
 
-    fn pool(&self, name: &str) -> Result<Pool, IpamError> {
-        let pool = self
-            .pools
+    /// Pool `name` from the cache.
+    fn cached_pool(&self, name: &str) -> Result<std::sync::Arc<StaticIPPool>, IpamError> {
+        self.pools
             .get(&ObjectRef::new(name))
-            .ok_or_else(|| IpamError::UnknownPool(name.to_string()))?;
-        let bad = |message: String| IpamError::BadPool {
-            pool: name.to_string(),
-            message,
-        };
+            .ok_or_else(|| IpamError::UnknownPool(name.to_string()))
+    }
+
+    fn pool(&self, name: &str) -> Result<Pool, IpamError> {
+        let pool = self.cached_pool(name)?;
+        let bad = |message: String| bad_pool(name, message);
         let cidrs = pool
             .spec
             .cidrs
@@ -535,5 +530,13 @@ fn address(ip: IpAddr, block: String) -> StaticIPAddress {
     StaticIPAddress {
         ip: ip.to_string(),
         block: Some(block),
+    }
+}
+
+/// Why pool `pool` cannot serve, naming the field.
+fn bad_pool(pool: &str, message: String) -> IpamError {
+    IpamError::BadPool {
+        pool: pool.to_string(),
+        message,
     }
 }
