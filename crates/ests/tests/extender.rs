@@ -116,20 +116,7 @@ async fn pinned_pods_land_on_their_node_and_ordinary_pods_still_schedule() -> an
 
     // An ordinary pod is scheduled and bound by the default binder.
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
-    let plain: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "plain"},
-        "spec": {"containers": [{"name": "app", "image": "app:v1"}]}
-    }))?;
-    pods.create(&PostParams::default(), &plain).await?;
-    wait_for("the ordinary pod is bound", T, || async {
-        Ok(pods
-            .get("plain")
-            .await?
-            .spec
-            .and_then(|s| s.node_name)
-            .map(|_| ()))
-    })
-    .await?;
+    ordinary_pod_is_bound(&pods, json!({})).await?;
     checker.finish()
 }
 

@@ -186,20 +186,10 @@ async fn range_mode_pods_get_their_address_at_bind_and_keep_it() -> anyhow::Resu
     }
 
     // An ordinary pod is still bound by the default binder.
-    let plain: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "plain"},
-        "spec": {"containers": [{"name": "app", "image": "app:v1"}],
-                 "tolerations": [{"key": "ests.test/owner", "operator": "Equal", "value": ns, "effect": "NoSchedule"}]}
-    }))?;
-    api.create(&PostParams::default(), &plain).await?;
-    wait_for("the ordinary pod is bound", T, || async {
-        Ok(api
-            .get("plain")
-            .await?
-            .spec
-            .and_then(|s| s.node_name)
-            .map(|_| ()))
-    })
+    ordinary_pod_is_bound(
+        &api,
+        json!({"tolerations": [{"key": "ests.test/owner", "operator": "Equal", "value": ns, "effect": "NoSchedule"}]}),
+    )
     .await?;
     sets.delete("ranged", &DeleteParams::default()).await?;
     checker.finish()

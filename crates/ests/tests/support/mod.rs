@@ -389,3 +389,30 @@ pub async fn call_without_client_certificate(port: u16, ca_pem: &str) -> String 
         Err(_) => "no answer within 10 s".into(),
     }
 }
+
+/// Creates the ordinary pod `plain` (one container; `spec_extra` merged into its spec, e.g.
+/// tolerations) and waits until the scheduler has bound it.
+pub async fn ordinary_pod_is_bound(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    spec_extra: Value,
+) -> anyhow::Result<()> {
+    let mut spec = json!({"containers": [{"name": "app", "image": "app:v1"}]});
+    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), spec_extra) {
+        spec.extend(extra);
+    }
+    let pod = serde_json::from_value(json!({"metadata": {"name": "plain"}, "spec": spec}))?;
+    pods.create(&kube::api::PostParams::default(), &pod).await?;
+    wait_for(
+        "the ordinary pod is bound",
+        Duration::from_secs(120),
+        || async {
+            Ok(pods
+                .get("plain")
+                .await?
+                .spec
+                .and_then(|s| s.node_name)
+                .map(|_| ()))
+        },
+    )
+    .await
+}
