@@ -12,7 +12,7 @@ use ests_api::{IPBlock, StaticIP, StaticIPPool, keys};
 use ests_testenv::resources::apply_value;
 use ests_testenv::{LogsOnFailure, wait_for};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::*;
 use tokio::sync::OnceCell;
@@ -31,22 +31,7 @@ fn pool(name: &str, spec: Value) -> Value {
 /// Creates `object` (for real, or as a server-side dry run); the refusal message, or None
 /// if it was accepted.
 async fn create(env: &Env, object: &Value, dry_run: bool) -> anyhow::Result<Option<String>> {
-    let api: Api<StaticIPPool> = Api::all(env.client.clone());
-    let object: StaticIPPool = serde_json::from_value(object.clone())?;
-    match api
-        .create(
-            &PostParams {
-                dry_run,
-                field_manager: None,
-            },
-            &object,
-        )
-        .await
-    {
-        Ok(_) => Ok(None),
-        Err(kube::Error::Api(status)) => Ok(Some(status.message.clone())),
-        Err(e) => Err(e.into()),
-    }
+    ests_testenv::resources::create_refusal(&env.client, object, None, dry_run).await
 }
 
 /// Merge-patches pool `name`; the refusal message, or None if it was accepted.

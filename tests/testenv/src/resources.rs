@@ -52,6 +52,28 @@ pub async fn api_for(
     })
 }
 
+/// Creates `object` (namespaced objects without a namespace in `namespace`), for real or as
+/// a server-side dry run; returns the API server's refusal message, or None if it was
+/// accepted.
+pub async fn create_refusal(
+    client: &Client,
+    object: &Value,
+    namespace: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<Option<String>> {
+    let api = api_for(client, object, namespace).await?;
+    let object: DynamicObject = serde_json::from_value(object.clone())?;
+    let params = PostParams {
+        dry_run,
+        field_manager: None,
+    };
+    match api.create(&params, &object).await {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(status)) => Ok(Some(status.message.clone())),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Server-side applies every document of `yaml`; namespaced objects without a namespace go
 /// to `namespace`. With `dry_run` nothing is persisted.
 pub async fn apply_yaml(

@@ -56,22 +56,7 @@ async fn prepared() -> anyhow::Result<Client> {
 
 /// Server-side dry-run create; returns the refusal message, or None if accepted.
 async fn refusal(client: &Client, object: &Value) -> anyhow::Result<Option<String>> {
-    let api = api_for(client, object, Some(NS)).await?;
-    let object = serde_json::from_value(object.clone())?;
-    match api
-        .create(
-            &PostParams {
-                dry_run: true,
-                field_manager: None,
-            },
-            &object,
-        )
-        .await
-    {
-        Ok(_) => Ok(None),
-        Err(kube::Error::Api(status)) => Ok(Some(status.message.clone())),
-        Err(e) => Err(e.into()),
-    }
+    ests_testenv::resources::create_refusal(client, object, Some(NS), true).await
 }
 
 #[tokio::test]
