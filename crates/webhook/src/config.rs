@@ -110,18 +110,19 @@ pub fn configurations(
         reinvocation_policy: Some("IfNeeded".into()),
         match_conditions: None,
     };
-    let sets = ValidatingWebhook {
-        name: "enhancedstatefulsets.jke.jdcloud.com".into(),
+    // A validating webhook of ests's own API, CREATE and UPDATE, failing closed.
+    let validating = |resource: &str, path: &str, scope: &str, namespaces| ValidatingWebhook {
+        name: format!("{resource}.{}", ests_api::GROUP),
         admission_review_versions: vec!["v1".into()],
-        client_config: client_config(endpoint, SETS_PATH, ca_bundle),
+        client_config: client_config(endpoint, path, ca_bundle),
         rules: Some(vec![RuleWithOperations {
             operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
             api_groups: Some(vec![ests_api::GROUP.into()]),
             api_versions: Some(vec!["v1alpha1".into()]),
-            resources: Some(vec!["enhancedstatefulsets".into()]),
-            scope: Some("Namespaced".into()),
+            resources: Some(vec![resource.into()]),
+            scope: Some(scope.into()),
         }]),
-        namespace_selector: Some(namespace_selector(ests_namespace)),
+        namespace_selector: namespaces,
         object_selector: None,
         failure_policy: Some("Fail".into()),
         match_policy: Some("Equivalent".into()),
@@ -129,26 +130,14 @@ pub fn configurations(
         timeout_seconds: Some(5),
         match_conditions: None,
     };
+    let sets = validating(
+        "enhancedstatefulsets",
+        SETS_PATH,
+        "Namespaced",
+        Some(namespace_selector(ests_namespace)),
+    );
     // Pools are cluster-scoped: no namespace selector applies.
-    let pools = ValidatingWebhook {
-        name: "staticippools.jke.jdcloud.com".into(),
-        admission_review_versions: vec!["v1".into()],
-        client_config: client_config(endpoint, POOLS_PATH, ca_bundle),
-        rules: Some(vec![RuleWithOperations {
-            operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
-            api_groups: Some(vec![ests_api::GROUP.into()]),
-            api_versions: Some(vec!["v1alpha1".into()]),
-            resources: Some(vec!["staticippools".into()]),
-            scope: Some("Cluster".into()),
-        }]),
-        namespace_selector: None,
-        object_selector: None,
-        failure_policy: Some("Fail".into()),
-        match_policy: Some("Equivalent".into()),
-        side_effects: "None".into(),
-        timeout_seconds: Some(5),
-        match_conditions: None,
-    };
+    let pools = validating("staticippools", POOLS_PATH, "Cluster", None);
     (
         MutatingWebhookConfiguration {
             metadata: metadata.clone(),
