@@ -103,6 +103,28 @@ pub struct StaticIPPoolSpec {
     #[schemars(length(max = 256), inner(length(max = 45)))]
     #[x_kube(validation = Rule::new("self.all(a, isIP(a))").message("spec.reservedIPs entries must be IP addresses"))]
     pub reserved_ips: Vec<String>,
+
+    /// What happens to the records of a node whose Node object is deleted (an autoscaler
+    /// scaling down, auto-repair, an administrator). Kubernetes takes a deleted Node for a
+    /// node that is gone: pod garbage collection deletes its pods. Defaults to Reallocate.
+    #[serde(default)]
+    pub node_deletion_policy: NodeDeletionPolicy,
+}
+
+/// What a deleted node's range-mode identities do.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum NodeDeletionPolicy {
+    /// Each identity's record is released (its addresses go back to the node's blocks) and
+    /// re-created: its pod is scheduled afresh and gets a new address on its new node's
+    /// blocks. The deleted node's blocks go back to the pool once empty.
+    #[default]
+    Reallocate,
+    /// Records keep their addresses and stay pinned to the deleted node until a
+    /// NodeMigration (with `spec.confirmFenced`, or automatic mode) moves its blocks and
+    /// records, addresses unchanged, to another node.
+    Migrate,
 }
 
 fn default_ipv4_block_prefix() -> u8 {

@@ -19,7 +19,8 @@ pub use enhanced_stateful_set::{
     UpdateStrategyType,
 };
 pub use ip_pool::{
-    IPAllocation, IPBlock, IPBlockSpec, IPBlockStatus, StaticIPPool, StaticIPPoolSpec,
+    IPAllocation, IPBlock, IPBlockSpec, IPBlockStatus, NodeDeletionPolicy, StaticIPPool,
+    StaticIPPoolSpec,
 };
 pub use node_migration::{
     MigratingPod, MigrationMode, MigrationPhase, NodeMigration, NodeMigrationSpec,

@@ -89,6 +89,17 @@ pub fn blocks_to_try(blocks: &[BlockView], node: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a block goes back to its pool (its node cleared, free for any node to claim):
+/// only once its node is gone and it holds no address. A block with addresses stays where
+/// it is — its records are placed afresh and free them, or a migration moves it whole.
+pub fn returns_to_pool(
+    node: Option<&str>,
+    allocated: usize,
+    node_gone: &dyn Fn(&str) -> bool,
+) -> bool {
+    allocated == 0 && node.is_some_and(node_gone)
+}
+
 /// The name of the IPBlock object of block `cidr` of pool `pool`: the pool, the network
 /// address and the prefix length, with `.` and `:` as `-` (`blue-10-20-0-64-26`).
 pub fn block_name(pool: &str, cidr: &IpNet) -> String {

@@ -193,15 +193,20 @@ pub fn pin(pod: &Pod, record: Option<&StaticIP>, user: &str, settings: &PinSetti
         .as_ref()
         .is_some_and(|s| matches!(s.phase, StaticIPPhase::Bound | StaticIPPhase::Migrating));
     let ips = record_ips(record);
-    let (true, false, Some(node)) = (bound, ips.is_empty(), record.spec.node.as_deref()) else {
+    if !bound || ips.is_empty() {
         // A new identity: its address is chosen later (CNI or extender).
         return PinVerdict::Unchanged;
-    };
+    }
     let mut pinned = pod.clone();
+    let node = record.spec.node.as_deref();
     pinned
         .annotations_mut()
         .extend(address_annotations(&ips, node, &settings.cni));
-    pin_to_node(&mut pinned, node);
+    // A record without a node (its node was deleted; record mode) keeps its addresses
+    // wherever the pod is scheduled.
+    if let Some(node) = node {
+        pin_to_node(&mut pinned, node);
+    }
     match (serde_json::to_value(pod), serde_json::to_value(&pinned)) {
         (Ok(before), Ok(after)) => PinVerdict::Pin(json_patch::diff(&before, &after)),
         (Err(e), _) | (_, Err(e)) => deny(format!("pod {name}: {e}")),
@@ -209,22 +214,30 @@ pub fn pin(pod: &Pod, record: Option<&StaticIP>, user: &str, settings: &PinSetti
 }
 
 /// The annotations that give a pod its addresses: ests's own (`staticip.jke.jdcloud.com/ip`,
-/// comma-separated, and `.../node`) and each configured CNI's. The webhook adds them at
+/// comma-separated, and `.../node` when the record has one) and each configured CNI's. The webhook adds them at
 /// creation; the extender's bind adds them to a range-mode pod before binding it.
 pub fn address_annotations(
     ips: &[IpAddr],
-    node: &str,
+    node: Option<&str>,
     cni: &[CniAnnotation],
 ) -> BTreeMap<String, String> {
     let joined: Vec<String> = ips.iter().map(ToString::to_string).collect();
-    let mut annotations = BTreeMap::from([
-        (keys::STATIC_IP_POD_IP.to_string(), joined.join(",")),
-        (keys::STATIC_IP_POD_NODE.to_string(), node.to_string()),
-    ]);
+    let mut annotations = BTreeMap::from([(keys::STATIC_IP_POD_IP.to_string(), joined.join(","))]);
+    if let Some(node) = node {
+        annotations.insert(keys::STATIC_IP_POD_NODE.to_string(), node.to_string());
+    }
     for c in cni {
         annotations.insert(c.key.clone(), c.render(ips));
     }
     annotations
+}
+
+/// The node a pod was pinned to by the webhook (its `staticip.jke.jdcloud.com/node`
+/// annotation), if any.
+pub fn pinned_node(pod: &Pod) -> Option<&str> {
+    pod.annotations()
+        .get(keys::STATIC_IP_POD_NODE)
+        .map(String::as_str)
 }
 
 /// Whether resourceVersion `cached` is older than `stamped`. They are opaque strings to

@@ -13,7 +13,8 @@ use std::net::IpAddr;
 
 use ests_api::keys;
 use ests_api::{
-    EnhancedStatefulSet, ReleasePolicy, StaticIP, StaticIPPhase, StaticIPSpec, WorkloadReference,
+    EnhancedStatefulSet, NodeDeletionPolicy, ReleasePolicy, StaticIP, StaticIPPhase, StaticIPSpec,
+    WorkloadReference,
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -359,6 +360,8 @@ pub struct PodFacts {
     pub stamped_record: Option<String>,
     pub ips: Vec<IpAddr>,
     pub node: Option<String>,
+    /// The node the webhook pinned the pod to (see [`crate::pin::pinned_node`]).
+    pub pinned_to: Option<String>,
     pub terminating: bool,
 }
 
@@ -369,9 +372,28 @@ impl PodFacts {
             stamped_record: pod.annotations().get(keys::STATIC_IP_RECORD_UID).cloned(),
             ips: pod_ips(pod),
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            pinned_to: crate::pin::pinned_node(pod).map(str::to_string),
             terminating: pod.metadata.deletion_timestamp.is_some(),
         }
     }
+
+    /// Whether the pod waits to be scheduled to a node that is gone: it can never run, so
+    /// deleting it loses nothing (its controller re-creates it with a pin that can hold).
+    pub fn stranded(&self, node_gone: &dyn Fn(&str) -> bool) -> bool {
+        self.node.is_none() && !self.terminating && self.pinned_to.as_deref().is_some_and(node_gone)
+    }
+}
+
+/// What the manager's caches say around a record: the facts [`decide`] weighs besides the
+/// record, its pod and its set.
+pub struct Surroundings<'a> {
+    /// Which other record (`namespace/name`) holds an address, if one does.
+    pub held_by: &'a dyn Fn(&IpAddr) -> Option<String>,
+    /// Whether the Node object of this name is gone (absent from a cache that has listed).
+    /// A decision taken on it is confirmed with the API server before it is carried out.
+    pub node_gone: &'a dyn Fn(&str) -> bool,
+    /// IP range mode: what the record's pool does with the records of a deleted node.
+    pub on_node_deletion: NodeDeletionPolicy,
 }
 
 /// Where the record's identity stands in its set.
@@ -417,6 +439,18 @@ pub enum Decision {
     /// The release policy frees the record's addresses now (after a live re-check that no
     /// pod of the identity is back).
     Release { why: &'static str },
+    /// The record's node is gone (its Node object was deleted) and the record keeps its
+    /// addresses, which do not depend on the node (record mode): forget the node, so the
+    /// identity's next pod is scheduled afresh with the same addresses. A pod of the
+    /// identity that waits for the gone node (`stranded_pod`) is deleted to be re-created.
+    Unpin {
+        node: String,
+        stranded_pod: Option<String>,
+    },
+    /// IP range mode, the record's node is gone and its pool's policy is Reallocate: delete
+    /// the record (its finalizer frees the addresses once no pod of the identity is left);
+    /// the set controller creates a new one, whose pod gets an address on its new node.
+    Reallocate { node: String },
     /// Nothing to do; look again after this many seconds if given.
     Wait { after: Option<i64> },
 }
@@ -443,14 +477,13 @@ fn reported(record: &StaticIP, reason: &str, pod_uid: &str) -> bool {
     })
 }
 
-/// The decision for `record`, whose identity's pod (if any, by name) is `pod`. `held_by`
-/// names the other record that holds an address, if one does. `now` and the record's
-/// timestamps are seconds since the epoch.
+/// The decision for `record`, whose identity's pod (if any, by name) is `pod`, among
+/// `around`. `now` and the record's timestamps are seconds since the epoch.
 pub fn decide(
     record: &StaticIP,
     pod: Option<&PodFacts>,
     identity: Identity,
-    held_by: &dyn Fn(&IpAddr) -> Option<String>,
+    around: &Surroundings<'_>,
     now: i64,
 ) -> Decision {
     if going(record) {
@@ -459,11 +492,24 @@ pub fn decide(
     let uid = record.uid().unwrap_or_default();
     let held = record_ips(record);
     let range_mode = record.spec.pool.is_some();
+    if let Some(node) = record
+        .spec
+        .node
+        .as_deref()
+        .filter(|n| (around.node_gone)(n))
+    {
+        return node_gone(node, range_mode, pod, around);
+    }
     match pod {
         Some(pod) if pod.stamped_record.as_deref() == Some(uid.as_str()) && !pod.terminating => {
             let Some(node) = pod.node.clone() else {
                 return Decision::Wait { after: None };
             };
+            // A pod left on a deleted node is pod garbage collection's to delete; it is
+            // followed nowhere and gets nothing allocated there.
+            if (around.node_gone)(&node) {
+                return Decision::Wait { after: None };
+            }
             if held.is_empty() {
                 if range_mode {
                     return Decision::Allocate { node };
@@ -471,7 +517,10 @@ pub fn decide(
                 if pod.ips.is_empty() {
                     return Decision::Wait { after: None };
                 }
-                if let Some((ip, holder)) = pod.ips.iter().find_map(|ip| Some((*ip, held_by(ip)?)))
+                if let Some((ip, holder)) = pod
+                    .ips
+                    .iter()
+                    .find_map(|ip| Some((*ip, (around.held_by)(ip)?)))
                 {
                     return if reported(record, "AddressTaken", &pod.uid) {
                         // The holder may be on its way out: look again.
@@ -535,6 +584,32 @@ pub fn decide(
             }
             release(record, identity, now)
         }
+    }
+}
+
+/// The decision for a record whose node is gone. Nothing runs there any more (Kubernetes'
+/// pod garbage collection deletes the pods of a deleted Node), so the identity is placed
+/// afresh — unless its pool keeps its addresses for a migration.
+fn node_gone(
+    node: &str,
+    range_mode: bool,
+    pod: Option<&PodFacts>,
+    around: &Surroundings<'_>,
+) -> Decision {
+    if !range_mode {
+        return Decision::Unpin {
+            node: node.to_string(),
+            stranded_pod: pod
+                .filter(|p| p.stranded(around.node_gone))
+                .map(|p| p.uid.clone()),
+        };
+    }
+    match around.on_node_deletion {
+        NodeDeletionPolicy::Reallocate => Decision::Reallocate {
+            node: node.to_string(),
+        },
+        // The block moves whole with a NodeMigration, which re-pins the record.
+        NodeDeletionPolicy::Migrate => Decision::Wait { after: None },
     }
 }
 

@@ -147,7 +147,7 @@ impl Binder {
                     // Plan again from the record as it is now.
                 }
                 BindStep::Annotate(ips) => {
-                    let wanted = address_annotations(&ips, node, &self.cni);
+                    let wanted = address_annotations(&ips, Some(node), &self.cni);
                     let missing = wanted
                         .iter()
                         .any(|(k, v)| pod.annotations().get(k) != Some(v));

@@ -165,7 +165,7 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
                 && pod_node == target,
             pending_pinned_to: pod
                 .filter(|_| pod_node.is_none())
-                .and_then(|p| p.annotations().get(keys::STATIC_IP_POD_NODE).cloned()),
+                .and_then(|p| ests_core::pin::pinned_node(p).map(str::to_string)),
         });
     }
     records.sort_by(|a, b| a.key.cmp(&b.key));

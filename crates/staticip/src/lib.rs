@@ -24,7 +24,8 @@ use std::sync::Arc;
 
 use ests_api::{EnhancedStatefulSet, IPBlock, StaticIP, StaticIPPool, keys};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -60,6 +61,9 @@ pub struct Context {
     pub records: Store<StaticIP>,
     pub pods: Store<Pod>,
     pub sets: Store<EnhancedStatefulSet>,
+    /// Which Node objects exist (names only): a record or block whose node is gone is
+    /// placed afresh or given back.
+    pub nodes: Store<PartialObjectMeta<Node>>,
     pub metrics: Metrics,
     /// Turns true once every cache above has listed.
     listed: ests_cache::Listed,
@@ -69,6 +73,23 @@ impl Context {
     /// Resolves once every cache has listed (at once after that).
     pub async fn caches_listed(&self) {
         self.listed.wait().await;
+    }
+
+    /// Whether the node cache lacks `name`. Decisions taken on it are confirmed with
+    /// [`Context::node_deleted`] before they are carried out.
+    pub fn node_gone(&self, name: &str) -> bool {
+        self.nodes.get(&ObjectRef::new(name)).is_none()
+    }
+
+    /// Whether the API server itself says Node `name` does not exist (a cache that has not
+    /// yet seen a new node must not make its blocks or records move).
+    pub async fn node_deleted(&self, name: &str) -> Result<bool, Error> {
+        let nodes: Api<Node> = Api::all(self.ipam.client.clone());
+        nodes
+            .get_metadata_opt(name)
+            .await
+            .map(|n| n.is_none())
+            .map_err(|e| Error::kube(format!("checking for node {name}"), e))
     }
 }
 
@@ -132,6 +153,26 @@ pub async fn run(
     .default_backoff()
     .touched_objects();
 
+    // Node deletions move records and give blocks back: names are all that is needed.
+    let (nodes, node_writer) = reflector::store();
+    let node_stream = reflector::reflector(
+        node_writer,
+        watcher(
+            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            config.clone(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    // The block sweeper hears of node deletions on a watch of its own (a node list is
+    // small, and one stream cannot feed two controllers).
+    let node_stream_for_blocks = watcher(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        config.clone(),
+    )
+    .default_backoff()
+    .touched_objects();
+
     let listed = ests_cache::Listed::spawn(
         "static-ip manager",
         vec![
@@ -140,6 +181,7 @@ pub async fn run(
             ests_cache::wait_for(&sets),
             ests_cache::wait_for(&pools),
             ests_cache::wait_for(&blocks),
+            ests_cache::wait_for(&nodes),
         ],
     );
     let ctx = Arc::new(Context {
@@ -153,10 +195,13 @@ pub async fn run(
         records: records.clone(),
         pods,
         sets,
+        nodes,
         metrics,
     });
 
     let by_set = records.clone();
+    let by_node = records.clone();
+    let blocks_by_node = blocks.clone();
     let (shutdown_records, shutdown_blocks, shutdown_pools) = {
         let shared = futures::FutureExt::shared(Box::pin(shutdown));
         (shared.clone(), shared.clone(), shared)
@@ -180,6 +225,16 @@ pub async fn run(
                 .map(|r| ObjectRef::from(r.as_ref()))
                 .collect::<Vec<_>>()
         })
+        // A node's deletion concerns every record on it.
+        .watches_stream(node_stream, move |node| {
+            let name = node.name_any();
+            by_node
+                .state()
+                .into_iter()
+                .filter(|r| r.spec.node.as_deref() == Some(name.as_str()))
+                .map(|r| ObjectRef::from(r.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown_records)
         .run(records::reconcile, records::error_policy, ctx.clone())
@@ -189,6 +244,16 @@ pub async fn run(
             }
         });
     let block_controller = Controller::for_stream(block_stream, blocks)
+        // A deleted node's empty blocks go back to the pool.
+        .watches_stream(node_stream_for_blocks, move |node| {
+            let name = node.name_any();
+            blocks_by_node
+                .state()
+                .into_iter()
+                .filter(|b| b.spec.node.as_deref() == Some(name.as_str()))
+                .map(|b| ObjectRef::from(b.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown_blocks)
         .run(sweep::reconcile, sweep::error_policy, ctx.clone())

@@ -9,10 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ests_api::NodeDeletionPolicy;
 use ests_api::{EnhancedStatefulSet, StaticIP, StaticIPAddress, StaticIPPhase, keys};
 use ests_core::identity::{ordinal_of, spec_ordinals};
 use ests_core::static_ip::{
-    CONDITION_BOUND, CONDITION_POD_PRESENT, Decision, Identity, PodFacts, decide, record_ips,
+    CONDITION_BOUND, CONDITION_POD_PRESENT, Decision, Identity, PodFacts, Surroundings, decide,
+    record_ips,
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -45,16 +47,7 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
         .map(|p| PodFacts::of(&p));
     let identity = identity(&ctx, &record);
     let now = Timestamp::now().as_second();
-    // Which other record holds an address (record mode never learns one that is kept).
-    let others = ctx.records.state();
-    let held_by = |ip: &std::net::IpAddr| {
-        others
-            .iter()
-            .filter(|r| r.uid() != record.uid())
-            .find(|r| record_ips(r).contains(ip))
-            .map(|r| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()))
-    };
-    let decision = decide(&record, pod.as_ref(), identity, &held_by, now);
+    let decision = decide_among_caches(&ctx, &record, pod.as_ref(), identity, now);
     let label = match &decision {
         Decision::Learn { .. } => "learn",
         Decision::Bind { .. } => "bind",
@@ -63,6 +56,8 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
         Decision::AddressTaken { .. } => "address-taken",
         Decision::PodGone => "pod-gone",
         Decision::Release { .. } => "release",
+        Decision::Unpin { .. } => "unpin",
+        Decision::Reallocate { .. } => "reallocate",
         Decision::Wait { .. } => "wait",
     };
     tracing::trace!(namespace = %ns, record = %name, ?decision, pod = ?pod, ?identity, "decision");
@@ -149,6 +144,37 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
             .await?;
         }
         Decision::Release { why } => return release(&ctx, &api, &record, why).await,
+        Decision::Unpin { node, stranded_pod } => {
+            if !ctx.node_deleted(&node).await? {
+                return Ok(Action::requeue(RETRY));
+            }
+            if let Some(uid) = stranded_pod {
+                delete_stranded_pod(&ctx, &ns, &record.spec.pod_name, &uid, &node).await?;
+            }
+            if forget_node(&ctx, &api, &record).await? {
+                let message = format!(
+                    "node {node} was deleted: the identity's next pod is scheduled afresh, with {}",
+                    show(&record.spec.ips)
+                );
+                tracing::info!(namespace = %ns, record = %name, %message, "unpinned");
+                let mut conditions = conditions_of(&record);
+                set_condition(
+                    &mut conditions,
+                    CONDITION_BOUND,
+                    false,
+                    "NodeDeleted",
+                    message,
+                );
+                write_status(&api, &record, json!({"conditions": conditions})).await?;
+            }
+        }
+        Decision::Reallocate { node } => {
+            if !ctx.node_deleted(&node).await? {
+                return Ok(Action::requeue(RETRY));
+            }
+            let why = format!("node {node} was deleted; its pool re-allocates");
+            return delete_record(&ctx, &api, &record, &why).await;
+        }
         Decision::Wait {
             after: Some(seconds),
         } => {
@@ -158,6 +184,40 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
         Decision::Wait { after: None } => {}
     }
     Ok(Action::requeue(RESYNC))
+}
+
+/// [`decide`] for `record`, with what the caches say around it.
+fn decide_among_caches(
+    ctx: &Context,
+    record: &StaticIP,
+    pod: Option<&PodFacts>,
+    identity: Identity,
+    now: i64,
+) -> Decision {
+    // Which other record holds an address (record mode never learns one that is kept).
+    let others = ctx.records.state();
+    let held_by = |ip: &std::net::IpAddr| {
+        others
+            .iter()
+            .filter(|r| r.uid() != record.uid())
+            .find(|r| record_ips(r).contains(ip))
+            .map(|r| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()))
+    };
+    let node_gone = |node: &str| ctx.node_gone(node);
+    let on_node_deletion = record
+        .spec
+        .pool
+        .as_ref()
+        .and_then(|pool| ctx.ipam.pools.get(&ObjectRef::new(pool)))
+        .map_or(NodeDeletionPolicy::default(), |p| {
+            p.spec.node_deletion_policy
+        });
+    let around = Surroundings {
+        held_by: &held_by,
+        node_gone: &node_gone,
+        on_node_deletion,
+    };
+    decide(record, pod, identity, &around, now)
 }
 
 pub fn error_policy(record: Arc<StaticIP>, error: &Error, _ctx: Arc<Context>) -> Action {
@@ -344,6 +404,19 @@ async fn release(
         tracing::info!(namespace = %ns, record = %name, pod = %pod.uid().unwrap_or_default(), "release postponed: a pod of the identity exists");
         return Ok(Action::requeue(RETRY));
     }
+    delete_record(ctx, api, record, why).await
+}
+
+/// Deletes the record as read (its UID and resourceVersion), which starts freeing its
+/// addresses (see [`finalize`]).
+async fn delete_record(
+    ctx: &Context,
+    api: &Api<StaticIP>,
+    record: &StaticIP,
+    why: &str,
+) -> Result<Action, Error> {
+    let ns = record.namespace().unwrap_or_default();
+    let name = record.name_any();
     let params = DeleteParams {
         preconditions: Some(Preconditions {
             uid: record.uid(),
@@ -376,7 +449,17 @@ async fn finalize(ctx: &Context, record: &StaticIP) -> Result<Action, Error> {
     }
     let ns = record.namespace().unwrap_or_default();
     let name = record.name_any();
-    if live_pod(ctx, &ns, &record.spec.pod_name).await?.is_some() {
+    if let Some(pod) = live_pod(ctx, &ns, &record.spec.pod_name).await? {
+        // A pod waiting for a deleted node never runs: it must not keep the record forever.
+        let facts = PodFacts::of(&pod);
+        if let Some(node) = facts
+            .pinned_to
+            .as_deref()
+            .filter(|_| facts.stranded(&|n| ctx.node_gone(n)))
+            && ctx.node_deleted(node).await?
+        {
+            delete_stranded_pod(ctx, &ns, &record.spec.pod_name, &facts.uid, node).await?;
+        }
         return Ok(Action::requeue(RETRY));
     }
     if record.spec.pool.is_some() {
@@ -407,6 +490,60 @@ async fn finalize(ctx: &Context, record: &StaticIP) -> Result<Action, Error> {
         }
         Err(e) => Err(Error::kube(
             format!("removing the finalizer of StaticIP {name}"),
+            e,
+        )),
+    }
+}
+
+/// Deletes pod `name` if it still has UID `uid`: a pod pinned to deleted node `node`, which
+/// can never be scheduled (its controller re-creates it with a pin that can hold).
+async fn delete_stranded_pod(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    node: &str,
+) -> Result<(), Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.ipam.client.clone(), ns);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match pods.delete(name, &params).await {
+        Ok(_) => {
+            tracing::info!(namespace = %ns, pod = %name, %uid, %node, "deleted a pod pinned to a deleted node");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => Ok(()),
+        Err(e) => Err(Error::kube(
+            format!("deleting pod {ns}/{name}, pinned to deleted node {node}"),
+            e,
+        )),
+    }
+}
+
+/// Clears the record's node, only if the record is unchanged since it was read. False if
+/// it changed (the next reconcile sees the new state).
+async fn forget_node(ctx: &Context, api: &Api<StaticIP>, record: &StaticIP) -> Result<bool, Error> {
+    let name = record.name_any();
+    let patch = json!({
+        "metadata": {"resourceVersion": record.resource_version()},
+        "spec": {"node": null},
+    });
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
+            ctx.metrics.conflicts.with_label_values(&["StaticIP"]).inc();
+            Ok(false)
+        }
+        Err(e) => Err(Error::kube(
+            format!("clearing the node of StaticIP {name}"),
             e,
         )),
     }

@@ -1,6 +1,7 @@
 //! The block sweeper: one reconcile per IPBlock. It frees addresses whose holder is gone
 //! or never took them (an allocation whose record write was lost: a crash, a lost race),
-//! keeps the block's status counts, and exports per-block and per-pool address metrics.
+//! gives the empty blocks of deleted nodes back to their pool, keeps the block's status
+//! counts, and exports per-block and per-pool address metrics.
 //!
 //! An address is freed only when the API server itself says its holder record no longer
 //! exists (or exists under another UID), or when the holder's addresses are fixed and do
@@ -13,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ests_api::{IPBlock, StaticIP};
-use ests_core::allocator::{AllocError, Holder, release_in};
+use ests_core::allocator::{AllocError, Holder, release_in, returns_to_pool};
 use ests_core::static_ip::record_ips;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
@@ -101,6 +102,33 @@ pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action,
                 return Err(Error::Allocation(format!(
                     "freeing {ip} on IPBlock {name}: {e}"
                 )));
+            }
+        }
+    }
+
+    // A deleted node's empty block goes back to the pool, once the API server confirms the
+    // node is gone. The write carries the block's resourceVersion: an allocation made
+    // meanwhile keeps the block where it is.
+    let node = block.spec.node.as_deref();
+    if returns_to_pool(node, block.spec.allocations.len(), &|n| ctx.node_gone(n))
+        && let Some(node) = node
+        && ctx.node_deleted(node).await?
+    {
+        let mut freed = (*block).clone();
+        freed.spec.node = None;
+        let api: Api<IPBlock> = Api::all(ctx.ipam.client.clone());
+        match api.replace(&name, &PostParams::default(), &freed).await {
+            Ok(_) => {
+                tracing::info!(block = %name, %node, "gave the empty block of a deleted node back to its pool");
+            }
+            Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
+                ctx.metrics.conflicts.with_label_values(&["IPBlock"]).inc();
+            }
+            Err(e) => {
+                return Err(Error::kube(
+                    format!("giving IPBlock {name} of deleted node {node} back to its pool"),
+                    e,
+                ));
             }
         }
     }

@@ -502,3 +502,20 @@ fn a_deleted_pool_goes_only_once_no_address_of_it_is_held() {
         );
     }
 }
+
+#[test]
+fn only_empty_blocks_of_deleted_nodes_return_to_the_pool() {
+    let gone = |n: &str| n == "gone";
+    for (node, allocated, back) in [
+        (Some("gone"), 0, true),
+        (Some("gone"), 1, false),
+        (Some("here"), 0, false),
+        (None, 0, false),
+    ] {
+        assert_eq!(
+            returns_to_pool(node, allocated, &gone),
+            back,
+            "node {node:?}, {allocated} allocated"
+        );
+    }
+}

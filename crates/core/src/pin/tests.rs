@@ -363,3 +363,16 @@ fn a_record_being_deleted_pins_nothing() {
         }
     }
 }
+
+#[test]
+fn a_record_whose_node_was_deleted_pins_its_addresses_but_no_node() {
+    let p = pod(Value::Null);
+    let mut unpinned = record(&["10.40.0.7"], "Bound", "41");
+    unpinned.spec.node = None;
+    let after = applied(&p, &pin(&p, Some(&unpinned), CONTROLLER, &settings()));
+    let a = &after["metadata"]["annotations"];
+    assert_eq!(a["staticip.jke.jdcloud.com/ip"], "10.40.0.7");
+    assert_eq!(a["cni.projectcalico.org/ipAddrs"], r#"["10.40.0.7"]"#);
+    assert!(a.get("staticip.jke.jdcloud.com/node").is_none());
+    assert_eq!(after["spec"].get("affinity"), None, "scheduled anywhere");
+}

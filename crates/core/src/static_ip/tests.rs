@@ -45,13 +45,25 @@ fn pod(uid: &str, ips: &[&str], node: Option<&str>) -> PodFacts {
         stamped_record: Some("rec-1".into()),
         ips: ips.iter().map(|s| ip(s)).collect(),
         node: node.map(Into::into),
+        pinned_to: None,
         terminating: false,
     }
 }
 
-fn free(_: &IpAddr) -> Option<String> {
+fn no_holder(_: &IpAddr) -> Option<String> {
     None
 }
+
+fn no_node_gone(_: &str) -> bool {
+    false
+}
+
+/// Nothing held by another record, every node present.
+const FREE: Surroundings<'static> = Surroundings {
+    held_by: &no_holder,
+    node_gone: &no_node_gone,
+    on_node_deletion: NodeDeletionPolicy::Reallocate,
+};
 
 fn bound(pod_uid: &str, present: bool) -> serde_json::Value {
     json!({"phase": "Bound", "podUID": pod_uid, "lastSeen": "2027-01-15T08:00:00Z", "conditions": [
@@ -221,7 +233,7 @@ fn record_mode_learns_then_binds_then_notices_the_pod_gone() {
     let r = record(json!({}), json!(null));
     let p = pod("pod-1", &["10.0.0.5", "fd00::5"], Some("n1"));
     assert_eq!(
-        decide(&r, Some(&p), Identity::InSet, &free, NOW),
+        decide(&r, Some(&p), Identity::InSet, &FREE, NOW),
         Decision::Learn {
             pod_uid: "pod-1".into(),
             ips: vec![ip("10.0.0.5"), ip("fd00::5")],
@@ -230,12 +242,12 @@ fn record_mode_learns_then_binds_then_notices_the_pod_gone() {
     );
     let no_ip = pod("pod-1", &[], Some("n1"));
     assert_eq!(
-        decide(&r, Some(&no_ip), Identity::InSet, &free, NOW),
+        decide(&r, Some(&no_ip), Identity::InSet, &FREE, NOW),
         Decision::Wait { after: None }
     );
     let unscheduled = pod("pod-1", &[], None);
     assert_eq!(
-        decide(&r, Some(&unscheduled), Identity::InSet, &free, NOW),
+        decide(&r, Some(&unscheduled), Identity::InSet, &FREE, NOW),
         Decision::Wait { after: None }
     );
 
@@ -244,7 +256,7 @@ fn record_mode_learns_then_binds_then_notices_the_pod_gone() {
         json!(null),
     );
     assert_eq!(
-        decide(&learnt, Some(&p), Identity::InSet, &free, NOW),
+        decide(&learnt, Some(&p), Identity::InSet, &FREE, NOW),
         Decision::Bind {
             pod_uid: "pod-1".into(),
             node: "n1".into()
@@ -255,13 +267,13 @@ fn record_mode_learns_then_binds_then_notices_the_pod_gone() {
         bound("pod-1", true),
     );
     assert_eq!(
-        decide(&settled, Some(&p), Identity::InSet, &free, NOW),
+        decide(&settled, Some(&p), Identity::InSet, &FREE, NOW),
         Decision::Wait { after: None }
     );
     // Re-created with the same address: bound to the new pod.
     let again = pod("pod-2", &["fd00::5", "10.0.0.5"], Some("n1"));
     assert_eq!(
-        decide(&settled, Some(&again), Identity::InSet, &free, NOW),
+        decide(&settled, Some(&again), Identity::InSet, &FREE, NOW),
         Decision::Bind {
             pod_uid: "pod-2".into(),
             node: "n1".into()
@@ -270,14 +282,14 @@ fn record_mode_learns_then_binds_then_notices_the_pod_gone() {
     // Moved with its address (node migration): bound, following the node.
     let moved = pod("pod-1", &["10.0.0.5", "fd00::5"], Some("n2"));
     assert_eq!(
-        decide(&settled, Some(&moved), Identity::InSet, &free, NOW),
+        decide(&settled, Some(&moved), Identity::InSet, &FREE, NOW),
         Decision::Bind {
             pod_uid: "pod-1".into(),
             node: "n2".into()
         }
     );
     assert_eq!(
-        decide(&settled, None, Identity::InSet, &free, NOW),
+        decide(&settled, None, Identity::InSet, &FREE, NOW),
         Decision::PodGone
     );
 }
@@ -290,7 +302,7 @@ fn a_pod_with_other_addresses_is_never_bound() {
     );
     let p = pod("pod-2", &["10.0.0.9"], Some("n1"));
     assert_eq!(
-        decide(&settled, Some(&p), Identity::InSet, &free, NOW),
+        decide(&settled, Some(&p), Identity::InSet, &FREE, NOW),
         Decision::Mismatch {
             pod_uid: "pod-2".into(),
             pod_ips: vec![ip("10.0.0.9")]
@@ -303,14 +315,14 @@ fn a_pod_with_other_addresses_is_never_bound() {
         s.conditions[0].message = "pod pod-2 runs with 10.0.0.9".into();
     }
     assert_eq!(
-        decide(&reported, Some(&p), Identity::InSet, &free, NOW),
+        decide(&reported, Some(&p), Identity::InSet, &FREE, NOW),
         Decision::Wait { after: None }
     );
     // A pod stamped with another record (the one before this) is not this record's.
     let mut foreign = pod("pod-3", &["10.0.0.5"], Some("n1"));
     foreign.stamped_record = Some("rec-0".into());
     assert_eq!(
-        decide(&settled, Some(&foreign), Identity::ScaledIn, &free, NOW),
+        decide(&settled, Some(&foreign), Identity::ScaledIn, &FREE, NOW),
         Decision::Wait { after: None }
     );
 }
@@ -320,12 +332,12 @@ fn range_mode_allocates_on_the_pods_node() {
     let r = record(json!({"pool": "blue"}), json!(null));
     let p = pod("pod-1", &["10.128.0.7"], Some("n1"));
     assert_eq!(
-        decide(&r, Some(&p), Identity::InSet, &free, NOW),
+        decide(&r, Some(&p), Identity::InSet, &FREE, NOW),
         Decision::Allocate { node: "n1".into() }
     );
     let unscheduled = pod("pod-1", &[], None);
     assert_eq!(
-        decide(&r, Some(&unscheduled), Identity::InSet, &free, NOW),
+        decide(&r, Some(&unscheduled), Identity::InSet, &FREE, NOW),
         Decision::Wait { after: None }
     );
 }
@@ -431,7 +443,7 @@ fn release_policies_table() {
     ];
     for (policy, ttl, identity, since_seen, want) in cases {
         let r = gone(policy, ttl);
-        let got = decide(&r, None, identity, &free, last_seen + since_seen);
+        let got = decide(&r, None, identity, &FREE, last_seen + since_seen);
         assert_eq!(
             got, want,
             "{policy} {identity:?} {since_seen}s after last seen"
@@ -442,13 +454,13 @@ fn release_policies_table() {
     let mut p = pod("pod-2", &["10.0.0.5"], Some("n1"));
     p.terminating = true;
     assert_eq!(
-        decide(&r, Some(&p), Identity::ScaledIn, &free, last_seen),
+        decide(&r, Some(&p), Identity::ScaledIn, &FREE, last_seen),
         Wait { after: None }
     );
     // A pod that was present is first recorded as gone (lastSeen), then released.
     let present = record(json!({"ips": [{"ip": "10.0.0.5"}]}), bound("pod-1", true));
     assert_eq!(
-        decide(&present, None, Identity::ScaledIn, &free, last_seen),
+        decide(&present, None, Identity::ScaledIn, &FREE, last_seen),
         Decision::PodGone
     );
 }
@@ -463,7 +475,11 @@ fn seconds(s: &str) -> i64 {
 fn record_mode_never_learns_an_address_another_record_keeps() {
     let r = record(json!({}), json!(null));
     let p = pod("pod-1", &["10.0.0.5"], Some("n1"));
-    let kept = |a: &IpAddr| (*a == ip("10.0.0.5")).then(|| "ns/db-3".to_string());
+    let held_by = |a: &IpAddr| (*a == ip("10.0.0.5")).then(|| "ns/db-3".to_string());
+    let kept = Surroundings {
+        held_by: &held_by,
+        ..FREE
+    };
     assert_eq!(
         decide(&r, Some(&p), Identity::InSet, &kept, NOW),
         Decision::AddressTaken {
@@ -485,7 +501,7 @@ fn record_mode_never_learns_an_address_another_record_keeps() {
     );
     // Once the holder has gone, the address is learnt.
     assert!(matches!(
-        decide(&reported, Some(&p), Identity::InSet, &free, NOW),
+        decide(&reported, Some(&p), Identity::InSet, &FREE, NOW),
         Decision::Learn { .. }
     ));
     // Nothing to lose: the controller need not hold that pod.
@@ -535,13 +551,13 @@ fn a_migrating_record_waits_for_its_pod_on_the_new_node() {
     // The pod still runs on the old node (maintenance, not evicted yet): not followed back.
     let old = pod("pod-1", &["10.0.0.5"], Some("n1"));
     assert_eq!(
-        decide(&moved, Some(&old), Identity::InSet, &free, NOW),
+        decide(&moved, Some(&old), Identity::InSet, &FREE, NOW),
         Decision::Wait { after: None }
     );
     // Re-created on the new node with the address: Bound again.
     let new = pod("pod-2", &["10.0.0.5"], Some("n2"));
     assert_eq!(
-        decide(&moved, Some(&new), Identity::InSet, &free, NOW),
+        decide(&moved, Some(&new), Identity::InSet, &FREE, NOW),
         Decision::Bind {
             pod_uid: "pod-2".into(),
             node: "n2".into()
@@ -584,7 +600,7 @@ fn a_claim_by_the_controller_postpones_the_release() {
     ];
     for (what, now, want) in cases {
         assert_eq!(
-            decide(&r, None, Identity::ScaledIn, &free, now),
+            decide(&r, None, Identity::ScaledIn, &FREE, now),
             want,
             "{what}"
         );
@@ -592,7 +608,7 @@ fn a_claim_by_the_controller_postpones_the_release() {
     // A claim only postpones a release: it keeps nothing a policy keeps anyway, and does not
     // hide that the pod has gone.
     assert_eq!(
-        decide(&r, None, Identity::InSet, &free, claimed + 1),
+        decide(&r, None, Identity::InSet, &FREE, claimed + 1),
         Wait { after: None }
     );
     let mut present = record(json!({"ips": [{"ip": "10.0.0.5"}]}), bound("pod-1", true));
@@ -601,7 +617,7 @@ fn a_claim_by_the_controller_postpones_the_release() {
         "2027-01-15T09:00:00Z".into(),
     );
     assert_eq!(
-        decide(&present, None, Identity::ScaledIn, &free, claimed + 1),
+        decide(&present, None, Identity::ScaledIn, &FREE, claimed + 1),
         Decision::PodGone
     );
     // What the controller writes is what the manager reads.
@@ -630,5 +646,110 @@ fn a_claim_by_the_controller_postpones_the_release() {
         claimed_at(&fresh),
         None,
         "a value that does not parse is no claim"
+    );
+}
+
+#[test]
+fn a_record_on_a_deleted_node_is_placed_afresh_or_kept_for_a_migration() {
+    let gone = |n: &str| n == "n1";
+    let around = Surroundings {
+        node_gone: &gone,
+        ..FREE
+    };
+    let unpin = |stranded: Option<&str>| Decision::Unpin {
+        node: "n1".into(),
+        stranded_pod: stranded.map(Into::into),
+    };
+    // Record mode: the address does not live on the node; only the node is forgotten.
+    let kept = record(
+        json!({"ips": [{"ip": "10.0.0.5"}], "node": "n1"}),
+        bound("pod-1", true),
+    );
+    assert_eq!(
+        decide(&kept, None, Identity::InSet, &around, NOW),
+        unpin(None)
+    );
+    // Its pod still on the deleted node, not yet collected.
+    let left = pod("pod-1", &["10.0.0.5"], Some("n1"));
+    assert_eq!(
+        decide(&kept, Some(&left), Identity::InSet, &around, NOW),
+        unpin(None)
+    );
+    // A pod re-created before the node went waits for it forever: it is deleted.
+    let stranded = PodFacts {
+        pinned_to: Some("n1".into()),
+        ..pod("pod-2", &[], None)
+    };
+    assert_eq!(
+        decide(&kept, Some(&stranded), Identity::InSet, &around, NOW),
+        unpin(Some("pod-2"))
+    );
+    let elsewhere = PodFacts {
+        pinned_to: Some("n2".into()),
+        ..pod("pod-2", &[], None)
+    };
+    assert_eq!(
+        decide(&kept, Some(&elsewhere), Identity::InSet, &around, NOW),
+        unpin(None),
+        "a pod pinned to a live node can run"
+    );
+    // Unpinned, the record never follows a pod back onto the deleted node, and binds the
+    // identity's next pod wherever it runs with the address.
+    let unpinned = record(json!({"ips": [{"ip": "10.0.0.5"}]}), bound("pod-1", true));
+    assert_eq!(
+        decide(&unpinned, Some(&left), Identity::InSet, &around, NOW),
+        Decision::Wait { after: None }
+    );
+    let next = pod("pod-3", &["10.0.0.5"], Some("n2"));
+    assert_eq!(
+        decide(&unpinned, Some(&next), Identity::InSet, &around, NOW),
+        Decision::Bind {
+            pod_uid: "pod-3".into(),
+            node: "n2".into()
+        }
+    );
+
+    // IP range mode: the address lives in the gone node's block.
+    let ranged = record(
+        json!({"pool": "p", "ips": [{"ip": "10.0.0.5", "block": "p-10-0-0-0-26"}], "node": "n1"}),
+        bound("pod-1", true),
+    );
+    for p in [None, Some(&left), Some(&stranded)] {
+        assert_eq!(
+            decide(&ranged, p, Identity::InSet, &around, NOW),
+            Decision::Reallocate { node: "n1".into() }
+        );
+    }
+    let migrate = Surroundings {
+        on_node_deletion: NodeDeletionPolicy::Migrate,
+        ..around
+    };
+    assert_eq!(
+        decide(&ranged, None, Identity::InSet, &migrate, NOW),
+        Decision::Wait { after: None },
+        "kept, pinned, for a NodeMigration"
+    );
+    // A new identity whose pod sits on the deleted node gets nothing allocated there.
+    let fresh = record(json!({"pool": "p"}), json!(null));
+    assert_eq!(
+        decide(
+            &fresh,
+            Some(&pod("pod-1", &[], Some("n1"))),
+            Identity::InSet,
+            &around,
+            NOW
+        ),
+        Decision::Wait { after: None }
+    );
+    // Nodes that exist change nothing.
+    assert_eq!(
+        decide(
+            &fresh,
+            Some(&pod("pod-1", &[], Some("n1"))),
+            Identity::InSet,
+            &FREE,
+            NOW
+        ),
+        Decision::Allocate { node: "n1".into() }
     );
 }
