@@ -5,6 +5,7 @@
 //! carries the decision out.
 #![forbid(unsafe_code)]
 
+mod adopt;
 pub mod expectations;
 pub mod metrics;
 mod observe;
@@ -20,9 +21,9 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 pub use expectations::Expectations;
 pub use metrics::Metrics;
@@ -154,7 +155,7 @@ pub async fn run(
         extender_binds: settings.extender_binds,
     });
     Controller::new(Api::<EnhancedStatefulSet>::all(client), config)
-        .owns_stream(pod_events)
+        .watches_stream(pod_events, |pod: Pod| set_of(&pod))
         .owns_stream(revision_events)
         .owns_stream(record_events)
         .with_config(controller::Config::default().concurrency(settings.concurrency))
@@ -167,4 +168,25 @@ pub async fn run(
         })
         .await;
     Ok(())
+}
+
+/// The set a pod's change concerns: its controller if that is a set; for an orphan, the set
+/// it is named after (`web-3` → `web`), which may adopt it. A set that does not exist is
+/// reconciled as a no-op.
+fn set_of(pod: &Pod) -> Option<ObjectRef<EnhancedStatefulSet>> {
+    let ns = pod.namespace()?;
+    match pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+    {
+        Some(owner) => (owner.kind == "EnhancedStatefulSet"
+            && owner.api_version.split('/').next() == Some(ests_api::GROUP))
+        .then(|| ObjectRef::new(&owner.name).within(&ns)),
+        None => {
+            let name = pod.name_any();
+            let (set, _) = name.rsplit_once('-')?;
+            ests_core::identity::ordinal_of(set, &name).map(|_| ObjectRef::new(set).within(&ns))
+        }
+    }
 }

@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::observe::observe;
 use crate::records::{self, RecordState};
-use crate::{Context, Error, revisions, status};
+use crate::{Context, Error, adopt, revisions, status};
 
 /// Re-plan at least this often, whatever happens.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -93,10 +93,11 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
     };
 
     // The selector as a string, for the scale subresource (and so for autoscalers).
-    let label_selector = match Selector::try_from(set.spec.selector.clone()) {
-        Ok(selector) => selector.to_string(),
+    let selector = match Selector::try_from(set.spec.selector.clone()) {
+        Ok(selector) => selector,
         Err(e) => return invalid(ctx, set, format!("spec.selector: {e}")).await,
     };
+    let label_selector = selector.to_string();
 
     let ip_settings = match static_ip::settings(set) {
         Ok(settings) => settings,
@@ -113,22 +114,11 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         _ => {}
     }
 
-    let revisions = revisions::sync(ctx, set).await?;
+    let revisions = revisions::sync(ctx, set, &selector).await?;
 
     // The pods this set controls, as the planner sees them, with what we did that the cache
     // may not show yet.
-    let uid = set.uid().unwrap_or_default();
-    let owned: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|p| {
-            p.owner_references()
-                .iter()
-                .any(|o| o.uid == uid && o.controller == Some(true))
-        })
-        .collect();
+    let owned = adopt::claim_pods(ctx, set, &selector).await?;
     let uids: HashMap<String, String> = owned
         .iter()
         .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
@@ -282,7 +272,7 @@ async fn invalid(
     Ok(Action::await_change())
 }
 
-async fn publish(
+pub(crate) async fn publish(
     ctx: &Context,
     set: &EnhancedStatefulSet,
     type_: EventType,

@@ -11,6 +11,7 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::Selector;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -35,21 +36,18 @@ fn hash_of(revision: &ControllerRevision) -> String {
 }
 
 /// Makes sure the update revision exists and is the newest.
-pub async fn sync(ctx: &Context, set: &EnhancedStatefulSet) -> Result<Revisions, Error> {
+pub async fn sync(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    selector: &Selector,
+) -> Result<Revisions, Error> {
     let ns = set.namespace().unwrap_or_default();
     let set_name = set.name_any();
     let uid = set.uid().unwrap_or_default();
     let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut owned: Vec<ControllerRevision> = ctx
-        .revisions
-        .state()
+    let mut owned: Vec<ControllerRevision> = crate::adopt::claim_revisions(ctx, set, selector)
+        .await?
         .iter()
-        .filter(|r| r.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|r| {
-            r.owner_references()
-                .iter()
-                .any(|o| o.uid == uid && o.controller == Some(true))
-        })
         .map(|r| (**r).clone())
         .collect();
     let template = &set.spec.template;
