@@ -135,20 +135,25 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
         .collect();
     let mut needed: Vec<Resources> = Vec::new();
     let mut records = Vec::new();
+    // Identities in IP range mode: their addresses are in the source's blocks.
+    let mut range_mode: BTreeSet<String> = BTreeSet::new();
     for record in ctx.records.state() {
         let k = key(record.as_ref());
         let on_source = record.spec.node.as_deref() == Some(source.as_str());
         if !on_source && !moved.contains(&k) {
             continue;
         }
+        if record.spec.pool.is_some() {
+            range_mode.insert(k.clone());
+        }
         let pod = pod_by_key.get(&k);
         let pod_node = pod.and_then(|p| p.spec.as_ref()?.node_name.clone());
+        let owner = record
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .and_then(|o| set_by_uid.get(&o.uid));
         if on_source {
-            let owner = record
-                .owner_references()
-                .iter()
-                .find(|o| o.controller == Some(true))
-                .and_then(|o| set_by_uid.get(&o.uid));
             let from_pod = pod
                 .and_then(|p| p.spec.as_ref())
                 .and_then(|s| pod_requests(s).ok())
@@ -166,6 +171,7 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
             pending_pinned_to: pod
                 .filter(|_| pod_node.is_none())
                 .and_then(|p| p.annotations().get(keys::STATIC_IP_POD_NODE).cloned()),
+            set: owner.map(|s| key(*s)),
         });
     }
     records.sort_by(|a, b| a.key.cmp(&b.key));
@@ -184,6 +190,7 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
                 .map(|o| format!("{}/{}", p.namespace().unwrap_or_default(), o.name));
             SourcePod {
                 static_ip: moving.contains(k.as_str()),
+                range_mode: range_mode.contains(&k),
                 key: k,
                 set,
                 terminating: p.metadata.deletion_timestamp.is_some(),
