@@ -27,6 +27,13 @@ fn ready(node: &Node) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+fn ready_pod(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 fn running(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
@@ -199,7 +206,8 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
         .collect();
 
     // Maintenance budgets: each set's maxUnavailable (as in its rollouts) against its pods
-    // not ready now.
+    // not ready now: the fewer of the set's status and its pods in the cache (either may lag
+    // an eviction), a pod being deleted counting as down.
     let mut budgets = BTreeMap::new();
     for set in sets.iter() {
         let k = key(set.as_ref());
@@ -210,7 +218,22 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
             continue;
         }
         let replicas = set.spec.replicas;
-        let ready = set.status.as_ref().map_or(0, |s| s.ready_replicas);
+        let uid = set.uid();
+        let ready_pods = pods
+            .iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && ready_pod(p)
+                    && p.owner_references()
+                        .iter()
+                        .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+            })
+            .count();
+        let ready = set
+            .status
+            .as_ref()
+            .map_or(0, |s| s.ready_replicas)
+            .min(i32::try_from(ready_pods).unwrap_or(i32::MAX));
         let max_unavailable = set
             .spec
             .rolling_update()
