@@ -18,6 +18,9 @@ pub struct Observation {
     pub facts: Observed,
     /// CIDRs of the blocks on the source (and already moved), for the network hook.
     pub source_cidrs: Vec<String>,
+    /// The node the provisioning hook named just now: kept in the status as the target, so
+    /// that the hook is not asked again while the node registers.
+    pub provisioned: Option<String>,
 }
 
 fn ready(node: &Node) -> bool {
@@ -100,8 +103,12 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
             candidates.sort();
             candidates.into_iter().next()
         });
+    let mut provisioned = None;
+    // Once: the node it names is kept as the target (see `provisioned`), and a hook that
+    // failed is run again only after a while.
     if target.is_none()
         && let Some(hook) = &ctx.settings.provision
+        && crate::hook_due(ctx, &m.name_any(), "provision")
     {
         let facts = crate::hooks::HookFacts {
             migration: m.name_any(),
@@ -110,7 +117,10 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
             cidrs: Vec::new(),
         };
         match crate::hooks::run(hook, "provision", &facts).await {
-            Ok(name) if !name.is_empty() => target = Some(name),
+            Ok(name) if !name.is_empty() => {
+                target = Some(name.clone());
+                provisioned = Some(name);
+            }
             Ok(_) => tracing::warn!(%source, "the provisioning hook named no node"),
             Err(e) => tracing::warn!(%source, error = %e, "provisioning a replacement"),
         }
@@ -318,6 +328,7 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
             budgets,
         },
         source_cidrs,
+        provisioned,
     })
 }
 
