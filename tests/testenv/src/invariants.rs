@@ -7,9 +7,9 @@
 //! - a pod leaves the API (so that its identity can be re-created) while it sits on a node
 //!   that is NotReady and not fenced (no `node.kubernetes.io/out-of-service` taint): the
 //!   old pod may still be running there;
-//! - a Running static-IP pod in IP range mode (its record names a pool) has an address outside
-//!   the blocks of its node: its routes lead elsewhere (the block moved, or was never its
-//!   node's). Held for [`OUTSIDE_BLOCKS_GRACE`] before it counts, because the checker's
+//! - a Running static-IP pod in IP range mode (its record names a pool) has one of its record's
+//!   addresses outside the blocks of its node: its routes lead elsewhere (the block moved, or
+//!   was never its node's). Held for [`OUTSIDE_BLOCKS_GRACE`] before it counts, because the checker's
 //!   watches of pods and of blocks are separate streams: a pod removed just before its block
 //!   moved may be seen after the move;
 //! - on the real node, a Ready pod that serves the test image's answer (annotation
@@ -142,11 +142,13 @@ pub struct BlockFacts {
     pub node: Option<String>,
 }
 
-/// The rule over one range-mode pod: which of its addresses lie outside the blocks of its
-/// node, and in whose block they lie instead. None when it is not Running or all its
-/// addresses are in its node's blocks.
+/// The rule over one range-mode pod: which of its addresses that are its record's
+/// (`record_ips`) lie outside the blocks of its node, and in whose block they lie instead.
+/// None when it is not Running or they are all in its node's blocks. An address that is not
+/// its record's is not ests's placing (a pod made without the webhook gets the CNI's own).
 pub fn outside_node_blocks<'a>(
     pod: &PodFacts,
+    record_ips: &[String],
     blocks: impl IntoIterator<Item = (&'a String, &'a BlockFacts)> + Clone,
 ) -> Option<String> {
     if !pod.running || pod.terminated {
@@ -154,7 +156,7 @@ pub fn outside_node_blocks<'a>(
     }
     let node = pod.node.as_deref()?;
     let mut outside = Vec::new();
-    for ip in &pod.ips {
+    for ip in pod.ips.iter().filter(|ip| record_ips.contains(ip)) {
         let Ok(address) = ip.parse::<std::net::IpAddr>() else {
             continue;
         };
@@ -288,11 +290,16 @@ impl InvariantState {
     /// Re-checks the range-mode rule for the pod `key` (after it, its record or a block
     /// changed).
     fn check_blocks_of(&mut self, key: &str) {
+        let record_ips = self
+            .record_ips
+            .owned
+            .get(key)
+            .map_or(&[][..], Vec::as_slice);
         let breach = self
             .pods
             .get(key)
             .filter(|_| self.range_mode.contains(key))
-            .and_then(|pod| outside_node_blocks(pod, &self.blocks));
+            .and_then(|pod| outside_node_blocks(pod, record_ips, &self.blocks));
         match breach {
             Some(message) => {
                 let suspect = self.suspects.entry(key.to_string()).or_insert(Suspect {
@@ -828,33 +835,34 @@ mod tests {
             ("p-3".to_string(), block("10.40.0.32/28", None)),
         ]);
         let on = |node: &str, ip: &str| pod("ns/r-0", "1", node, ip);
-        assert_eq!(outside_node_blocks(&on("n1", "10.40.0.5"), &blocks), None);
-        assert_eq!(outside_node_blocks(&on("n2", "10.40.0.20"), &blocks), None);
-        let moved = outside_node_blocks(&on("n1", "10.40.0.20"), &blocks);
+        let check = |p: &PodFacts| outside_node_blocks(p, &p.ips, &blocks);
+        assert_eq!(check(&on("n1", "10.40.0.5")), None);
+        assert_eq!(check(&on("n2", "10.40.0.20")), None);
+        let moved = check(&on("n1", "10.40.0.20"));
         assert!(
             moved.as_deref().is_some_and(|m| m.contains("block p-2")
                 && m.contains("of node n2")
                 && m.contains("outside n1's blocks")),
             "{moved:?}"
         );
-        assert!(
-            outside_node_blocks(&on("n1", "10.40.0.40"), &blocks)
-                .is_some_and(|m| m.contains("of node none"))
-        );
-        assert!(
-            outside_node_blocks(&on("n1", "10.99.0.1"), &blocks)
-                .is_some_and(|m| m.contains("in no block"))
+        assert!(check(&on("n1", "10.40.0.40")).is_some_and(|m| m.contains("of node none")));
+        assert!(check(&on("n1", "10.99.0.1")).is_some_and(|m| m.contains("in no block")));
+        // The CNI's own address, not the record's: not ests's placing.
+        let other = on("n1", "10.99.0.1");
+        assert_eq!(
+            outside_node_blocks(&other, &["10.40.0.5".into()], &blocks),
+            None
         );
         let mut pending = on("n1", "10.40.0.20");
         pending.running = false;
-        assert_eq!(outside_node_blocks(&pending, &blocks), None, "not Running");
+        assert_eq!(check(&pending), None, "not Running");
         let mut done = on("n1", "10.40.0.20");
         done.terminated = true;
-        assert_eq!(outside_node_blocks(&done, &blocks), None, "terminated");
+        assert_eq!(check(&done), None, "terminated");
         // Being deleted, it still runs (and serves) until its node stops it.
         let mut going = on("n1", "10.40.0.20");
         going.deleting = true;
-        assert!(outside_node_blocks(&going, &blocks).is_some());
+        assert!(check(&going).is_some());
     }
 
     #[test]
