@@ -9,6 +9,10 @@
 //! - nothing of a NotReady source is released (taint, force-delete) before it is fenced;
 //! - the network hook succeeds before any block or record moves, so no pod starts on the
 //!   target before its addresses are routed there;
+//! - the routes and blocks move only once no pod of the source uses them (running, or still
+//!   stopping): a maintenance move cordons and evicts first, a failure move force-deletes
+//!   the fenced source's pods first; in maintenance the pods of the blocks are evicted
+//!   together, only when their sets' maxUnavailable allows all of them down at once;
 //! - a target that cannot hold every static-IP pod of the source is refused before anything
 //!   moves.
 
@@ -27,8 +31,11 @@ pub struct SourcePod {
     pub static_ip: bool,
     /// Its set (`namespace/name`), for maxUnavailable in maintenance mode.
     pub set: Option<String>,
-    /// Being deleted already.
+    /// Being deleted already (it still runs, and uses its address, until its node stops it).
     pub terminating: bool,
+    /// Its record is in IP range mode: its address lies in one of the source's blocks, whose
+    /// routes move with the block.
+    pub range_mode: bool,
 }
 
 /// A StaticIP record the migration concerns: one whose node is the source, or one it moved.
@@ -42,6 +49,8 @@ pub struct RecordFacts {
     pub running_on_target: bool,
     /// The identity's pod is not bound yet and pinned (by annotation) to this node.
     pub pending_pinned_to: Option<String>,
+    /// The identity's set (`namespace/name`), for maxUnavailable in maintenance mode.
+    pub set: Option<String>,
 }
 
 /// A set's disruption budget in maintenance mode.
@@ -158,6 +167,77 @@ pub fn fits(
     Ok(())
 }
 
+/// Per set, how many of its pods are down at once when the source's routes move: those
+/// using the source's blocks (running or stopping) and those already stopped and waiting,
+/// pinned to the source, for the move.
+fn down_at_move<'a>(o: &'a Observed, using_blocks: &[&'a SourcePod]) -> BTreeMap<&'a str, i32> {
+    let mut down: BTreeMap<&str, i32> = BTreeMap::new();
+    let waiting = o
+        .records
+        .iter()
+        .filter(|r| r.pending_pinned_to.as_deref() == Some(o.source.as_str()))
+        .filter_map(|r| r.set.as_deref());
+    for set in using_blocks
+        .iter()
+        .filter_map(|p| p.set.as_deref())
+        .chain(waiting)
+    {
+        *down.entry(set).or_default() += 1;
+    }
+    down
+}
+
+/// Maintenance: a set whose pods that must be down together when the routes move
+/// outnumber its maxUnavailable can never allow the move. Said before anything of the source
+/// is touched (while pods use the blocks, nothing has moved).
+fn never_down_together(o: &Observed, using_blocks: &[&SourcePod]) -> Option<String> {
+    if using_blocks.is_empty() {
+        return None;
+    }
+    down_at_move(o, using_blocks)
+        .into_iter()
+        .find_map(|(set, down)| {
+            let b = o.budgets.get(set)?;
+            (down > b.max_unavailable).then(|| {
+                format!(
+                    "moving {}'s IP blocks has {down} pods of set {set} down at once (their addresses are routed together), but its maxUnavailable is {}: raise it, or move them off {} first",
+                    o.source, b.max_unavailable, o.source
+                )
+            })
+        })
+}
+
+/// Maintenance: evicts the pods using the source's blocks that still run, all in one pass,
+/// and only when each of their sets can have all of them down now (some down and the rest
+/// refused would only keep the first ones down, waiting). Returns why they are held.
+fn evict_together(
+    o: &Observed,
+    using_blocks: &[&SourcePod],
+    actions: &mut Vec<Action>,
+) -> Option<String> {
+    let running: Vec<&SourcePod> = using_blocks
+        .iter()
+        .copied()
+        .filter(|p| !p.terminating)
+        .collect();
+    let mut per_set: BTreeMap<&str, i32> = BTreeMap::new();
+    for set in running.iter().filter_map(|p| p.set.as_deref()) {
+        *per_set.entry(set).or_default() += 1;
+    }
+    for (set, n) in per_set {
+        if let Some(b) = o.budgets.get(set)
+            && b.unavailable + n > b.max_unavailable
+        {
+            return Some(format!(
+                "set {set} has {} pods unavailable and allows {}: its {n} pods here stop together once it can",
+                b.unavailable, b.max_unavailable
+            ));
+        }
+    }
+    actions.extend(running.iter().map(|p| Action::Evict(p.key.clone())));
+    None
+}
+
 /// The plan for a migration as observed.
 pub fn plan(o: &Observed) -> Plan {
     use MigrationPhase::*;
@@ -215,6 +295,55 @@ pub fn plan(o: &Observed) -> Plan {
             ),
         );
     }
+    // The source's pods that use its blocks (range mode), running or still stopping: their
+    // addresses are routed to the source until the network hook moves the routes, so the
+    // routes and the blocks move only once all of them are gone. One move for the node, not
+    // one per block: the hook is asked once with all the source's CIDRs and its
+    // NetworkMoved condition is the migration's, so a per-block move would need a hook call
+    // and a persisted state per block, and would gain nothing where (as usually) a set's
+    // pods on a node share one block.
+    let using_blocks: Vec<&SourcePod> = o
+        .pods_on_source
+        .iter()
+        .filter(|p| p.static_ip && p.range_mode)
+        .collect();
+    if mode == MigrationMode::Maintenance {
+        if let Some(why) = never_down_together(o, &using_blocks) {
+            return Plan::wait(Refused, actions, why);
+        }
+        // The node is being emptied: nothing new lands on it meanwhile.
+        if o.source_exists && !o.source_cordoned {
+            actions.push(Action::Cordon);
+        }
+    }
+    if !using_blocks.is_empty() {
+        let held = match mode {
+            // Fenced: nothing runs there whatever the API says, and a pod being deleted
+            // never finishes by itself on a node that is off: all go now.
+            MigrationMode::Failure => {
+                if o.source_exists && !o.source_tainted {
+                    actions.push(Action::Taint);
+                }
+                actions.extend(
+                    using_blocks
+                        .iter()
+                        .map(|p| Action::ForceDelete(p.key.clone())),
+                );
+                None
+            }
+            MigrationMode::Maintenance => evict_together(o, &using_blocks, &mut actions),
+        };
+        return Plan::wait(
+            Moving,
+            actions,
+            format!(
+                "{} static-IP pods on {} still use its IP blocks: its routes and blocks move once they are gone{}",
+                using_blocks.len(),
+                o.source,
+                held.map(|why| format!(" ({why})")).unwrap_or_default()
+            ),
+        );
+    }
     if !o.network_moved {
         actions.push(Action::MoveNetwork);
         return Plan::wait(Moving, actions, "moving the source's routes (network hook)");
@@ -237,25 +366,28 @@ pub fn plan(o: &Observed) -> Plan {
             .filter(|r| r.pending_pinned_to.as_deref().is_some_and(|n| n != target))
             .map(|r| Action::Recreate(r.key.clone())),
     );
-    let leaving: Vec<&SourcePod> = o
-        .pods_on_source
-        .iter()
-        .filter(|p| p.static_ip && !p.terminating)
-        .collect();
+    // What is left on the source is in record mode: each pod goes after its record moved
+    // (above, in this pass), so that it is made again on the target straight away.
     match mode {
         MigrationMode::Failure => {
+            let leaving: Vec<&SourcePod> =
+                o.pods_on_source.iter().filter(|p| p.static_ip).collect();
+            // The out-of-service taint releases the node's other pods to Kubernetes too; it
+            // comes after the records moved, so that a static-IP pod Kubernetes deletes is
+            // made again on the target.
             if o.source_exists && !o.source_tainted {
                 actions.push(Action::Taint);
             }
             actions.extend(leaving.iter().map(|p| Action::ForceDelete(p.key.clone())));
         }
         MigrationMode::Maintenance => {
-            if o.source_exists && !o.source_cordoned {
-                actions.push(Action::Cordon);
-            }
             // Within each set's maxUnavailable; the Eviction API adds the PDBs.
             let mut budgets = o.budgets.clone();
-            for pod in leaving {
+            for pod in o
+                .pods_on_source
+                .iter()
+                .filter(|p| p.static_ip && !p.terminating)
+            {
                 let allowed = match pod.set.as_ref().and_then(|s| budgets.get_mut(s)) {
                     Some(b) if b.unavailable < b.max_unavailable => {
                         b.unavailable += 1;

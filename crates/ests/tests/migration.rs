@@ -2,7 +2,7 @@
 //! IP range mode) come back on its replacement with their addresses, only after the node was
 //! fenced; a fencing hook that says no releases nothing; a target without room is refused;
 //! a manager killed mid-migration resumes; a Ready node's move respects a
-//! PodDisruptionBudget.
+//! PodDisruptionBudget, and moves its IP blocks only once the pods using them are gone.
 
 mod support;
 
@@ -134,6 +134,21 @@ async fn diagnose(env: &Env, ns: &str, name: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The names of the IP blocks on `node`, sorted.
+async fn blocks_of(env: &Env, node: &str) -> anyhow::Result<Vec<String>> {
+    let blocks: Vec<IPBlock> = Api::<IPBlock>::all(env.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let mut names: Vec<String> = blocks
+        .into_iter()
+        .filter(|b| b.spec.node.as_deref() == Some(node))
+        .map(|b| b.name_any())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 async fn migration(env: &Env, name: &str) -> anyhow::Result<Option<NodeMigration>> {
     Ok(Api::<NodeMigration>::all(env.client.clone())
         .get_opt(name)
@@ -196,23 +211,7 @@ async fn a_dead_nodes_static_ip_pods_move_to_its_replacement_after_fencing() -> 
         "a range-mode pod on mig-a: {on_a:?}"
     );
     assert!(!on_c.is_empty(), "range-mode pods on mig-c too");
-    let blocks_of = |node: &'static str| {
-        let client = env.client.clone();
-        async move {
-            let blocks: Vec<IPBlock> = Api::<IPBlock>::all(client)
-                .list(&ListParams::default())
-                .await?
-                .items;
-            anyhow::Ok(
-                blocks
-                    .into_iter()
-                    .filter(|b| b.spec.node.as_deref() == Some(node))
-                    .map(|b| b.name_any())
-                    .collect::<Vec<_>>(),
-            )
-        }
-    };
-    let a_blocks = blocks_of("mig-a").await?;
+    let a_blocks = blocks_of(&env, "mig-a").await?;
     assert!(!a_blocks.is_empty());
 
     // mig-a dies; its replacement joins. The hook will say yes.
@@ -316,10 +315,8 @@ async fn a_dead_nodes_static_ip_pods_move_to_its_replacement_after_fencing() -> 
             .is_none(),
         "mig-a removed"
     );
-    let mut moved = blocks_of("mig-b").await?;
-    moved.sort();
-    let mut was = a_blocks.clone();
-    was.sort();
+    let moved = blocks_of(&env, "mig-b").await?;
+    let was = a_blocks.clone();
     assert_eq!(moved, was, "mig-a's blocks now belong to mig-b");
     let records = wait_for("records Bound on mig-b", T, || async {
         let records = bound_records(&env, ns).await?;
@@ -473,6 +470,7 @@ async fn a_target_without_room_is_refused() -> anyhow::Result<()> {
 async fn a_ready_nodes_move_respects_its_pod_disruption_budget() -> anyhow::Result<()> {
     let env = migration_env().await?;
     let _logs = LogsOnFailure(env.plane);
+    let checker = InvariantChecker::start(env.client.clone()).await?;
     let ns = "mig-maint";
     create_nodes(&env.client, &[node("mig-g", "maint", "50")]).await?;
     namespace(&env, ns).await?;
@@ -573,5 +571,134 @@ async fn a_ready_nodes_move_respects_its_pod_disruption_budget() -> anyhow::Resu
             .is_some(),
         "a node in maintenance stays (cordoned) for the operator"
     );
-    Ok(())
+    checker.finish()
+}
+
+#[tokio::test]
+async fn a_ready_nodes_blocks_move_only_once_their_pods_are_gone() -> anyhow::Result<()> {
+    let env = migration_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    let ns = "mig-maint-ranged";
+    create_nodes(&env.client, &[node("mig-i", "maint-ranged", "50")]).await?;
+    namespace(&env, ns).await?;
+    apply(
+        &env,
+        ns,
+        &json!({
+            "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "StaticIPPool",
+            "metadata": {"name": "mig-pool-maint"},
+            "spec": {"cidrs": ["10.44.0.0/24"], "ipv4BlockPrefixLength": 28}
+        }),
+    )
+    .await?;
+    // Two range-mode pods on mig-i (their set allows both down at once), held by a budget.
+    apply(
+        &env,
+        ns,
+        &static_set("ranged", 2, "maint-ranged", Some("mig-pool-maint")),
+    )
+    .await?;
+    let before = wait_for("2 range-mode pods Running", T, || async {
+        let pods = running_pods(&env, ns, "").await?;
+        Ok((pods.len() == 2 && bound_records(&env, ns).await?.len() == 2).then_some(pods))
+    })
+    .await?;
+    let blocks = blocks_of(&env, "mig-i").await?;
+    assert!(!blocks.is_empty(), "mig-i holds the pool's blocks");
+    apply(
+        &env,
+        ns,
+        &json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": "ranged"},
+            "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "ranged"}}}
+        }),
+    )
+    .await?;
+    create_nodes(&env.client, &[node("mig-j", "maint-ranged", "50")]).await?;
+    let api: Api<NodeMigration> = Api::all(env.client.clone());
+    let m: NodeMigration = serde_json::from_value(json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "NodeMigration",
+        "metadata": {"name": "move-mig-i"},
+        "spec": {"sourceNode": "mig-i", "targetNode": "mig-j", "reason": "kernel upgrade"}
+    }))?;
+    api.create(&PostParams::default(), &m).await?;
+    // The budget refuses the evictions: the pods keep running on mig-i, and so the routes
+    // and blocks they use stay there.
+    let held = wait_for(
+        "the migration waits for the pods using mig-i's blocks",
+        T,
+        || async {
+            let status = migration(&env, "move-mig-i").await?.and_then(|m| m.status);
+            let waiting = status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Completed" && c.message.contains("still use its IP blocks")
+                })
+            });
+            let moved = blocks_of(&env, "mig-i").await? != blocks;
+            Ok((waiting || moved).then_some(status))
+        },
+    )
+    .await?;
+    assert_eq!(
+        blocks_of(&env, "mig-i").await?,
+        blocks,
+        "the blocks stay while their pods run; migration: {held:?}; checker: {:?}",
+        checker.violations()
+    );
+    assert!(
+        held.iter()
+            .flat_map(|s| s.conditions.iter())
+            .all(|c| c.type_ != "NetworkMoved" || c.status != "True"),
+        "the routes stay while their pods run: {held:?}"
+    );
+    let node: Node = Api::<Node>::all(env.client.clone()).get("mig-i").await?;
+    assert_eq!(
+        node.spec.as_ref().and_then(|s| s.unschedulable),
+        Some(true),
+        "cordoned before anything moves"
+    );
+    assert_eq!(
+        running_pods(&env, ns, "").await?,
+        before,
+        "the budget kept both"
+    );
+    // The budget lets go: both stop, then the routes and blocks move and the pods come back
+    // on mig-j with their addresses.
+    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(env.client.clone(), ns);
+    budgets
+        .patch(
+            "ranged",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"minAvailable": 0}})),
+        )
+        .await?;
+    let done = wait_for("the migration completes", T, || async {
+        Ok(migration(&env, "move-mig-i").await?.filter(|m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.phase == MigrationPhase::Completed)
+        }))
+    })
+    .await;
+    if let Err(e) = done {
+        anyhow::bail!("{e}\n{}", diagnose(&env, ns, "move-mig-i").await?);
+    }
+    let after = running_pods(&env, ns, "").await?;
+    for (name, (_, _, ip)) in &before {
+        let (_, node, now_ip) = &after[name];
+        assert_eq!(
+            (node.as_str(), now_ip),
+            ("mig-j", ip),
+            "{name} moved with its address"
+        );
+    }
+    assert_eq!(
+        blocks_of(&env, "mig-j").await?,
+        blocks,
+        "mig-i's blocks moved"
+    );
+    checker.finish()
 }

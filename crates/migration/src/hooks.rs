@@ -4,8 +4,9 @@
 //! arguments and environment (`ESTS_SOURCE_NODE`, `ESTS_TARGET_NODE`, `ESTS_MIGRATION`,
 //! `ESTS_CIDRS`), and is killed after a timeout.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::process::Command;
 
@@ -29,6 +30,37 @@ impl Hook {
             args: words.map(String::from).collect(),
             timeout: Duration::from_secs(60),
         })
+    }
+}
+
+/// When each hook last ran, by migration and verb. Every event of a migration's pods and
+/// nodes re-plans it, and a plan asks again for what is not done yet (fenced, routes moved,
+/// a target named): the pacer keeps that from running a hook on every event.
+#[derive(Debug, Default)]
+pub struct Pacer {
+    last: HashMap<(String, &'static str), Instant>,
+}
+
+impl Pacer {
+    /// Whether hook `verb` may run for `migration` at `now`, `retry` after its last run; if
+    /// so, notes that it runs.
+    pub fn due(
+        &mut self,
+        migration: &str,
+        verb: &'static str,
+        now: Instant,
+        retry: Duration,
+    ) -> bool {
+        let key = (migration.to_string(), verb);
+        if self
+            .last
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < retry)
+        {
+            return false;
+        }
+        self.last.insert(key, now);
+        true
     }
 }
 
@@ -81,6 +113,18 @@ pub async fn run(hook: &Hook, verb: &str, facts: &HookFacts) -> Result<String, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hook_runs_again_only_after_the_retry() {
+        let (t0, retry) = (Instant::now(), Duration::from_secs(5));
+        let mut p = Pacer::default();
+        assert!(p.due("m1", "fence", t0, retry));
+        assert!(!p.due("m1", "fence", t0 + Duration::from_secs(1), retry));
+        assert!(p.due("m1", "network", t0, retry), "each verb on its own");
+        assert!(p.due("m2", "fence", t0, retry), "each migration on its own");
+        assert!(p.due("m1", "fence", t0 + retry, retry));
+        assert!(!p.due("m1", "fence", t0 + retry, retry));
+    }
 
     #[tokio::test]
     async fn a_hook_says_yes_with_exit_zero_and_no_otherwise() {

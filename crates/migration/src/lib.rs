@@ -121,7 +121,13 @@ pub struct Context {
     pub sets: Store<EnhancedStatefulSet>,
     pub migrations: Store<NodeMigration>,
     listed: ests_cache::Listed,
+    /// When each hook last ran: one that said no (or failed) runs again after
+    /// [`HOOK_RETRY`], not on every event of the source's pods.
+    hooks_run: std::sync::Mutex<hooks::Pacer>,
 }
+
+/// How soon a hook that said no, or failed, is run again for one migration.
+const HOOK_RETRY: Duration = Duration::from_secs(5);
 
 /// Runs the manager (and automatic mode if configured) until `shutdown` resolves.
 pub async fn run(
@@ -166,6 +172,7 @@ pub async fn run(
         sets,
         migrations: migrations.clone(),
         listed,
+        hooks_run: Default::default(),
     });
     if let Some(auto) = settings.auto.clone() {
         tokio::spawn(auto::run(ctx.clone(), auto));
@@ -238,6 +245,17 @@ async fn reconcile(cached: Arc<NodeMigration>, ctx: Arc<Context>) -> Result<Acti
     let plan = plan(&observed.facts);
     tracing::debug!(migration = %name, ?plan, "plan");
     let mut status = m.status.clone().unwrap_or_default();
+    if let Some(node) = &observed.provisioned {
+        status.target_node = Some(node.clone());
+        publish(
+            ctx.as_ref(),
+            &m,
+            EventType::Normal,
+            "Provisioned",
+            format!("the provisioning hook named {node} as the target"),
+        )
+        .await;
+    }
     for step in &plan.actions {
         let label = step_label(step);
         let result = act(&ctx, &m, &observed, step, &mut status).await;
@@ -292,6 +310,14 @@ fn step_label(step: &Step) -> &'static str {
     }
 }
 
+/// Whether hook `verb` may run for migration `name` now (and notes that it does).
+fn hook_due(ctx: &Context, name: &str, verb: &'static str) -> bool {
+    ctx.hooks_run
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .due(name, verb, std::time::Instant::now(), HOOK_RETRY)
+}
+
 fn now() -> Time {
     Time(Timestamp::now())
 }
@@ -333,6 +359,9 @@ async fn act(
         Step::Fence => {
             let fenced_by = if m.spec.confirm_fenced {
                 Ok("operator (spec.confirmFenced)".to_string())
+            } else if ctx.settings.fence.is_some() && !hook_due(ctx, &m.name_any(), "fence") {
+                // Asked a moment ago: its answer (in the Fenced condition) stands.
+                return Ok(());
             } else if let Some(hook) = &ctx.settings.fence {
                 hooks::run(hook, "fence", &facts)
                     .await
@@ -375,6 +404,10 @@ async fn act(
             }
         }
         Step::MoveNetwork => {
+            if ctx.settings.network.is_some() && !hook_due(ctx, &m.name_any(), "network") {
+                // Failed a moment ago: its answer (in the NetworkMoved condition) stands.
+                return Ok(());
+            }
             let result = match &ctx.settings.network {
                 Some(hook) => hooks::run(hook, "network", &facts)
                     .await

@@ -18,10 +18,20 @@ pub struct Observation {
     pub facts: Observed,
     /// CIDRs of the blocks on the source (and already moved), for the network hook.
     pub source_cidrs: Vec<String>,
+    /// The node the provisioning hook named just now: kept in the status as the target, so
+    /// that the hook is not asked again while the node registers.
+    pub provisioned: Option<String>,
 }
 
 fn ready(node: &Node) -> bool {
     node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn ready_pod(pod: &Pod) -> bool {
+    pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
@@ -93,8 +103,12 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
             candidates.sort();
             candidates.into_iter().next()
         });
+    let mut provisioned = None;
+    // Once: the node it names is kept as the target (see `provisioned`), and a hook that
+    // failed is run again only after a while.
     if target.is_none()
         && let Some(hook) = &ctx.settings.provision
+        && crate::hook_due(ctx, &m.name_any(), "provision")
     {
         let facts = crate::hooks::HookFacts {
             migration: m.name_any(),
@@ -103,7 +117,10 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
             cidrs: Vec::new(),
         };
         match crate::hooks::run(hook, "provision", &facts).await {
-            Ok(name) if !name.is_empty() => target = Some(name),
+            Ok(name) if !name.is_empty() => {
+                target = Some(name.clone());
+                provisioned = Some(name);
+            }
             Ok(_) => tracing::warn!(%source, "the provisioning hook named no node"),
             Err(e) => tracing::warn!(%source, error = %e, "provisioning a replacement"),
         }
@@ -135,20 +152,25 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
         .collect();
     let mut needed: Vec<Resources> = Vec::new();
     let mut records = Vec::new();
+    // Identities in IP range mode: their addresses are in the source's blocks.
+    let mut range_mode: BTreeSet<String> = BTreeSet::new();
     for record in ctx.records.state() {
         let k = key(record.as_ref());
         let on_source = record.spec.node.as_deref() == Some(source.as_str());
         if !on_source && !moved.contains(&k) {
             continue;
         }
+        if record.spec.pool.is_some() {
+            range_mode.insert(k.clone());
+        }
         let pod = pod_by_key.get(&k);
         let pod_node = pod.and_then(|p| p.spec.as_ref()?.node_name.clone());
+        let owner = record
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .and_then(|o| set_by_uid.get(&o.uid));
         if on_source {
-            let owner = record
-                .owner_references()
-                .iter()
-                .find(|o| o.controller == Some(true))
-                .and_then(|o| set_by_uid.get(&o.uid));
             let from_pod = pod
                 .and_then(|p| p.spec.as_ref())
                 .and_then(|s| pod_requests(s).ok())
@@ -166,6 +188,7 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
             pending_pinned_to: pod
                 .filter(|_| pod_node.is_none())
                 .and_then(|p| ests_core::pin::pinned_node(p).map(str::to_string)),
+            set: owner.map(|s| key(*s)),
         });
     }
     records.sort_by(|a, b| a.key.cmp(&b.key));
@@ -184,6 +207,7 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
                 .map(|o| format!("{}/{}", p.namespace().unwrap_or_default(), o.name));
             SourcePod {
                 static_ip: moving.contains(k.as_str()),
+                range_mode: range_mode.contains(&k),
                 key: k,
                 set,
                 terminating: p.metadata.deletion_timestamp.is_some(),
@@ -192,7 +216,8 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
         .collect();
 
     // Maintenance budgets: each set's maxUnavailable (as in its rollouts) against its pods
-    // not ready now.
+    // not ready now: the fewer of the set's status and its pods in the cache (either may lag
+    // an eviction), a pod being deleted counting as down.
     let mut budgets = BTreeMap::new();
     for set in sets.iter() {
         let k = key(set.as_ref());
@@ -203,7 +228,22 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
             continue;
         }
         let replicas = set.spec.replicas;
-        let ready = set.status.as_ref().map_or(0, |s| s.ready_replicas);
+        let uid = set.uid();
+        let ready_pods = pods
+            .iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && ready_pod(p)
+                    && p.owner_references()
+                        .iter()
+                        .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+            })
+            .count();
+        let ready = set
+            .status
+            .as_ref()
+            .map_or(0, |s| s.ready_replicas)
+            .min(i32::try_from(ready_pods).unwrap_or(i32::MAX));
         let max_unavailable = set
             .spec
             .rolling_update()
@@ -288,6 +328,7 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
             budgets,
         },
         source_cidrs,
+        provisioned,
     })
 }
 

@@ -7,6 +7,11 @@
 //! - a pod leaves the API (so that its identity can be re-created) while it sits on a node
 //!   that is NotReady and not fenced (no `node.kubernetes.io/out-of-service` taint): the
 //!   old pod may still be running there;
+//! - a Running static-IP pod in IP range mode (its record names a pool) has one of its record's
+//!   addresses outside the blocks of its node: its routes lead elsewhere (the block moved, or
+//!   was never its node's). Held for [`OUTSIDE_BLOCKS_GRACE`] before it counts, because the checker's
+//!   watches of pods and of blocks are separate streams: a pod removed just before its block
+//!   moved may be seen after the move;
 //! - on the real node, a Ready pod that serves the test image's answer (annotation
 //!   [`ANSWER_ANNOTATION`]) does not answer at its IP as itself: another pod answers there
 //!   (two pods behind one address), or nothing does.
@@ -14,9 +19,9 @@
 //! The rules live in [`InvariantState`], a plain state machine with unit tests; the watch
 //! loop only feeds it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use ests_api::{IPBlock, StaticIP};
@@ -48,6 +53,8 @@ pub struct PodFacts {
     pub node: Option<String>,
     pub ips: Vec<String>,
     pub terminated: bool,
+    /// Phase Running (a pod being deleted still runs until its node stops it).
+    pub running: bool,
     /// Ready condition True.
     pub ready: bool,
     /// Has a deletionTimestamp.
@@ -88,6 +95,7 @@ impl PodFacts {
             // Host-network pods share their node's IP by design.
             ips: if host_network { Vec::new() } else { ips },
             terminated: matches!(phase, "Succeeded" | "Failed"),
+            running: phase == "Running",
             ready: crate::wait::pod_ready(pod),
             deleting: pod.metadata.deletion_timestamp.is_some(),
             answer_port: pod
@@ -119,6 +127,79 @@ impl NodeFacts {
             .is_some_and(|ts| ts.iter().any(|t| t.key == OUT_OF_SERVICE_TAINT));
         Self { ready, fenced }
     }
+}
+
+/// How long a range-mode pod may be seen outside its node's blocks before it counts: longer
+/// than the skew between two watch streams of one API server, far shorter than any real
+/// misplacement lasts.
+pub const OUTSIDE_BLOCKS_GRACE: Duration = Duration::from_secs(2);
+
+/// What the checker knows about an IP block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockFacts {
+    pub pool: String,
+    pub range: ipnet::IpNet,
+    pub node: Option<String>,
+}
+
+/// The rule over one range-mode pod: which of its addresses that are its record's
+/// (`record_ips`) lie outside the blocks of its node, and in whose block they lie instead.
+/// None when it is not Running or they are all in its node's blocks. An address that is not
+/// its record's is not ests's placing (a pod made without the webhook gets the CNI's own).
+pub fn outside_node_blocks<'a>(
+    pod: &PodFacts,
+    record_ips: &[String],
+    blocks: impl IntoIterator<Item = (&'a String, &'a BlockFacts)> + Clone,
+) -> Option<String> {
+    if !pod.running || pod.terminated {
+        return None;
+    }
+    let node = pod.node.as_deref()?;
+    let mut outside = Vec::new();
+    for ip in pod.ips.iter().filter(|ip| record_ips.contains(ip)) {
+        let Ok(address) = ip.parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        let holders: Vec<(&String, &BlockFacts)> = blocks
+            .clone()
+            .into_iter()
+            .filter(|(_, b)| b.range.contains(&address))
+            .collect();
+        if holders.iter().any(|(_, b)| b.node.as_deref() == Some(node)) {
+            continue;
+        }
+        let found: Vec<String> = holders
+            .iter()
+            .map(|(name, b)| {
+                format!(
+                    "block {name} ({}) of node {}",
+                    b.range,
+                    b.node.as_deref().unwrap_or("none")
+                )
+            })
+            .collect();
+        outside.push(if found.is_empty() {
+            format!("{ip} (in no block)")
+        } else {
+            format!("{ip} (in {})", found.join(", "))
+        });
+    }
+    (!outside.is_empty()).then(|| {
+        format!(
+            "range-mode pod {} (uid {}) runs on {node} with {}, outside {node}'s blocks",
+            pod.key,
+            pod.uid,
+            outside.join(", ")
+        )
+    })
+}
+
+/// A rule breach seen but not yet held for its grace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Suspect {
+    message: String,
+    /// The first tick that saw it.
+    since: Option<Instant>,
 }
 
 /// Owners of addresses, kept incrementally.
@@ -168,8 +249,12 @@ pub struct InvariantState {
     block_ips: AddressIndex,
     violations: Vec<String>,
     probes: Vec<Probe>,
-    /// Every block's pool and range, by block name.
-    block_ranges: HashMap<String, (String, ipnet::IpNet)>,
+    /// Every block's pool, range and node, by block name.
+    blocks: HashMap<String, BlockFacts>,
+    /// Identities (`namespace/name`) whose record is in IP range mode.
+    range_mode: HashSet<String>,
+    /// Range-mode pods seen outside their node's blocks, by pod key.
+    suspects: HashMap<String, Suspect>,
 }
 
 impl InvariantState {
@@ -197,7 +282,58 @@ impl InvariantState {
                 "IP {ip} is held by more than one running pod: {owners:?}"
             ));
         }
-        self.pods.insert(pod.key.clone(), pod);
+        let key = pod.key.clone();
+        self.pods.insert(key.clone(), pod);
+        self.check_blocks_of(&key);
+    }
+
+    /// Re-checks the range-mode rule for the pod `key` (after it, its record or a block
+    /// changed).
+    fn check_blocks_of(&mut self, key: &str) {
+        let record_ips = self
+            .record_ips
+            .owned
+            .get(key)
+            .map_or(&[][..], Vec::as_slice);
+        let breach = self
+            .pods
+            .get(key)
+            .filter(|_| self.range_mode.contains(key))
+            .and_then(|pod| outside_node_blocks(pod, record_ips, &self.blocks));
+        match breach {
+            Some(message) => {
+                let suspect = self.suspects.entry(key.to_string()).or_insert(Suspect {
+                    message: message.clone(),
+                    since: None,
+                });
+                suspect.message = message;
+            }
+            None => {
+                self.suspects.remove(key);
+            }
+        }
+    }
+
+    fn check_all_blocks(&mut self) {
+        let keys: Vec<String> = self.range_mode.iter().cloned().collect();
+        for key in keys {
+            self.check_blocks_of(&key);
+        }
+    }
+
+    /// Time passes: a breach of the range-mode rule held for [`OUTSIDE_BLOCKS_GRACE`] since
+    /// the first tick that saw it becomes a violation.
+    pub fn tick(&mut self, now: Instant) {
+        let mut held = Vec::new();
+        for suspect in self.suspects.values_mut() {
+            let since = *suspect.since.get_or_insert(now);
+            if now.duration_since(since) >= OUTSIDE_BLOCKS_GRACE {
+                held.push(suspect.message.clone());
+            }
+        }
+        for message in held {
+            self.violate(message);
+        }
     }
 
     /// The probe to run for `pod`, if it has just become askable: Ready, not going, with an
@@ -255,6 +391,7 @@ impl InvariantState {
     pub fn pod_deleted(&mut self, pod: PodFacts) {
         self.pod_ips.remove(&pod.key);
         self.pods.remove(&pod.key);
+        self.suspects.remove(&pod.key);
         if pod.terminated {
             return;
         }
@@ -280,16 +417,25 @@ impl InvariantState {
         self.nodes.remove(name);
     }
 
-    pub fn record_applied(&mut self, key: &str, ips: Vec<String>) {
+    /// A record: its addresses, and whether it is in IP range mode (names a pool).
+    pub fn record_applied(&mut self, key: &str, ips: Vec<String>, range_mode: bool) {
         for (ip, owners) in self.record_ips.set(key, ips) {
             self.violate(format!(
                 "IP {ip} is in more than one StaticIP record: {owners:?}"
             ));
         }
+        if range_mode {
+            self.range_mode.insert(key.to_string());
+        } else {
+            self.range_mode.remove(key);
+        }
+        self.check_blocks_of(key);
     }
 
     pub fn record_deleted(&mut self, key: &str) {
         self.record_ips.remove(key);
+        self.range_mode.remove(key);
+        self.suspects.remove(key);
     }
 
     pub fn block_applied(&mut self, name: &str, allocated: Vec<String>) {
@@ -302,32 +448,43 @@ impl InvariantState {
 
     pub fn block_deleted(&mut self, name: &str) {
         self.block_ips.remove(name);
-        self.block_ranges.remove(name);
+        if self.blocks.remove(name).is_some() {
+            self.check_all_blocks();
+        }
     }
 
-    /// A block's pool and range: a block whose range overlaps a block of another pool puts
-    /// addresses in two pools at once.
-    pub fn block_range_applied(&mut self, name: &str, pool: &str, cidr: &str) {
+    /// A block's pool, range and node: a block whose range overlaps a block of another pool
+    /// puts addresses in two pools at once; its node is where its addresses are routed.
+    pub fn block_range_applied(&mut self, name: &str, pool: &str, cidr: &str, node: Option<&str>) {
         let Ok(range) = cidr.parse::<ipnet::IpNet>() else {
             return;
         };
         let overlapping: Vec<String> = self
-            .block_ranges
+            .blocks
             .iter()
-            .filter(|(other, (other_pool, other_range))| {
+            .filter(|(other, b)| {
                 other.as_str() != name
-                    && other_pool != pool
-                    && (other_range.contains(&range.network()) || range.contains(&other_range.network()))
+                    && b.pool != pool
+                    && (b.range.contains(&range.network()) || range.contains(&b.range.network()))
             })
-            .map(|(other, (other_pool, other_range))| {
-                format!("block {name} ({range}, pool {pool}) overlaps block {other} ({other_range}, pool {other_pool})")
+            .map(|(other, b)| {
+                format!(
+                    "block {name} ({range}, pool {pool}) overlaps block {other} ({}, pool {})",
+                    b.range, b.pool
+                )
             })
             .collect();
         for message in overlapping {
             self.violate(message);
         }
-        self.block_ranges
-            .insert(name.to_string(), (pool.to_string(), range));
+        let facts = BlockFacts {
+            pool: pool.to_string(),
+            range,
+            node: node.map(String::from),
+        };
+        if self.blocks.insert(name.to_string(), facts.clone()) != Some(facts) {
+            self.check_all_blocks();
+        }
     }
 }
 
@@ -375,6 +532,7 @@ impl InvariantChecker {
                     s.record_applied(
                         &key_of(o),
                         o.spec.ips.iter().map(|a| a.ip.clone()).collect(),
+                        o.spec.pool.is_some(),
                     )
                 },
                 |s, o| s.record_deleted(&key_of(o)),
@@ -384,7 +542,12 @@ impl InvariantChecker {
                 state.clone(),
                 None,
                 |s, o| {
-                    s.block_range_applied(&o.name_any(), &o.spec.pool, &o.spec.cidr);
+                    s.block_range_applied(
+                        &o.name_any(),
+                        &o.spec.pool,
+                        &o.spec.cidr,
+                        o.spec.node.as_deref(),
+                    );
                     s.block_applied(&o.name_any(), o.spec.allocations.keys().cloned().collect())
                 },
                 |s, o| s.block_deleted(&o.name_any()),
@@ -411,6 +574,7 @@ impl InvariantChecker {
         for task in &self.tasks {
             task.abort();
         }
+        lock(&self.state).tick(Instant::now());
         let violations = self.violations();
         if violations.is_empty() {
             Ok(())
@@ -431,12 +595,17 @@ impl Drop for InvariantChecker {
 /// How long a Ready pod has to answer before it counts as not answering.
 const ANSWER_WINDOW: Duration = Duration::from_secs(10);
 
-/// Hands the probes the watch made due to [`ask_pods`].
+/// Hands the probes the watch made due to [`ask_pods`], and lets the rules that wait for a
+/// grace see time pass.
 async fn forward_probes(state: Arc<Mutex<InvariantState>>, to: mpsc::UnboundedSender<Probe>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        let due = lock(&state).take_probes();
+        let due = {
+            let mut state = lock(&state);
+            state.tick(Instant::now());
+            state.take_probes()
+        };
         for probe in due {
             if to.send(probe).is_err() {
                 return;
@@ -510,6 +679,7 @@ mod tests {
             node: Some(node.into()),
             ips: vec![ip.into()],
             terminated: false,
+            running: true,
             ready: true,
             deleting: false,
             answer_port: None,
@@ -636,33 +806,135 @@ mod tests {
     #[test]
     fn addresses_in_two_records_or_two_blocks_are_violations() {
         let mut s = InvariantState::default();
-        s.record_applied("ns/a-0", vec!["172.30.0.5".into()]);
-        s.record_applied("ns/a-0", vec!["172.30.0.5".into()]);
+        s.record_applied("ns/a-0", vec!["172.30.0.5".into()], false);
+        s.record_applied("ns/a-0", vec!["172.30.0.5".into()], false);
         assert!(s.violations().is_empty(), "re-applying one record is fine");
-        s.record_applied("ns/b-0", vec!["172.30.0.5".into()]);
+        s.record_applied("ns/b-0", vec!["172.30.0.5".into()], false);
         assert_eq!(s.violations().len(), 1);
         s.block_applied("blk-1", vec!["172.30.0.5".into()]);
         s.block_applied("blk-2", vec!["172.30.0.5".into()]);
         assert_eq!(s.violations().len(), 2);
         s.record_deleted("ns/a-0");
-        s.record_applied("ns/c-0", vec!["172.30.0.6".into()]);
+        s.record_applied("ns/c-0", vec!["172.30.0.6".into()], false);
         assert_eq!(s.violations().len(), 2);
+    }
+
+    fn block(range: &str, node: Option<&str>) -> BlockFacts {
+        BlockFacts {
+            pool: "p".into(),
+            range: range.parse().expect("a CIDR"),
+            node: node.map(String::from),
+        }
+    }
+
+    #[test]
+    fn a_range_mode_address_must_lie_in_a_block_of_the_pods_node() {
+        let blocks = HashMap::from([
+            ("p-1".to_string(), block("10.40.0.0/28", Some("n1"))),
+            ("p-2".to_string(), block("10.40.0.16/28", Some("n2"))),
+            ("p-3".to_string(), block("10.40.0.32/28", None)),
+        ]);
+        let on = |node: &str, ip: &str| pod("ns/r-0", "1", node, ip);
+        let check = |p: &PodFacts| outside_node_blocks(p, &p.ips, &blocks);
+        assert_eq!(check(&on("n1", "10.40.0.5")), None);
+        assert_eq!(check(&on("n2", "10.40.0.20")), None);
+        let moved = check(&on("n1", "10.40.0.20"));
+        assert!(
+            moved.as_deref().is_some_and(|m| m.contains("block p-2")
+                && m.contains("of node n2")
+                && m.contains("outside n1's blocks")),
+            "{moved:?}"
+        );
+        assert!(check(&on("n1", "10.40.0.40")).is_some_and(|m| m.contains("of node none")));
+        assert!(check(&on("n1", "10.99.0.1")).is_some_and(|m| m.contains("in no block")));
+        // The CNI's own address, not the record's: not ests's placing.
+        let other = on("n1", "10.99.0.1");
+        assert_eq!(
+            outside_node_blocks(&other, &["10.40.0.5".into()], &blocks),
+            None
+        );
+        let mut pending = on("n1", "10.40.0.20");
+        pending.running = false;
+        assert_eq!(check(&pending), None, "not Running");
+        let mut done = on("n1", "10.40.0.20");
+        done.terminated = true;
+        assert_eq!(check(&done), None, "terminated");
+        // Being deleted, it still runs (and serves) until its node stops it.
+        let mut going = on("n1", "10.40.0.20");
+        going.deleting = true;
+        assert!(check(&going).is_some());
+    }
+
+    #[test]
+    fn a_range_mode_pod_outside_its_nodes_blocks_past_the_grace_is_a_violation() {
+        let t0 = Instant::now();
+        let mut s = InvariantState::default();
+        s.block_range_applied("p-1", "p", "10.40.0.0/28", Some("n1"));
+        s.record_applied("ns/r-0", vec!["10.40.0.5".into()], true);
+        s.pod_applied(pod("ns/r-0", "1", "n1", "10.40.0.5"));
+        s.tick(t0);
+        // The block moves while the pod still runs on n1.
+        s.block_range_applied("p-1", "p", "10.40.0.0/28", Some("n2"));
+        s.tick(t0 + Duration::from_millis(100));
+        s.tick(t0 + Duration::from_millis(1500));
+        assert!(s.violations().is_empty(), "within the grace");
+        s.tick(t0 + Duration::from_millis(100) + OUTSIDE_BLOCKS_GRACE);
+        assert_eq!(s.violations().len(), 1, "{:?}", s.violations());
+        assert!(s.violations()[0].contains("ns/r-0"), "{:?}", s.violations());
+    }
+
+    #[test]
+    fn a_pod_seen_gone_within_the_grace_of_its_block_moving_is_fine() {
+        let t0 = Instant::now();
+        let mut s = InvariantState::default();
+        s.block_range_applied("p-1", "p", "10.40.0.0/28", Some("n1"));
+        s.record_applied("ns/r-0", vec!["10.40.0.5".into()], true);
+        s.pod_applied(pod("ns/r-0", "1", "n1", "10.40.0.5"));
+        // The pod watch lags the block watch: the move is seen first, the deletion after.
+        s.block_range_applied("p-1", "p", "10.40.0.0/28", Some("n2"));
+        s.tick(t0);
+        s.pod_deleted(pod("ns/r-0", "1", "n1", "10.40.0.5"));
+        // Its successor runs on n2, inside the moved block.
+        s.pod_applied(pod("ns/r-0", "2", "n2", "10.40.0.5"));
+        s.tick(t0 + OUTSIDE_BLOCKS_GRACE * 2);
+        assert!(s.violations().is_empty(), "{:?}", s.violations());
+        // A block seen after its first pod (claimed for a node just before the bind).
+        let mut t = InvariantState::default();
+        t.record_applied("ns/r-1", vec!["10.40.0.17".into()], true);
+        t.pod_applied(pod("ns/r-1", "1", "n1", "10.40.0.17"));
+        t.tick(t0);
+        t.block_range_applied("p-2", "p", "10.40.0.16/28", Some("n1"));
+        t.tick(t0 + OUTSIDE_BLOCKS_GRACE * 2);
+        assert!(t.violations().is_empty(), "{:?}", t.violations());
+    }
+
+    #[test]
+    fn record_mode_pods_have_no_blocks_to_lie_in() {
+        let t0 = Instant::now();
+        let mut s = InvariantState::default();
+        s.block_range_applied("p-1", "p", "10.40.0.0/28", Some("n2"));
+        s.record_applied("ns/a-0", vec!["10.40.0.5".into()], false);
+        s.pod_applied(pod("ns/a-0", "1", "n1", "10.40.0.5"));
+        s.pod_applied(pod("ns/plain", "2", "n1", "10.40.0.6"));
+        s.tick(t0);
+        s.tick(t0 + OUTSIDE_BLOCKS_GRACE * 2);
+        assert!(s.violations().is_empty(), "{:?}", s.violations());
     }
 
     #[test]
     fn blocks_of_two_pools_over_one_range_are_a_violation() {
         let mut s = InvariantState::default();
-        s.block_range_applied("blue-172.30.0.0-26", "blue", "172.30.0.0/26");
-        s.block_range_applied("blue-172.30.0.64-26", "blue", "172.30.0.64/26");
-        s.block_range_applied("blue-172.30.0.0-26", "blue", "172.30.0.0/26");
+        s.block_range_applied("blue-172.30.0.0-26", "blue", "172.30.0.0/26", None);
+        s.block_range_applied("blue-172.30.0.64-26", "blue", "172.30.0.64/26", None);
+        s.block_range_applied("blue-172.30.0.0-26", "blue", "172.30.0.0/26", None);
         assert!(s.violations().is_empty(), "{:?}", s.violations());
-        s.block_range_applied("green-172.30.0.96-27", "green", "172.30.0.96/27");
+        s.block_range_applied("green-172.30.0.96-27", "green", "172.30.0.96/27", None);
         assert_eq!(s.violations().len(), 1, "{:?}", s.violations());
         // Gone, then the range is another pool's: fine.
         let mut t = InvariantState::default();
-        t.block_range_applied("blue-172.30.1.0-26", "blue", "172.30.1.0/26");
+        t.block_range_applied("blue-172.30.1.0-26", "blue", "172.30.1.0/26", None);
         t.block_deleted("blue-172.30.1.0-26");
-        t.block_range_applied("green-172.30.1.0-26", "green", "172.30.1.0/26");
+        t.block_range_applied("green-172.30.1.0-26", "green", "172.30.1.0/26", None);
         assert!(t.violations().is_empty(), "{:?}", t.violations());
     }
 }
