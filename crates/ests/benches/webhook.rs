@@ -68,6 +68,7 @@ fn text(registry: &prometheus::Registry) -> String {
 fn state(records: Store<StaticIP>, registry: &prometheus::Registry) -> anyhow::Result<AppState> {
     Ok(AppState {
         records,
+        kept: Default::default(),
         pools: kube::runtime::reflector::store().0,
         pools_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         pin: Arc::new(PinSettings {
