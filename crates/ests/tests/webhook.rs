@@ -112,6 +112,7 @@ async fn webhook_env() -> anyhow::Result<(Env, &'static Webhook)> {
                 &ests_webhook::config::Endpoint::Url(format!("https://{addr}")),
                 Some(env.plane.pki.ca_pem.as_bytes()),
                 "ests-system",
+                &[ests_core::pin::CniAnnotation::calico()],
             );
             apply_value(&env.client, &serde_json::to_value(&mutating)?, None, false).await?;
             apply_value(
