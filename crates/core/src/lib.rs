@@ -3,6 +3,7 @@
 //! watch caches and carry out what they return.
 #![forbid(unsafe_code)]
 
+pub mod address_claims;
 pub mod adoption;
 pub mod allocator;
 pub mod extender;

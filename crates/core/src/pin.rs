@@ -52,7 +52,7 @@ impl CniAnnotation {
         })
     }
 
-    fn render(&self, ips: &[IpAddr]) -> String {
+    pub(crate) fn render(&self, ips: &[IpAddr]) -> String {
         let strings: Vec<String> = ips.iter().map(ToString::to_string).collect();
         let family = |v4: bool| {
             ips.iter()
@@ -112,16 +112,20 @@ fn deny_with(message: String, detail: String) -> PinVerdict {
     PinVerdict::Deny(Denial { message, detail })
 }
 
+/// Whether `pod` says it is a static-IP pod (label `staticip.jke.jdcloud.com/enabled=true`),
+/// which only the ests controller may create ([`pin`] refuses anyone else).
+pub fn static_ip_pod(pod: &Pod) -> bool {
+    pod.labels()
+        .get(keys::STATIC_IP_POD_LABEL)
+        .map(String::as_str)
+        == Some("true")
+}
+
 /// The decision for `pod`, created by `user`, whose stamped record the webhook's cache holds
 /// as `record` (looked up by the pod's name and namespace).
 pub fn pin(pod: &Pod, record: Option<&StaticIP>, user: &str, settings: &PinSettings) -> PinVerdict {
     let name = pod.name_any();
-    if pod
-        .labels()
-        .get(keys::STATIC_IP_POD_LABEL)
-        .map(String::as_str)
-        != Some("true")
-    {
+    if !static_ip_pod(pod) {
         return PinVerdict::Unchanged;
     }
     if !settings.controller_users.iter().any(|u| u == user) {

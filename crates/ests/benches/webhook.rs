@@ -68,6 +68,7 @@ fn text(registry: &prometheus::Registry) -> String {
 fn state(records: Store<StaticIP>, registry: &prometheus::Registry) -> anyhow::Result<AppState> {
     Ok(AppState {
         records,
+        kept: Default::default(),
         pools: kube::runtime::reflector::store().0,
         pools_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         pin: Arc::new(PinSettings {
@@ -346,6 +347,7 @@ async fn main() -> anyhow::Result<()> {
         &ests_webhook::config::Endpoint::Url(format!("https://{addr}")),
         Some(plane.pki.ca_pem.as_bytes()),
         "ests-system",
+        &[CniAnnotation::calico()],
     );
     apply_value(&client, &serde_json::to_value(&mutating)?, None, false).await?;
     let (_, as_controller) = plane.client_as(CONTROLLER_USER, CONTROLLER_GROUPS).await?;

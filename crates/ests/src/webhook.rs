@@ -2,15 +2,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use ests_api::{StaticIP, StaticIPPool};
 use ests_core::pin::{CniAnnotation, PinSettings};
 use ests_webhook::tls::{CertFiles, reloading_config};
-use ests_webhook::{AppState, Metrics, router};
+use ests_webhook::{AppState, KeptAddresses, Metrics, router};
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
@@ -95,8 +95,11 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     .context("loading the serving certificate")?;
     metrics.certs_loaded.inc();
 
-    // Records and pools, from watches: the request path never calls the API server.
+    // Records and pools, from watches: the request path never calls the API server. The
+    // record watch feeds the store (the pin looks records up by name) and the index of kept
+    // addresses (CNI annotations are judged by address).
     let (records, writer) = reflector::store();
+    let kept = Arc::new(RwLock::new(KeptAddresses::default()));
     let stream = reflector::reflector(
         writer,
         watcher::watcher(
@@ -104,9 +107,18 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
             watcher::Config::default(),
         ),
     )
-    .default_backoff()
-    .touched_objects();
-    tokio::spawn(stream.for_each(|_| async {}));
+    .default_backoff();
+    let index = kept.clone();
+    tokio::spawn(stream.for_each(move |event| {
+        // Errors are the watch's to retry (with backoff); the index keeps what it had.
+        if let Ok(event) = event {
+            index
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .event(&event);
+        }
+        std::future::ready(())
+    }));
     let (pools, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
@@ -140,6 +152,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     };
     let app = router(AppState {
         records,
+        kept,
         pools,
         pools_listed,
         pin: Arc::new(PinSettings {

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ests_api::{EnhancedStatefulSet, StaticIP, StaticIPPhase, keys};
+use ests_core::pin::CniAnnotation;
 use ests_testenv::helm::{Helm, Values, service_account_kubeconfig};
 use ests_testenv::nodes::{NodeSpec, create_nodes};
 use ests_testenv::resources::{apply_value, create_namespace, parse_documents};
@@ -688,6 +689,46 @@ async fn config_is_in_step_with_the_chart() -> anyhow::Result<()> {
         &rbac,
         &read_documents(&rbac_path)?,
         &format!("run `{UPDATE_ENV}=1 cargo test -p ests --test helm config_`"),
+    );
+    Ok(())
+}
+
+/// config/webhook holds the pod-address webhook for the default CNI annotation; with
+/// `cniAnnotations` set, the chart sends it the pods setting any of those keys, as
+/// crates/webhook/src/config.rs would for the webhook's own `--cni-annotation` flags.
+#[tokio::test]
+async fn config_the_pod_address_webhook_follows_cni_annotations() -> anyhow::Result<()> {
+    let docs = render(&all_options()).await?;
+    let args: Vec<String> = of_kind(&docs, "Deployment")
+        .into_iter()
+        .flat_map(|d| {
+            d["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|c| c["args"][0] == "webhook")
+        .flat_map(|c| c["args"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    let cni: Vec<CniAnnotation> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--cni-annotation="))
+        .map(CniAnnotation::parse)
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(cni.len(), 2, "the webhook's flags: {args:?}");
+    let config = one(&docs, "ValidatingWebhookConfiguration", "ests-webhook");
+    let hook = config["webhooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|w| w["name"] == "pod-addresses.staticip.jke.jdcloud.com")
+        .context("no pod-address webhook rendered")?;
+    assert_eq!(
+        hook["matchConditions"],
+        serde_json::to_value(ests_webhook::config::pod_address_conditions(&cni))?,
+        "change charts/ests/templates/webhook-configurations.yaml to match crates/webhook/src/config.rs"
     );
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! The admission webhook registered with the real kube-apiserver (URL on 127.0.0.1, caBundle
 //! from the harness CA): re-created static-IP pods come back with their address on their
 //! node; nobody but the controller creates static-IP pods; users cannot edit a record's
-//! address or node; bad sets are refused with field-named messages; a certificate rotated on
-//! disk is served without a restart.
+//! address or node; an ordinary pod cannot name a kept address in Calico's annotation; bad
+//! sets are refused with field-named messages; a certificate rotated on disk is served
+//! without a restart.
 
 mod support;
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ests_api::{StaticIP, StaticIPPhase, keys};
-use ests_testenv::resources::apply_value;
+use ests_testenv::resources::{api_error_message, apply_value, create_refusal};
 use ests_testenv::{InvariantChecker, LogsOnFailure, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -112,6 +113,7 @@ async fn webhook_env() -> anyhow::Result<(Env, &'static Webhook)> {
                 &ests_webhook::config::Endpoint::Url(format!("https://{addr}")),
                 Some(env.plane.pki.ca_pem.as_bytes()),
                 "ests-system",
+                &[ests_core::pin::CniAnnotation::calico()],
             );
             apply_value(&env.client, &serde_json::to_value(&mutating)?, None, false).await?;
             apply_value(
@@ -494,4 +496,131 @@ async fn a_record_being_deleted_pins_no_pod() -> anyhow::Result<()> {
         )
         .await?;
     Ok(())
+}
+
+/// An ordinary pod (no static-IP label) may not name, in the CNI's address annotation, an
+/// address a StaticIP record keeps: Calico would hand it that address, and the identity's
+/// pod would share it when it comes back. A free address, or no annotation, is admitted.
+#[tokio::test]
+async fn ordinary_pods_may_not_claim_a_kept_address_through_the_cni_annotation()
+-> anyhow::Result<()> {
+    // The admitted pods run and take addresses from KWOK, as record-mode pods do.
+    let _serial = RECORD_MODE.lock().await;
+    let (env, _) = webhook_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let ns = "wh-cni-claims";
+    let _sets = namespace(&env, ns).await?;
+    apply_value(
+        &env.client,
+        &json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "alice-edit", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]
+        }),
+        Some(ns),
+        false,
+    )
+    .await?;
+    let (_, alice) = env.plane.client_as("alice", &[]).await?;
+    let (_, as_controller) = env
+        .plane
+        .client_as(CONTROLLER_USER, CONTROLLER_GROUPS)
+        .await?;
+    const KEPT: &str = "10.252.0.9";
+    const FREE: &str = "10.252.0.10";
+    let record: StaticIP = serde_json::from_value(json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "StaticIP",
+        "metadata": {"name": "keeper-0"},
+        "spec": {
+            "workload": {"apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "EnhancedStatefulSet", "name": "keeper", "uid": "keeper-uid"},
+            "podName": "keeper-0", "ips": [{"ip": KEPT}], "node": "node-1", "releasePolicy": "Never"
+        }
+    }))?;
+    let record = Api::<StaticIP>::namespaced(as_controller, ns)
+        .create(&PostParams::default(), &record)
+        .await?;
+
+    let pod = |name: &str, annotations: Value| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "app:v1"}]}
+        })
+    };
+    let calico = |ip: &str| json!({"cni.projectcalico.org/ipAddrs": format!("[\"{ip}\"]")});
+    let claiming = pod("claims-kept", calico(KEPT));
+    // The webhook learns of the record from its watch: probe (without creating) until it has.
+    let message = wait_for("the webhook refuses the kept address", T, || async {
+        create_refusal(&alice, &claiming, Some(ns), true).await
+    })
+    .await?;
+    // Now for real.
+    let message = create_refusal(&alice, &claiming, Some(ns), false)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("admitted after a dry run was refused: {message}"))?;
+    assert!(
+        message.contains(&format!(
+            "annotation cni.projectcalico.org/ipAddrs names {KEPT}, an address kept for a static-IP identity"
+        )),
+        "{message}"
+    );
+    // Nothing about the record but what the caller sent.
+    for secret in [
+        "keeper",
+        record.uid().unwrap_or_default().as_str(),
+        "node-1",
+    ] {
+        assert!(!message.contains(secret), "{message:?} tells {secret:?}");
+    }
+
+    // A free address, and no annotation at all, are admitted; the API server does not even
+    // call the webhook for the pod without one (its matchConditions decide).
+    let before = pod_address_calls(&env.client).await?;
+    let free = pod("claims-free", calico(FREE));
+    assert_eq!(create_refusal(&alice, &free, Some(ns), false).await?, None);
+    let after_free = pod_address_calls(&env.client).await?;
+    assert!(after_free > before, "the webhook judged the annotated pod");
+    assert_eq!(
+        create_refusal(&alice, &pod("plain", json!({})), Some(ns), false).await?,
+        None
+    );
+    assert_eq!(
+        pod_address_calls(&env.client).await?,
+        after_free,
+        "the ordinary pod cost no call"
+    );
+
+    // Nor may an admitted pod be changed to name the kept address (the CNI reads the
+    // annotation when the pod's sandbox is made, which may be long after it was created).
+    let pods: Api<Pod> = Api::namespaced(alice, ns);
+    let changed = pods
+        .patch(
+            "claims-free",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": calico(KEPT)}})),
+        )
+        .await;
+    let message = api_error_message(changed)?;
+    assert!(
+        message.contains(&format!("names {KEPT}, an address kept")),
+        "{message}"
+    );
+    Ok(())
+}
+
+/// How many times the API server has called the pod-address webhook (its own metric). Only
+/// pods without the static-IP label that set a CNI annotation are sent, so no other test's
+/// pods count here.
+async fn pod_address_calls(client: &kube::Client) -> anyhow::Result<u64> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let series = "apiserver_admission_webhook_request_total{";
+    let name = "name=\"pod-addresses.staticip.jke.jdcloud.com\"";
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(series) && l.contains(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
 }

@@ -3,6 +3,11 @@
 //! - `POST /mutate-pods` (Pod CREATE, scoped by an objectSelector to the static-IP pod
 //!   label): a re-created static-IP pod gets its record's addresses and node
 //!   ([`ests_core::pin`]); other pods claiming to be static-IP pods are refused.
+//! - `POST /validate-pod-addresses` (Pod CREATE/UPDATE, scoped by matchConditions to pods
+//!   without that label whose configured CNI annotation is set or changed): a pod that is not
+//!   a static-IP pod may not name, in a CNI annotation, an address a StaticIP record keeps
+//!   ([`ests_core::address_claims`]), judged from an index of the record watch
+//!   ([`kept_addresses`]); until that watch has listed, such pods are refused (retry).
 //! - `POST /validate-sets` (EnhancedStatefulSet CREATE/UPDATE): what the CRD cannot check
 //!   ([`ests_core::validate`]).
 //! - `POST /validate-pools` (StaticIPPool CREATE/UPDATE): no CIDR may overlap another
@@ -19,11 +24,12 @@
 
 pub mod config;
 pub mod interpreter;
+pub mod kept_addresses;
 pub mod metrics;
 pub mod tls;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -34,7 +40,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use ests_api::{EnhancedStatefulSet, StaticIP, StaticIPPool};
-use ests_core::pin::{PinSettings, PinVerdict, pin};
+use ests_core::address_claims::{claims, kept_address_claims};
+use ests_core::pin::{Denial, PinSettings, PinVerdict, pin};
 use ests_core::validate::{pool_admission, set_admission};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
@@ -42,6 +49,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 
+pub use kept_addresses::KeptAddresses;
 pub use metrics::Metrics;
 
 /// Largest request body accepted. The API server's own limit on an object is 3 MiB; an
@@ -52,6 +60,8 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub records: Store<StaticIP>,
+    /// Which record keeps each address, from the same watch as `records`.
+    pub kept: Arc<RwLock<KeptAddresses>>,
     /// Every StaticIPPool, and whether that cache has listed (a pool is judged against all
     /// others, so never against a half-filled cache).
     pub pools: Store<StaticIPPool>,
@@ -64,6 +74,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/mutate-pods", post(mutate_pods))
+        .route("/validate-pod-addresses", post(validate_pod_addresses))
         .route("/validate-sets", post(validate_sets))
         .route("/validate-pools", post(validate_pools))
         .route("/interpret", post(interpret))
@@ -165,6 +176,53 @@ pub fn review_pod(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'stat
         }
         PinVerdict::Deny(denial) => {
             tracing::info!(namespace, pod = %name, message = %denial.message, detail = %denial.detail, "refused a pod");
+            let (code, body) = review_body(response.deny(denial.message));
+            (code, body, "denied")
+        }
+    }
+}
+
+/// Answers a Pod admission review for the addresses its CNI annotations name, from the
+/// kept-address index: the whole request path, without I/O.
+pub fn review_pod_addresses(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+    let request: AdmissionRequest<Pod> = match parse(body) {
+        Ok(request) => request,
+        Err(e) => {
+            let (code, body) = bad_request(e);
+            return (code, body, "malformed");
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    if !matches!(request.operation, Operation::Create | Operation::Update) {
+        let (code, body) = review_body(response);
+        return (code, body, "allowed");
+    }
+    let Some(pod) = request.object.as_ref() else {
+        let (code, body) = review_body(response.deny("the request carries no pod"));
+        return (code, body, "denied");
+    };
+    let old = request.old_object.as_ref();
+    let cni = &state.pin.cni;
+    // The watch holds the lock only for map updates, which do not panic: a poisoned lock
+    // still guards a whole index.
+    let kept = state.kept.read().unwrap_or_else(PoisonError::into_inner);
+    let denial = if !kept.listed() && !claims(pod, old, cni).is_empty() {
+        Some(Denial {
+            message: "the ests webhook has not yet read every StaticIP record to check the pod's CNI address annotation; retry in a moment".into(),
+            detail: String::new(),
+        })
+    } else {
+        kept_address_claims(pod, old, cni, |ip| kept.holder(ip))
+    };
+    drop(kept);
+    match denial {
+        None => {
+            let (code, body) = review_body(response);
+            (code, body, "allowed")
+        }
+        Some(denial) => {
+            let namespace = request.namespace.clone().unwrap_or_default();
+            tracing::info!(namespace, pod = %request.name, message = %denial.message, detail = %denial.detail, "refused a pod's CNI address annotation");
             let (code, body) = review_body(response.deny(denial.message));
             (code, body, "denied")
         }
@@ -298,6 +356,18 @@ async fn mutate_pods(
         Err(rejection) => unreadable(rejection),
     };
     respond(&state.metrics, "mutate-pods", started, answer)
+}
+
+async fn validate_pod_addresses(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let answer = match body {
+        Ok(body) => review_pod_addresses(&state, &body),
+        Err(rejection) => unreadable(rejection),
+    };
+    respond(&state.metrics, "validate-pod-addresses", started, answer)
 }
 
 async fn validate_sets(

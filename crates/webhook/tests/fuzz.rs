@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use ests_api::StaticIP;
 use ests_core::pin::{CniAnnotation, PinSettings};
-use ests_webhook::{AppState, Metrics, review_pod, review_set};
+use ests_webhook::{AppState, Metrics, review_pod, review_pod_addresses, review_set};
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
@@ -45,7 +45,8 @@ fn pod_review() -> Value {
                 "metadata": {"name": "web-1", "namespace": "ns",
                     "labels": {"staticip.jke.jdcloud.com/enabled": "true"},
                     "annotations": {"staticip.jke.jdcloud.com/record-uid": "rec-1",
-                                    "staticip.jke.jdcloud.com/record-resource-version": "41"},
+                                    "staticip.jke.jdcloud.com/record-resource-version": "41",
+                                    "cni.projectcalico.org/ipAddrs": "[\"10.40.0.7\",\"fd00:40::7\"]"},
                     "ownerReferences": [{"apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "EnhancedStatefulSet",
                                          "name": "web", "uid": "set-1", "controller": true}]},
                 "spec": {"containers": [{"name": "app", "image": "app:v1"}],
@@ -185,7 +186,7 @@ fn hostile_input(rng: &mut Rng, templates: &[Vec<u8>; 2], i: usize) -> Vec<u8> {
         0..=1 => (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
         // A valid review cut short or with a flipped byte.
         2 => {
-            let mut bytes = templates[i % 2].clone();
+            let mut bytes = templates[usize::from(i % 3 == 1)].clone();
             let at = rng.below(bytes.len());
             if rng.below(2) == 0 {
                 bytes.truncate(at);
@@ -196,7 +197,8 @@ fn hostile_input(rng: &mut Rng, templates: &[Vec<u8>; 2], i: usize) -> Vec<u8> {
         }
         // A valid review with random fields deleted or changed.
         _ => {
-            let mut value = if i.is_multiple_of(2) {
+            // Pod reviews for both pod endpoints (see the test's loop).
+            let mut value = if i % 3 != 1 {
                 pod_review()
             } else {
                 set_review()
@@ -228,9 +230,13 @@ fn a_million_hostile_requests_never_panic() {
         "status": {"phase": "Bound"}
     }))
     .expect("record");
-    writer.apply_watcher_event(&Event::Apply(record));
+    writer.apply_watcher_event(&Event::Apply(record.clone()));
+    let mut kept = ests_webhook::KeptAddresses::default();
+    kept.event(&Event::InitApply(record));
+    kept.event(&Event::InitDone);
     let state = AppState {
         records,
+        kept: Arc::new(std::sync::RwLock::new(kept)),
         pools: kube::runtime::reflector::store().0,
         pools_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         pin: Arc::new(PinSettings {
@@ -242,6 +248,15 @@ fn a_million_hostile_requests_never_panic() {
     // The unmutated reviews are answered as expected: a pin and a refusal.
     let pinned = review_pod(&state, pod_review().to_string().as_bytes());
     assert_eq!(pinned.2, "pinned");
+    // Without the label, the pod names its record's addresses: refused.
+    let mut ordinary = pod_review();
+    if let Some(labels) = ordinary["request"]["object"]["metadata"].as_object_mut() {
+        labels.remove("labels");
+    }
+    assert_eq!(
+        review_pod_addresses(&state, ordinary.to_string().as_bytes()).2,
+        "denied"
+    );
     assert_eq!(review_set(set_review().to_string().as_bytes()).2, "denied");
 
     let templates = [
@@ -262,10 +277,13 @@ fn a_million_hostile_requests_never_panic() {
                             Default::default();
                         for i in (t..inputs).step_by(threads) {
                             let input = hostile_input(&mut rng, templates, i);
-                            let answer = if i.is_multiple_of(2) {
-                                ("mutate-pods", review_pod(state, &input))
-                            } else {
-                                ("validate-sets", review_set(&input))
+                            let answer = match i % 3 {
+                                0 => ("mutate-pods", review_pod(state, &input)),
+                                1 => ("validate-sets", review_set(&input)),
+                                _ => (
+                                    "validate-pod-addresses",
+                                    review_pod_addresses(state, &input),
+                                ),
                             };
                             *results.entry(answer.1.2).or_default() += 1;
                             check(answer.0, &input, answer.1);

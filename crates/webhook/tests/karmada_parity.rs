@@ -129,6 +129,7 @@ async fn webhook_answer(case: &Case) -> Value {
     let (records, _writer) = reflector::store();
     let app = router(AppState {
         records,
+        kept: Default::default(),
         pools: kube::runtime::reflector::store().0,
         pools_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         pin: Arc::new(PinSettings {

@@ -55,6 +55,7 @@ fn state() -> (AppState, Writer<StaticIPPool>) {
     let (pools, writer) = reflector::store();
     let state = AppState {
         records: reflector::store().0,
+        kept: Default::default(),
         pools,
         pools_listed: Arc::new(AtomicBool::new(false)),
         pin: Arc::new(PinSettings {

@@ -290,6 +290,7 @@ pub async fn start_webhook(env: &Env) -> anyhow::Result<()> {
         &ests_webhook::config::Endpoint::Url(format!("https://127.0.0.1:{port}")),
         Some(env.plane.pki.ca_pem.as_bytes()),
         "ests-system",
+        &[ests_core::pin::CniAnnotation::calico()],
     );
     for config in [
         serde_json::to_value(&mutating)?,

@@ -237,6 +237,7 @@ async fn start_ests(
         &ests_webhook::config::Endpoint::Url(format!("https://{webhook_addr}")),
         Some(plane.pki.ca_pem.as_bytes()),
         ests_api::policy::DEFAULT_NAMESPACE,
+        &[ests_core::pin::CniAnnotation::calico()],
     );
     for configuration in [
         serde_json::to_value(&mutating)?,
