@@ -96,9 +96,15 @@ RBAC rules of the StaticIP manager (crates/staticip), in the controller's role o
 - apiGroups: ["jke.jdcloud.com"]
   resources: ["staticips/status"]
   verbs: ["patch"]
-# Static-IP pods are watched; a release first asks the API server whether the pod exists.
+# Static-IP pods are watched; a release first asks the API server whether the pod exists;
+# a pod pinned to a deleted node, never scheduled, is deleted (by UID) to be re-created.
 - apiGroups: [""]
   resources: ["pods"]
+  verbs: ["get", "list", "watch", "delete"]
+# Node names: a deleted node's records are placed afresh and its empty blocks go back to
+# the pool, once a GET confirms the node is gone.
+- apiGroups: [""]
+  resources: ["nodes"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["jke.jdcloud.com"]
   resources: ["enhancedstatefulsets"]

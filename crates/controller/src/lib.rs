@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod adopt;
+mod claims;
 pub mod expectations;
 pub mod metrics;
 mod observe;
@@ -130,8 +131,6 @@ pub async fn run(
     )
     .default_backoff()
     .touched_objects();
-    // Claims only feed the cache; they trigger nothing.
-    tokio::spawn(claim_events.for_each(|_| async {}));
 
     let listed = ests_cache::Listed::spawn(
         "controller",
@@ -156,6 +155,11 @@ pub async fn run(
     });
     Controller::new(Api::<EnhancedStatefulSet>::all(client), config)
         .watches_stream(pod_events, |pod: Pod| set_of(&pod))
+        // A claim deleted under a Pending pod is made again; one deleted while its pod
+        // waits lets the pod go on.
+        .watches_stream(claim_events, |claim: PersistentVolumeClaim| {
+            sets_of_claim(&claim)
+        })
         .owns_stream(revision_events)
         .owns_stream(record_events)
         .with_config(controller::Config::default().concurrency(settings.concurrency))
@@ -188,5 +192,51 @@ fn set_of(pod: &Pod) -> Option<ObjectRef<EnhancedStatefulSet>> {
             let (set, _) = name.rsplit_once('-')?;
             ests_core::identity::ordinal_of(set, &name).map(|_| ObjectRef::new(set).within(&ns))
         }
+    }
+}
+
+/// The sets a claim may belong to, by its name `<template>-<set>-<ordinal>` (template and
+/// set names may both hold dashes, so every split is a candidate; a set that does not exist
+/// is reconciled as a no-op).
+fn sets_of_claim(claim: &PersistentVolumeClaim) -> Vec<ObjectRef<EnhancedStatefulSet>> {
+    let (Some(ns), name) = (claim.namespace(), claim.name_any()) else {
+        return Vec::new();
+    };
+    let Some((rest, ordinal)) = name.rsplit_once('-') else {
+        return Vec::new();
+    };
+    if ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        return Vec::new();
+    }
+    rest.match_indices('-')
+        .map(|(i, _)| &rest[i + 1..])
+        .filter(|set| !set.is_empty())
+        .map(|set| ObjectRef::new(set).within(&ns))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_maps_to_every_set_its_name_may_come_from() {
+        let claim = |name: &str| -> PersistentVolumeClaim {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": name, "namespace": "ns"}}),
+            )
+            .expect("claim")
+        };
+        let names = |name: &str| -> Vec<String> {
+            sets_of_claim(&claim(name))
+                .into_iter()
+                .map(|r| r.name)
+                .collect()
+        };
+        assert_eq!(names("data-web-0"), ["web"]);
+        assert_eq!(names("my-data-my-web-12"), ["data-my-web", "my-web", "web"]);
+        assert!(names("data-web").is_empty());
+        assert!(names("data-web-x").is_empty());
+        assert!(names("web-0").is_empty(), "no template part");
     }
 }

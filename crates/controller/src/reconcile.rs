@@ -10,22 +10,22 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ests_api::{EnhancedStatefulSet, PvcRetentionPolicyType, ReplacementReason};
+use ests_api::{EnhancedStatefulSet, ReplacementReason};
 use ests_core::identity::{max_unavailable, pod_name, spec_ordinals};
-use ests_core::pods::{build_claims, build_pod, claim_name};
+use ests_core::pods::build_pod;
 use ests_core::revision::template_of;
 use ests_core::rollout::{self, Action as Step, DeleteReason, ReplaceReason, SetView, Strategy};
 use ests_core::static_ip::{self, IpSettings, holds_pod, request_static_ip, stamp};
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::core::Selector;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 
+use crate::claims::{self, Claims};
 use crate::observe::observe;
 use crate::records::{self, RecordState};
 use crate::{Context, Error, adopt, revisions, status};
@@ -119,6 +119,7 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
     // The pods this set controls, as the planner sees them, with what we did that the cache
     // may not show yet.
     let owned = adopt::claim_pods(ctx, set, &selector).await?;
+    claims::sync(ctx, set, &owned, &identities).await?;
     let uids: HashMap<String, String> = owned
         .iter()
         .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
@@ -212,12 +213,10 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
                     !create_pod(ctx, set, ip_settings.as_ref(), &key, *ordinal, revision).await?;
             }
             Step::Delete {
-                name: pod,
-                ordinal,
-                reason,
+                name: pod, reason, ..
             } => {
                 if let Some(pod_uid) = uids.get(pod) {
-                    delete_pod(ctx, set, &key, pod, *ordinal, pod_uid, *reason).await?;
+                    delete_pod(ctx, set, &key, pod, pod_uid, *reason).await?;
                 }
             }
         }
@@ -313,32 +312,17 @@ async fn create_pod(
     };
 
     // Claims first, so the pod never starts without its storage.
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    for claim in build_claims(set, ordinal) {
-        let claim_name = claim.name_any();
-        if ctx
-            .claims
-            .get(&ObjectRef::new(&claim_name).within(&ns))
-            .is_some()
-        {
-            continue;
-        }
-        match claims.create(&PostParams::default(), &claim).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
-            Err(e) => {
-                publish(
-                    ctx,
-                    set,
-                    EventType::Warning,
-                    "FailedCreate",
-                    "CreateClaim",
-                    format!("create claim {claim_name}: {e}"),
-                )
-                .await;
-                return Err(Error::kube(format!("creating claim {claim_name}"), e));
-            }
-        }
+    if let Claims::Wait(why) = claims::ensure(ctx, set, ordinal).await? {
+        publish(
+            ctx,
+            set,
+            EventType::Normal,
+            "WaitingForClaim",
+            "Create",
+            why,
+        )
+        .await;
+        return Ok(false);
     }
 
     let mut pod = build_pod(set, &template, revision, ordinal);
@@ -415,48 +399,21 @@ fn revision_template(
     template_of(&found.data.0)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn delete_pod(
     ctx: &Context,
     set: &EnhancedStatefulSet,
     key: &str,
     name: &str,
-    ordinal: i32,
     uid: &str,
     reason: DeleteReason,
 ) -> Result<(), Error> {
     let ns = set.namespace().unwrap_or_default();
     if reason == DeleteReason::ScaleIn
-        && set
-            .spec
-            .persistent_volume_claim_retention_policy
-            .as_ref()
-            .is_some_and(|p| p.when_scaled == PvcRetentionPolicyType::Delete)
+        && let Some(pod) = ctx.pods.get(&ObjectRef::new(name).within(&ns))
+        && pod.uid().as_deref() == Some(uid)
     {
-        // The pod owns its claims from now on, so they go when it goes.
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-        for template in set.spec.volume_claim_templates.iter().flatten() {
-            let Some(claim) = template.metadata.name.as_deref() else {
-                continue;
-            };
-            let claim = claim_name(claim, &set.name_any(), ordinal);
-            let owner = json!({"metadata": {"ownerReferences": [{
-                "apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid
-            }]}});
-            match claims
-                .patch(&claim, &PatchParams::default(), &Patch::Merge(owner))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.is_not_found() => {}
-                Err(e) => {
-                    return Err(Error::kube(
-                        format!("handing claim {claim} to pod {name}"),
-                        e,
-                    ));
-                }
-            }
-        }
+        // Under whenScaled: Delete the pod owns its claims from now on, so they go with it.
+        claims::hand_over(ctx, set, &pod, true).await?;
     }
     ctx.expectations.expect_delete(key, uid);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);

@@ -105,15 +105,10 @@ pub fn build_pod(
     }
 }
 
-/// The PVCs of `ordinal`. With `whenDeleted: Delete` they are owned by the set, so that
-/// garbage collection removes them with it.
+/// The PVCs of `ordinal`, owned as [`claim_owners`] says (with `whenDeleted: Delete` by the
+/// set, so that garbage collection removes them with it).
 pub fn build_claims(set: &EnhancedStatefulSet, ordinal: i32) -> Vec<PersistentVolumeClaim> {
     let set_name = set.name_any();
-    let owned_by_set = set
-        .spec
-        .persistent_volume_claim_retention_policy
-        .as_ref()
-        .is_some_and(|p| p.when_deleted == PvcRetentionPolicyType::Delete);
     let selector_labels: BTreeMap<String, String> =
         set.spec.selector.match_labels.clone().unwrap_or_default();
     let template_labels = set
@@ -132,28 +127,91 @@ pub fn build_claims(set: &EnhancedStatefulSet, ordinal: i32) -> Vec<PersistentVo
             let mut labels = template_labels.clone();
             labels.extend(claim.metadata.labels.clone().unwrap_or_default());
             labels.extend(selector_labels.clone());
-            Some(PersistentVolumeClaim {
+            let mut built = PersistentVolumeClaim {
                 metadata: ObjectMeta {
                     name: Some(claim_name(&claim_template_name, &set_name, ordinal)),
                     namespace: set.namespace(),
                     labels: Some(labels),
                     annotations: claim.metadata.annotations.clone(),
-                    owner_references: if owned_by_set {
-                        owner_reference(set).map(|mut o| {
-                            // The set owns the claim for deletion only; it is not its controller.
-                            o.controller = None;
-                            vec![o]
-                        })
-                    } else {
-                        None
-                    },
                     ..Default::default()
                 },
                 spec: claim.spec.clone(),
                 status: None,
-            })
+            };
+            built.metadata.owner_references = claim_owners(&built, set, None, false);
+            Some(built)
         })
         .collect()
+}
+
+/// The owner references a claim of the set should carry, as upstream's
+/// `updateClaimOwnerRefForSetAndPod` decides them from the retention policy: the set owns it
+/// (for deletion, not as its controller) under `whenDeleted: Delete`; the pod owns it under
+/// `whenScaled: Delete` once the pod's identity is scaled in (`scaled_in`), so the claim goes
+/// with the pod — and the hand-off is undone when the identity comes back, so garbage
+/// collection never takes a claim that is in use again. Other owners are kept. None when
+/// nothing changes, or when another controller controls the claim (never taken over).
+pub fn claim_owners(
+    claim: &PersistentVolumeClaim,
+    set: &EnhancedStatefulSet,
+    pod: Option<&Pod>,
+    scaled_in: bool,
+) -> Option<Vec<OwnerReference>> {
+    let set_uid = set.uid().unwrap_or_default();
+    let pod_uid = pod.and_then(ResourceExt::uid);
+    let current = claim.owner_references();
+    let foreign_controller = current.iter().any(|o| {
+        o.controller == Some(true) && o.uid != set_uid && Some(&o.uid) != pod_uid.as_ref()
+    });
+    if foreign_controller {
+        return None;
+    }
+    let policy = set
+        .spec
+        .persistent_volume_claim_retention_policy
+        .clone()
+        .unwrap_or_default();
+    let delete = PvcRetentionPolicyType::Delete;
+    let (by_set, by_pod) = match (policy.when_scaled == delete, policy.when_deleted == delete) {
+        (false, false) => (false, false),
+        (false, true) => (true, false),
+        (true, false) => (false, scaled_in),
+        (true, true) => (!scaled_in, scaled_in),
+    };
+    // Every reference to the pod's identity goes: an earlier incarnation's (another UID)
+    // would have garbage collection delete the claim under the pod that reuses it.
+    let pod_name = pod.map(ResourceExt::name_any);
+    let mut wanted: Vec<OwnerReference> = current
+        .iter()
+        .filter(|o| o.uid != set_uid)
+        .filter(|o| {
+            !(o.kind == "Pod" && o.api_version == "v1" && Some(&o.name) == pod_name.as_ref())
+        })
+        .cloned()
+        .collect();
+    if by_set && let Some(mut reference) = owner_reference(set) {
+        reference.controller = None;
+        reference.block_owner_deletion = None;
+        wanted.push(reference);
+    }
+    if by_pod && let (Some(pod), Some(uid)) = (pod, pod_uid) {
+        wanted.push(OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: pod.name_any(),
+            uid,
+            ..OwnerReference::default()
+        });
+    }
+    let same = |a: &[OwnerReference], b: &[OwnerReference]| {
+        let key = |o: &OwnerReference| (o.uid.clone(), o.controller, o.kind.clone());
+        let mut a: Vec<_> = a.iter().map(key).collect();
+        let mut b: Vec<_> = b.iter().map(key).collect();
+        a.sort();
+        b.sort();
+        a == b
+    };
+    (!same(current, &wanted)).then_some(wanted)
 }
 
 #[cfg(test)]
@@ -240,5 +298,89 @@ mod tests {
                 .expect("template");
         name_containers(&mut t);
         assert_eq!(t.spec.expect("spec").containers[0].name, "nginx");
+    }
+
+    #[test]
+    fn claim_owners_follow_the_retention_policy_as_upstream() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web-3", "namespace": "ns", "uid": "pod-uid"}
+        }))
+        .expect("pod");
+        let claim = |owners: serde_json::Value| -> PersistentVolumeClaim {
+            serde_json::from_value(
+                json!({"metadata": {"name": "data-web-3", "ownerReferences": owners}}),
+            )
+            .expect("claim")
+        };
+        let set_ref = json!({"apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "EnhancedStatefulSet", "name": "web", "uid": "set-uid"});
+        let pod_ref = json!({"apiVersion": "v1", "kind": "Pod", "name": "web-3", "uid": "pod-uid"});
+        let old_pod_ref =
+            json!({"apiVersion": "v1", "kind": "Pod", "name": "web-3", "uid": "earlier-pod"});
+        let uids = |owners: Option<Vec<OwnerReference>>| -> Option<Vec<String>> {
+            owners.map(|o| {
+                let mut u: Vec<String> = o.into_iter().map(|o| o.uid).collect();
+                u.sort();
+                u
+            })
+        };
+        let some = |u: &[&str]| Some(u.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        // (whenScaled, whenDeleted, current owners, scaled in) -> wanted owner UIDs (None: no change)
+        let table = [
+            ("Retain", "Retain", json!([]), false, None),
+            ("Retain", "Retain", json!([set_ref]), false, some(&[])),
+            ("Retain", "Delete", json!([]), false, some(&["set-uid"])),
+            ("Retain", "Delete", json!([set_ref]), true, None),
+            ("Delete", "Retain", json!([]), false, None),
+            ("Delete", "Retain", json!([]), true, some(&["pod-uid"])),
+            // The identity came back: the hand-off to the earlier pod is undone.
+            ("Delete", "Retain", json!([old_pod_ref]), false, some(&[])),
+            ("Delete", "Retain", json!([pod_ref]), false, some(&[])),
+            ("Delete", "Delete", json!([set_ref]), false, None),
+            (
+                "Delete",
+                "Delete",
+                json!([set_ref]),
+                true,
+                some(&["pod-uid"]),
+            ),
+            (
+                "Delete",
+                "Delete",
+                json!([pod_ref]),
+                false,
+                some(&["set-uid"]),
+            ),
+        ];
+        for (when_scaled, when_deleted, owners, scaled_in, wanted) in table {
+            let mut s = set();
+            s.spec.persistent_volume_claim_retention_policy = Some(
+                serde_json::from_value(
+                    json!({"whenScaled": when_scaled, "whenDeleted": when_deleted}),
+                )
+                .expect("policy"),
+            );
+            assert_eq!(
+                uids(claim_owners(
+                    &claim(owners.clone()),
+                    &s,
+                    Some(&pod),
+                    scaled_in
+                )),
+                wanted,
+                "{when_scaled}/{when_deleted} owners {owners} scaled in {scaled_in}"
+            );
+        }
+        // Another controller's claim is never taken over.
+        let foreign = claim(
+            json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "x", "uid": "other", "controller": true}]),
+        );
+        assert_eq!(claim_owners(&foreign, &set(), Some(&pod), true), None);
+        // Owners that are none of ests's business stay.
+        let shared =
+            claim(json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "keep", "uid": "cm"}]));
+        assert_eq!(
+            uids(claim_owners(&shared, &set(), Some(&pod), false)),
+            some(&["cm", "set-uid"])
+        );
     }
 }
