@@ -127,7 +127,9 @@ async fn a_leader_that_cannot_renew_its_lease_exits_before_another_takes_over() 
     let lease_flag = format!("--lease-name={lease}");
     let flags = [
         "--leader-election=true",
-        "--lease-seconds=4",
+        "--lease-duration=4s",
+        "--renew-deadline=2s",
+        "--retry-period=500ms",
         "--lease-namespace=ests-system",
         lease_flag.as_str(),
     ];
@@ -220,7 +222,9 @@ async fn a_leader_that_cannot_renew_its_lease_exits_before_another_takes_over() 
         "maxUnavailable 1 held across the hand-over: max unavailable {}",
         monitor.max_unavailable()
     );
+    // Stopped in good order (SIGTERM), a leader hands the Lease over at once.
     env.plane.stop_process(direct)?;
+    assert_eq!(lease_holder(&leases, lease).await?, None, "released on SIGTERM");
     env.plane.stop_process(proxied)?;
     checker.finish()
 }
