@@ -224,7 +224,11 @@ async fn a_leader_that_cannot_renew_its_lease_exits_before_another_takes_over() 
     );
     // Stopped in good order (SIGTERM), a leader hands the Lease over at once.
     env.plane.stop_process(direct)?;
-    assert_eq!(lease_holder(&leases, lease).await?, None, "released on SIGTERM");
+    assert_eq!(
+        lease_holder(&leases, lease).await?,
+        None,
+        "released on SIGTERM"
+    );
     env.plane.stop_process(proxied)?;
     checker.finish()
 }
