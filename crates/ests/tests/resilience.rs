@@ -1,11 +1,12 @@
 //! The controller under failure: killed mid-rollout and restarted, the bound still holds and
-//! the rollout finishes; with two replicas, leadership moves when the leader dies.
+//! the rollout finishes; with two replicas, leadership moves when the leader dies, and a
+//! leader that cannot renew its Lease stops (its process exits) before the other takes over.
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use ests_testenv::{InvariantChecker, LogsOnFailure, PodMonitor, cluster_lock, wait_for};
+use ests_testenv::{ApiProxy, InvariantChecker, LogsOnFailure, PodMonitor, cluster_lock, wait_for};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use serde_json::json;
@@ -97,4 +98,137 @@ async fn leadership_moves_to_the_second_replica_when_the_leader_dies() -> anyhow
     .await?;
     env.plane.stop_process(&second)?;
     Ok(())
+}
+
+/// The holder of Lease `name` in ests-system and when it says it took it (acquireTime, the
+/// taker's clock, set before its write).
+async fn lease_holder(
+    leases: &Api<Lease>,
+    name: &str,
+) -> anyhow::Result<Option<(String, Option<SystemTime>)>> {
+    let Some(spec) = leases.get_opt(name).await?.and_then(|l| l.spec) else {
+        return Ok(None);
+    };
+    let acquired = spec.acquire_time.map(|t| SystemTime::from(t.0));
+    Ok(spec
+        .holder_identity
+        .filter(|h| !h.is_empty())
+        .map(|h| (h, acquired)))
+}
+
+#[tokio::test]
+async fn a_leader_that_cannot_renew_its_lease_exits_before_another_takes_over() -> anyhow::Result<()>
+{
+    let _exclusive = cluster_lock().await;
+    let env = bare_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    // Its own Lease: the other tests' leaders may have left theirs held.
+    let lease = "ests-controller-step-down";
+    let lease_flag = format!("--lease-name={lease}");
+    let flags = [
+        "--leader-election=true",
+        "--lease-duration=4s",
+        "--renew-deadline=2s",
+        "--retry-period=500ms",
+        "--lease-namespace=ests-system",
+        lease_flag.as_str(),
+    ];
+    let proxy = ApiProxy::start(env.plane, CONTROLLER_USER, CONTROLLER_GROUPS).await?;
+    let (proxied, direct) = ("proxied-leader", "direct-follower");
+    start_ests_with(env.plane, proxied, "controller", &proxy.kubeconfig, &flags)?;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), "ests-system");
+    wait_for(format!("{proxied} leads"), T, || async {
+        Ok(lease_holder(&leases, lease)
+            .await?
+            .filter(|(h, _)| h == proxied)
+            .map(|_| ()))
+    })
+    .await?;
+    start_controller(env.plane, direct, &flags).await?;
+
+    let ns = "lease-step-down";
+    let sets = namespace(&env, ns).await?;
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    let name = "one-at-a-time";
+    let mut set = simple_set(name, 8, "Parallel", 1);
+    // Each pod waits 2 s to count as available, so the rollout outlasts the hand-over.
+    set["spec"]["minReadySeconds"] = json!(2);
+    apply(&env, ns, &set).await?;
+    wait_status(&sets, name, "8 available", T, |s| s.available_replicas == 8).await?;
+    let monitor = PodMonitor::start(
+        env.client.clone(),
+        ns,
+        &format!("app={name}"),
+        names(name, 0..8),
+    )
+    .await?;
+    patch(&sets, name, new_template(Some("app"), "app:v2", json!({}))).await?;
+    wait_status(&sets, name, "the rollout under way", T, |s| {
+        s.updated_replicas >= 2
+    })
+    .await?;
+
+    // When the proxied leader's process is first seen gone (by its pid, polled often): an
+    // upper bound of when it exited.
+    let exited_by = {
+        let plane = env.plane;
+        let name = proxied.to_string();
+        tokio::spawn(async move {
+            while plane.is_running(&name) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            SystemTime::now()
+        })
+    };
+    proxy.block_lease_writes(true);
+    let (_, acquired) = wait_for(format!("{direct} takes the lease"), T, || async {
+        Ok(lease_holder(&leases, lease)
+            .await?
+            .filter(|(h, _)| h == direct))
+    })
+    .await?;
+    let acquired = acquired.expect("the new holder names when it took the lease");
+    let exit = if exited_by.is_finished() {
+        Some(exited_by.await?)
+    } else {
+        exited_by.abort();
+        None
+    };
+    assert!(
+        exit.is_some_and(|exit| exit < acquired),
+        "{proxied} must have exited before {direct} took the lease at {acquired:?}; it exited \
+         by {exit:?} ({} lease writes swallowed)",
+        proxy.swallowed()
+    );
+    let (status, _) = env
+        .plane
+        .exited(proxied)
+        .expect("the old leader has exited");
+    assert!(
+        !status.success(),
+        "a leader that lost its lease exits non-zero (so its Deployment restarts it): {status}"
+    );
+
+    wait_status(
+        &sets,
+        name,
+        "all updated and available under the new leader",
+        T,
+        |s| s.updated_available_replicas == 8,
+    )
+    .await?;
+    assert!(
+        monitor.max_unavailable() <= 1,
+        "maxUnavailable 1 held across the hand-over: max unavailable {}",
+        monitor.max_unavailable()
+    );
+    // Stopped in good order (SIGTERM), a leader hands the Lease over at once.
+    env.plane.stop_process(direct)?;
+    assert_eq!(
+        lease_holder(&leases, lease).await?,
+        None,
+        "released on SIGTERM"
+    );
+    env.plane.stop_process(proxied)?;
+    checker.finish()
 }

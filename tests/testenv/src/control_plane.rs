@@ -384,6 +384,12 @@ impl ControlPlane {
         self.processes.pid(name)
     }
 
+    /// How the process `name` exited (its status and the tail of its log); `None` while it
+    /// runs.
+    pub fn exited(&self, name: &str) -> Option<(std::process::ExitStatus, String)> {
+        self.processes.exited(name)
+    }
+
     /// Starts kube-scheduler again after [`Self::stop_process`], with `extra` as in
     /// [`Self::restart_scheduler`], and waits until it is healthy.
     pub async fn start_scheduler_with(&self, extra: Option<&str>) -> anyhow::Result<()> {

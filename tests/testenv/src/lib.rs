@@ -14,6 +14,7 @@ pub mod monitor;
 pub mod nodes;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod real_node;
 pub mod resources;
 pub mod wait;
@@ -24,6 +25,7 @@ pub use control_plane::ControlPlane;
 pub use invariants::InvariantChecker;
 pub use monitor::PodMonitor;
 pub use nodes::NodeSpec;
+pub use proxy::ApiProxy;
 pub use real_node::RealNode;
 pub use wait::{wait_for, wait_until};
 

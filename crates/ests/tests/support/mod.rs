@@ -119,6 +119,18 @@ pub async fn start_ests(
     extra: &[&str],
 ) -> anyhow::Result<()> {
     let (kubeconfig, _) = plane.client_as(CONTROLLER_USER, CONTROLLER_GROUPS).await?;
+    start_ests_with(plane, name, subcommand, &kubeconfig, extra)
+}
+
+/// Starts `ests <subcommand>` as process `name` with `extra` flags, reaching the API server
+/// as `kubeconfig` says (for example through an [`ests_testenv::ApiProxy`]).
+pub fn start_ests_with(
+    plane: &ControlPlane,
+    name: &str,
+    subcommand: &str,
+    kubeconfig: &std::path::Path,
+    extra: &[&str],
+) -> anyhow::Result<()> {
     let kubeconfig = kubeconfig.display().to_string();
     let mut args: Vec<String> = vec![subcommand.into(), "--metrics-addr=127.0.0.1:0".into()];
     args.extend(extra.iter().map(|a| a.to_string()));
