@@ -291,6 +291,38 @@ pub(crate) async fn publish(
     }
 }
 
+/// An event about what the set did to one pod, naming the pod as its related object: the
+/// event recorder aggregates events by regarding and related object, reason and action (not
+/// by message), so without it six creates of six pods would read as one event "×6".
+async fn publish_about_pod(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    (pod, uid): (&str, Option<&str>),
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let related = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(pod.into()),
+        namespace: set.namespace(),
+        uid: uid.map(Into::into),
+        ..Default::default()
+    };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: Some(related),
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &set.object_ref(&())).await {
+        tracing::debug!(error = %e, "publishing an event");
+    }
+}
+
 /// Creates the pod of `ordinal` (its claims and static-IP record first). False if the pod
 /// has to wait for its record.
 async fn create_pod(
@@ -353,14 +385,15 @@ async fn create_pod(
         .expect_create(key, &name, ordinal, revision);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     match pods.create(&PostParams::default(), &pod).await {
-        Ok(_) => {
+        Ok(created) => {
             ctx.metrics
                 .pods_created
                 .with_label_values(&["success"])
                 .inc();
-            publish(
+            publish_about_pod(
                 ctx,
                 set,
+                (&name, created.uid().as_deref()),
                 EventType::Normal,
                 "SuccessfulCreate",
                 "Create",
@@ -373,9 +406,10 @@ async fn create_pod(
         Err(e) => {
             ctx.expectations.forget_create(key, &name);
             ctx.metrics.pods_created.with_label_values(&["error"]).inc();
-            publish(
+            publish_about_pod(
                 ctx,
                 set,
+                (&name, None),
                 EventType::Warning,
                 "FailedCreate",
                 "Create",
@@ -433,9 +467,10 @@ async fn delete_pod(
     match pods.delete(name, &params).await {
         Ok(_) => {
             ctx.metrics.pods_deleted.with_label_values(&[why]).inc();
-            publish(
+            publish_about_pod(
                 ctx,
                 set,
+                (name, Some(uid)),
                 EventType::Normal,
                 "SuccessfulDelete",
                 "Delete",
@@ -448,9 +483,10 @@ async fn delete_pod(
         Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
         Err(e) => {
             ctx.expectations.forget_delete(key, uid);
-            publish(
+            publish_about_pod(
                 ctx,
                 set,
+                (name, Some(uid)),
                 EventType::Warning,
                 "FailedDelete",
                 "Delete",

@@ -277,3 +277,59 @@ async fn wide_reserved_ranges_cost_the_controller_no_memory() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn every_pod_created_or_deleted_is_one_event_naming_that_pod() -> anyhow::Result<()> {
+    use k8s_openapi::api::events::v1::Event;
+    let env = env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let ns = "pod-events";
+    let sets = namespace(&env, ns).await?;
+    apply(&env, ns, &simple_set("told", 4, "Parallel", 1)).await?;
+    wait_status(&sets, "told", "4 ready", T, |s| s.ready_replicas == 4).await?;
+    patch(&sets, "told", json!({"spec": {"replicas": 2}})).await?;
+    wait_status(&sets, "told", "2 left", T, |s| s.replicas == 2).await?;
+    let events: Api<Event> = Api::namespaced(env.client.clone(), ns);
+    // reason -> (pod the event names as related, its note, how often it happened)
+    let seen = |reason: &'static str| {
+        let events = events.clone();
+        async move {
+            let mut about: Vec<(String, String, i32)> = events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .map(|e| {
+                    let pod = e.related.and_then(|r| r.name).unwrap_or_default();
+                    let count = e.series.map_or(1, |s| s.count);
+                    (pod, e.note.unwrap_or_default(), count)
+                })
+                .collect();
+            about.sort();
+            anyhow::Ok(about)
+        }
+    };
+    let created = wait_for("one SuccessfulCreate event per pod", T, || async {
+        let about = seen("SuccessfulCreate").await?;
+        Ok((about.len() == 4).then_some(about))
+    })
+    .await?;
+    for ((pod, note, count), want) in created.iter().zip(names("told", 0..4)) {
+        assert_eq!(pod, &want, "{created:?}");
+        assert!(note.contains(&want), "{note}");
+        assert_eq!(*count, 1, "{pod} created once: {created:?}");
+    }
+    let deleted = wait_for(
+        "one SuccessfulDelete event per scaled-in pod",
+        T,
+        || async {
+            let about = seen("SuccessfulDelete").await?;
+            Ok((about.len() == 2).then_some(about))
+        },
+    )
+    .await?;
+    let pods: Vec<&str> = deleted.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert_eq!(pods, ["told-2", "told-3"], "{deleted:?}");
+    Ok(())
+}
