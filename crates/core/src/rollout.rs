@@ -7,7 +7,9 @@
 //!   revision at or above the partition, the current revision below it. `OrderedReady`
 //!   creates one identity at a time, each after every lower one is Running and Ready, but
 //!   never holds back the re-creation of a pod the controller took down itself.
-//! - Pods outside the identities are scaled in (`OrderedReady`: highest first, one at a time).
+//! - Pods outside the identities are scaled in. `OrderedReady`: highest first, one at a
+//!   time, and only while every identity's pod is Running, Ready and Available (upstream:
+//!   "halt if any stateful pod is unhealthy"); `Parallel`: all at once, whatever their health.
 //! - Failed and Succeeded pods are deleted, to be re-created.
 //! - Unavailable pods are counted over the whole set: missing, terminating, not Running and
 //!   Ready, or Ready for less than minReadySeconds. Outdated pods at or above the partition
@@ -297,9 +299,22 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
             }
         }
         PodManagementPolicy::OrderedReady => {
-            if !condemned.iter().any(|p| p.terminating)
-                && let Some(highest) = condemned.first()
+            // As upstream's monotonic mode ("before a scaling operation is applied to a
+            // Pod, all of its predecessors must be Running and Ready"): no scale-in while
+            // any identity is missing, terminating or not Available, nor while a condemned
+            // pod is still going. The highest condemned pod then goes if every condemned
+            // pod below it is Available, or if it is not Available itself: a pod that
+            // serves nothing costs no availability when it goes (upstream lets only the
+            // lowest unhealthy pod go, and so waits for ever on two).
+            let identities_healthy = set
+                .identities
+                .iter()
+                .all(|o| by_ordinal.get(o).is_some_and(|p| available(p)));
+            if identities_healthy
+                && !condemned.iter().any(|p| p.terminating)
+                && let Some((highest, below)) = condemned.split_first()
                 && !highest.held
+                && (!available(highest) || below.iter().all(|p| available(p)))
             {
                 actions.push(delete(highest, DeleteReason::ScaleIn));
             }

@@ -317,6 +317,17 @@ impl Sim {
                     ordinal, reason, ..
                 } => {
                     let pod = &self.pods[ordinal];
+                    if *reason == DeleteReason::ScaleIn
+                        && self.set.policy == PodManagementPolicy::OrderedReady
+                    {
+                        // Upstream's monotonic scale-in: never while an identity is unhealthy.
+                        let healthy = self.set.identities.iter().all(|o| {
+                            self.pods
+                                .get(o)
+                                .is_some_and(|p| p.available(self.now, self.set.min_ready_seconds))
+                        });
+                        assert!(healthy, "scaled in {ordinal} with an unhealthy identity");
+                    }
                     if *reason == DeleteReason::Update {
                         if let Strategy::RollingUpdate { partition, .. } = self.set.strategy {
                             assert!(
@@ -421,13 +432,24 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
         prop_oneof![Just(0i64), Just(10)],
         any::<bool>(),
         proptest::collection::vec(any::<u8>(), 64..256),
+        0i32..3,
     )
         .prop_map(
-            |(replicas, start, partition, max_unavailable, parallel, min_ready, broken, dice)| {
+            |(
+                replicas,
+                start,
+                partition,
+                max_unavailable,
+                parallel,
+                min_ready,
+                broken,
+                dice,
+                extra,
+            )| {
                 let identities: Vec<i32> = (start..start + replicas).collect();
-                let pods = identities
-                    .iter()
-                    .map(|&o| {
+                // `extra` pods beyond the identities: a scale-in at the same time.
+                let pods = (start..start + replicas + extra)
+                    .map(|o| {
                         (
                             o,
                             ObservedPod {
@@ -477,14 +499,15 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Budget, partition, one pod per identity and the stuck cap hold at every step, and a
-    /// rollout whose pods come back finishes.
+    /// Budget, partition, one pod per identity, the stuck cap and ordered scale-in hold at
+    /// every step, and a rollout (and a scale-in) whose pods come back finishes.
     #[test]
     fn rollouts_hold_their_bounds_and_finish((mut sim, dice) in arb_sim()) {
         for step in 0..400 {
             let offset = step % dice.len();
             let plan = sim.step(&dice[offset..]);
-            if plan.counts.rollout_complete && plan.actions.is_empty() && sim.bad_revision.is_none() {
+            let scaled_in = sim.pods.keys().all(|o| sim.set.identities.contains(o));
+            if plan.counts.rollout_complete && plan.actions.is_empty() && scaled_in && sim.bad_revision.is_none() {
                 break;
             }
         }
@@ -492,6 +515,12 @@ proptest! {
             let pods: Vec<_> = sim.pods.values().cloned().collect();
             let last = plan(&sim.set, &pods, sim.now + 1000);
             prop_assert!(last.counts.rollout_complete, "rollout did not finish: {:?}", sim);
+            let left: Vec<_> = sim
+                .pods
+                .values()
+                .filter(|p| !sim.set.identities.contains(&p.ordinal) && !p.held && !p.terminating)
+                .collect();
+            prop_assert!(left.is_empty(), "scale-in did not finish: {:?}", sim);
         }
     }
 
@@ -550,4 +579,75 @@ fn held_static_ip_pods_are_not_taken_down() {
     pods[3].held = false;
     let plan3 = plan(&set, &pods, NOW);
     assert_eq!(deleted(&plan3, DeleteReason::ScaleIn), vec![3]);
+}
+
+#[test]
+fn ordered_ready_scale_in_halts_while_any_pod_is_unhealthy() {
+    // Upstream: "halt if any stateful pod is unhealthy" before deleting the highest one.
+    let s = set(1, rolling(0, 1), PodManagementPolicy::OrderedReady);
+    let pods = vec![ready(0, "v2"), unready(1, "v2", NOW - 10), ready(2, "v2")];
+    let p = plan(&s, &pods, NOW);
+    assert!(
+        deleted(&p, DeleteReason::ScaleIn).is_empty(),
+        "{:?}",
+        p.actions
+    );
+    // An unready identity halts it too, and so does a missing one.
+    let pods = vec![unready(0, "v2", NOW - 10), ready(1, "v2"), ready(2, "v2")];
+    let p = plan(&s, &pods, NOW);
+    assert!(
+        deleted(&p, DeleteReason::ScaleIn).is_empty(),
+        "{:?}",
+        p.actions
+    );
+    let p = plan(&s, &[ready(1, "v2"), ready(2, "v2")], NOW);
+    assert!(
+        deleted(&p, DeleteReason::ScaleIn).is_empty(),
+        "{:?}",
+        p.actions
+    );
+    // Once every pod is Ready, scale-in goes on from the top.
+    let pods = vec![ready(0, "v2"), ready(1, "v2"), ready(2, "v2")];
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::ScaleIn), vec![2]);
+}
+
+#[test]
+fn ordered_ready_scale_in_waits_for_min_ready_seconds() {
+    let mut s = set(1, rolling(0, 1), PodManagementPolicy::OrderedReady);
+    s.min_ready_seconds = 30;
+    let mut young = ready(0, "v2");
+    young.ready_since = Some(NOW - 5);
+    let p = plan(&s, &[young, ready(1, "v2")], NOW);
+    assert!(
+        deleted(&p, DeleteReason::ScaleIn).is_empty(),
+        "{:?}",
+        p.actions
+    );
+}
+
+#[test]
+fn an_unhealthy_condemned_pod_goes_once_the_identities_are_healthy() {
+    // It serves nothing, so taking it away costs no availability (upstream: "the first
+    // unhealthy pod" may go).
+    let s = set(1, rolling(0, 1), PodManagementPolicy::OrderedReady);
+    let pods = vec![ready(0, "v2"), ready(1, "v2"), unready(2, "v2", NOW - 10)];
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::ScaleIn), vec![2]);
+    // Two unhealthy condemned pods do not wait for each other.
+    let pods = vec![
+        ready(0, "v2"),
+        unready(1, "v2", NOW - 10),
+        unready(2, "v2", NOW - 10),
+    ];
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::ScaleIn), vec![2]);
+}
+
+#[test]
+fn parallel_scale_in_does_not_wait_for_unhealthy_pods() {
+    let s = set(1, rolling(0, 1), PodManagementPolicy::Parallel);
+    let pods = vec![unready(0, "v2", NOW - 10), ready(1, "v2"), ready(2, "v2")];
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::ScaleIn), vec![2, 1]);
 }
