@@ -16,9 +16,10 @@
 //!   are taken down from the highest ordinal while that count is below maxUnavailable: a
 //!   sliding window. Pods taken down are remembered in `replacing` (persisted in the set's
 //!   status before any delete), so the bound also holds across reconciles and restarts.
-//! - A stuck outdated pod (a container waiting with an error, or unready longer than
-//!   `stuck_after`) is replaced even when the budget is spent, at most maxUnavailable such
-//!   replacements in flight at once.
+//! - A stuck outdated pod at or above the partition (a container waiting with an error, or
+//!   unready longer than `stuck_after`) is replaced even when the budget is spent, at most
+//!   maxUnavailable such replacements in flight at once. Below the partition nothing is
+//!   replaced, stuck or not.
 //! - `paused` starts no update and no stuck replacement; everything else goes on.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -356,7 +357,13 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
                 .filter(|r| **r == ReplaceReason::Stuck)
                 .count() as i32;
             let mut taken: BTreeSet<i32> = BTreeSet::new();
-            for pod in &outdated {
+            // Only at or above the partition: a raised partition stops stuck replacements
+            // too, as it stops every change below it upstream (re-creating such a pod would
+            // move it to the current revision, which the user did not ask for).
+            for pod in outdated
+                .iter()
+                .filter(|p| set.index(p.ordinal) >= partition)
+            {
                 if pod.stuck(now, stuck_after) {
                     if stuck_in_flight < max_unavailable {
                         actions.push(delete(pod, DeleteReason::Stuck));

@@ -328,11 +328,11 @@ impl Sim {
                         });
                         assert!(healthy, "scaled in {ordinal} with an unhealthy identity");
                     }
-                    if *reason == DeleteReason::Update {
+                    if matches!(reason, DeleteReason::Update | DeleteReason::Stuck) {
                         if let Strategy::RollingUpdate { partition, .. } = self.set.strategy {
                             assert!(
                                 ordinal - self.set.start >= partition,
-                                "update below the partition"
+                                "{reason:?} below the partition"
                             );
                         }
                         if pod.available(self.now, self.set.min_ready_seconds) {
@@ -524,6 +524,30 @@ proptest! {
         }
     }
 
+    /// A bad rollout stopped by raising the partition: nothing below the new partition is
+    /// taken down again, stuck or not (the step checks it), and the stuck pods above it are
+    /// still replaced within the cap.
+    #[test]
+    fn a_raised_partition_stops_stuck_replacements_below_it((mut sim, dice) in arb_sim()) {
+        sim.bad_revision = Some("v2".into());
+        if let Strategy::RollingUpdate { partition, .. } = &mut sim.set.strategy {
+            *partition = 0;
+        }
+        for step in 0..60 {
+            sim.step(&dice[step % dice.len()..]);
+            sim.now += 30;
+        }
+        let raised = i32::try_from(sim.set.identities.len() / 2).unwrap_or(0);
+        if let Strategy::RollingUpdate { partition, .. } = &mut sim.set.strategy {
+            *partition = raised;
+        }
+        sim.set.update_revision = "v3".into();
+        for step in 0..100 {
+            sim.step(&dice[step % dice.len()..]);
+            sim.now += 30;
+        }
+    }
+
     /// A bad rollout followed by a fixed template recovers without anyone deleting pods.
     #[test]
     fn a_fixed_template_repairs_a_bad_rollout((mut sim, dice) in arb_sim()) {
@@ -650,4 +674,21 @@ fn parallel_scale_in_does_not_wait_for_unhealthy_pods() {
     let pods = vec![unready(0, "v2", NOW - 10), ready(1, "v2"), ready(2, "v2")];
     let p = plan(&s, &pods, NOW);
     assert_eq!(deleted(&p, DeleteReason::ScaleIn), vec![2, 1]);
+}
+
+#[test]
+fn a_crash_looping_pod_below_a_raised_partition_is_not_replaced() {
+    // Pods 2 and 3 were updated to a bad v2 and crash-loop; the partition is raised to 3 to
+    // stop the rollout. Pod 2 is now below the partition: it is left alone, as upstream
+    // leaves every pod below the partition. Pod 3 is still replaced (at v2, its revision).
+    let mut s = set(4, rolling(3, 2), PodManagementPolicy::Parallel);
+    s.update_revision = "v3".into();
+    let crash = |o| ObservedPod {
+        container_error: Some("CrashLoopBackOff".into()),
+        ..unready(o, "v2", NOW - 5)
+    };
+    let pods = vec![ready(0, "v1"), ready(1, "v1"), crash(2), crash(3)];
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::Stuck), vec![3]);
+    assert!(!p.replacing.contains_key(&2));
 }
