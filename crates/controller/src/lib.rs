@@ -12,7 +12,7 @@ mod observe;
 mod reconcile;
 mod records;
 mod revisions;
-mod status;
+pub mod status;
 
 use std::sync::Arc;
 

@@ -14,7 +14,9 @@ use ests_api::{EnhancedStatefulSet, PvcRetentionPolicyType, ReplacementReason};
 use ests_core::identity::{max_unavailable, pod_name, spec_ordinals};
 use ests_core::pods::{build_claims, build_pod, claim_name};
 use ests_core::revision::template_of;
-use ests_core::rollout::{self, Action as Step, DeleteReason, ReplaceReason, SetView, Strategy};
+use ests_core::rollout::{
+    self, Action as Step, DeleteReason, ReplaceReason, Replacing, SetView, Strategy,
+};
 use ests_core::static_ip::{self, IpSettings, holds_pod, request_static_ip, stamp};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -34,6 +36,9 @@ use crate::{Context, Error, adopt, revisions, status};
 const RESYNC: Duration = Duration::from_secs(300);
 /// Look again this soon when a pod waits for an earlier StaticIP record to go.
 const WAIT_FOR_RECORD: Duration = Duration::from_secs(2);
+/// Look again this soon when the cached set was older than the server's (its watch event
+/// normally comes first).
+const STALE: Duration = Duration::from_secs(1);
 
 fn now() -> i64 {
     SystemTime::now()
@@ -135,7 +140,7 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         .collect();
     ctx.expectations.adjust(&key, &mut observed, &uids, now);
 
-    let replacing: BTreeMap<i32, ReplaceReason> = set
+    let replacing: BTreeMap<i32, Replacing> = set
         .status
         .iter()
         .flat_map(|s| s.replacing.iter())
@@ -144,7 +149,13 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
                 ReplacementReason::Update => ReplaceReason::Update,
                 ReplacementReason::Stuck => ReplaceReason::Stuck,
             };
-            (r.ordinal, reason)
+            (
+                r.ordinal,
+                Replacing {
+                    reason,
+                    uid: r.pod_uid.clone(),
+                },
+            )
         })
         .collect();
     let view = SetView {
@@ -173,7 +184,12 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         revisions.collision_count,
         label_selector,
     );
-    status::apply(ctx, set, &new_status).await?;
+    // Nothing is done on a stale set: its `replacing` may lack identities taken down by an
+    // earlier reconcile, and the plan made from it could exceed the budget.
+    if !status::apply(ctx, set, &new_status).await? {
+        tracing::debug!(namespace = %ns, name = %name, "the cached set is stale; waiting for the newer one");
+        return Ok(Action::requeue(STALE));
+    }
     let labels = [ns.as_str(), name.as_str()];
     ctx.metrics
         .replicas
@@ -259,7 +275,9 @@ async fn invalid(
         message.clone(),
         set.metadata.generation,
     ));
-    status::apply(ctx, set, &new_status).await?;
+    if !status::apply(ctx, set, &new_status).await? {
+        return Ok(Action::requeue(STALE));
+    }
     publish(
         ctx,
         set,

@@ -34,6 +34,7 @@ fn ready(ordinal: i32, revision: &str) -> ObservedPod {
         revision: revision.into(),
         phase: Phase::Running,
         terminating: false,
+        uid: Some(format!("uid-{ordinal}")),
         ready_since: Some(NOW - 1000),
         unready_since: NOW - 2000,
         container_error: None,
@@ -47,6 +48,22 @@ fn unready(ordinal: i32, revision: &str, since: i64) -> ObservedPod {
         unready_since: since,
         ..ready(ordinal, revision)
     }
+}
+
+/// Entries of `replacing` naming the pods `ready` and `unready` make as the ones taken down.
+fn replacing(entries: &[(i32, ReplaceReason)]) -> BTreeMap<i32, Replacing> {
+    entries
+        .iter()
+        .map(|&(ordinal, reason)| {
+            (
+                ordinal,
+                Replacing {
+                    reason,
+                    uid: Some(format!("uid-{ordinal}")),
+                },
+            )
+        })
+        .collect()
 }
 
 fn deleted(plan: &Plan, reason: DeleteReason) -> Vec<i32> {
@@ -83,7 +100,7 @@ fn source_document_first_batch_takes_two_from_the_top() {
 #[test]
 fn replaced_pods_come_back_at_once_in_ordered_ready_mode() {
     let mut s = set(6, rolling(3, 2), PodManagementPolicy::OrderedReady);
-    s.replacing = [(4, ReplaceReason::Update), (5, ReplaceReason::Update)].into();
+    s.replacing = replacing(&[(4, ReplaceReason::Update), (5, ReplaceReason::Update)]);
     let pods: Vec<_> = (0..4).map(|o| ready(o, "v1")).collect();
     let p = plan(&s, &pods, NOW);
     assert_eq!(created(&p), vec![(4, "v2".into()), (5, "v2".into())]);
@@ -141,7 +158,7 @@ fn paused_starts_nothing_but_finishes_recreations_and_scaling() {
     if let Strategy::RollingUpdate { paused, .. } = &mut s.strategy {
         *paused = true;
     }
-    s.replacing = [(3, ReplaceReason::Update)].into();
+    s.replacing = replacing(&[(3, ReplaceReason::Update)]);
     let mut pods: Vec<_> = (0..3).map(|o| ready(o, "v1")).collect();
     pods.push(ready(7, "v1"));
     pods.push(unready(1, "v1", 0));
@@ -285,7 +302,14 @@ fn rollout_complete_counts_only_pods_at_or_above_the_partition() {
 #[derive(Debug)]
 struct Sim {
     set: SetView,
+    /// The pods as they are.
     pods: BTreeMap<i32, ObservedPod>,
+    /// Pods that are gone but that the controller's cache still shows as they were before
+    /// their delete, for a few more steps (a lagging watch, expectations expired, a restart
+    /// whose first list is old).
+    ghosts: BTreeMap<i32, (ObservedPod, u8)>,
+    /// Whether deleted pods may linger as ghosts.
+    lag: bool,
     /// Pods of this revision never become Ready.
     bad_revision: Option<String>,
     now: i64,
@@ -293,7 +317,12 @@ struct Sim {
 
 impl Sim {
     fn step(&mut self, dice: &[u8]) -> Plan {
-        let pods: Vec<_> = self.pods.values().cloned().collect();
+        // What the planner sees: the pods, and ghosts where no pod is.
+        let mut view = self.pods.clone();
+        for (ordinal, (ghost, _)) in &self.ghosts {
+            view.entry(*ordinal).or_insert_with(|| ghost.clone());
+        }
+        let pods: Vec<_> = view.values().cloned().collect();
         let max_unavailable = match self.set.strategy {
             Strategy::RollingUpdate {
                 max_unavailable, ..
@@ -301,7 +330,17 @@ impl Sim {
             Strategy::OnDelete => i32::MAX,
         };
         let before = plan(&self.set, &pods, self.now);
-        let unavailable_before = before.counts.unavailable;
+        // The budget is checked against the truth, not against what the planner saw.
+        let unavailable_before = self
+            .set
+            .identities
+            .iter()
+            .filter(|o| {
+                !self.pods.get(o).is_some_and(|p| {
+                    !p.terminating && p.available(self.now, self.set.min_ready_seconds)
+                })
+            })
+            .count() as i32;
 
         // Invariant: one pod per identity; no update below the partition; the budget.
         let mut taken_available = 0;
@@ -316,7 +355,7 @@ impl Sim {
                 Action::Delete {
                     ordinal, reason, ..
                 } => {
-                    let pod = &self.pods[ordinal];
+                    let seen = &view[ordinal];
                     if *reason == DeleteReason::ScaleIn
                         && self.set.policy == PodManagementPolicy::OrderedReady
                     {
@@ -329,13 +368,25 @@ impl Sim {
                         assert!(healthy, "scaled in {ordinal} with an unhealthy identity");
                     }
                     if matches!(reason, DeleteReason::Update | DeleteReason::Stuck) {
-                        if let Strategy::RollingUpdate { partition, .. } = self.set.strategy {
+                        // A delete sent again for a pod taken down earlier was decided then.
+                        let again = self
+                            .set
+                            .replacing
+                            .get(ordinal)
+                            .is_some_and(|r| r.uid == seen.uid);
+                        if let Strategy::RollingUpdate { partition, .. } = self.set.strategy
+                            && !again
+                        {
                             assert!(
                                 ordinal - self.set.start >= partition,
                                 "{reason:?} below the partition"
                             );
                         }
-                        if pod.available(self.now, self.set.min_ready_seconds) {
+                        if let Some(pod) = self.pods.get(ordinal)
+                            && pod.uid == seen.uid
+                            && !pod.terminating
+                            && pod.available(self.now, self.set.min_ready_seconds)
+                        {
                             taken_available += 1;
                         }
                     }
@@ -349,7 +400,7 @@ impl Sim {
         let stuck = before
             .replacing
             .values()
-            .filter(|r| **r == ReplaceReason::Stuck)
+            .filter(|r| r.reason == ReplaceReason::Stuck)
             .count() as i32;
         assert!(
             stuck <= max_unavailable,
@@ -362,7 +413,7 @@ impl Sim {
                 ordinal, reason, ..
             } = action
             {
-                let held = self.pods.get(ordinal).is_some_and(|p| p.held);
+                let held = view.get(ordinal).is_some_and(|p| p.held);
                 assert!(
                     !held || *reason == DeleteReason::Terminal,
                     "deleted held pod {ordinal} ({reason:?})"
@@ -381,14 +432,19 @@ impl Sim {
                         revision.clone(),
                         self.now,
                     );
+                    pod.uid = Some(format!("{ordinal}@{}", self.now));
                     // Static-IP pods: the record learns the address a little later.
                     pod.held = dice
                         .get(*ordinal as usize % dice.len().max(1))
                         .is_some_and(|d| d % 2 == 1);
                     self.pods.insert(*ordinal, pod);
+                    self.ghosts.remove(ordinal);
                 }
                 Action::Delete { ordinal, .. } => {
-                    if let Some(p) = self.pods.get_mut(ordinal) {
+                    // Deletes name the UID of the pod they mean.
+                    if let Some(p) = self.pods.get_mut(ordinal)
+                        && p.uid == view[ordinal].uid
+                    {
                         p.terminating = true;
                     }
                 }
@@ -401,7 +457,28 @@ impl Sim {
             i += 1;
             dice.get(i % dice.len().max(1)).copied().unwrap_or(0)
         };
-        self.pods.retain(|_, p| !p.terminating || next() % 4 == 0);
+        self.ghosts.retain(|_, (_, steps)| {
+            *steps -= 1;
+            *steps > 0
+        });
+        let gone: Vec<i32> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| p.terminating)
+            .map(|(o, _)| *o)
+            .collect();
+        for ordinal in gone {
+            if next() % 4 == 0 {
+                continue;
+            }
+            if let Some(mut pod) = self.pods.remove(&ordinal)
+                && self.lag
+                && next() % 2 == 0
+            {
+                pod.terminating = false;
+                self.ghosts.insert(ordinal, (pod, 1 + next() % 3));
+            }
+        }
         for pod in self.pods.values_mut() {
             // Records catch up with their pods at their own pace.
             if pod.held && next() % 2 == 0 {
@@ -433,6 +510,7 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
         any::<bool>(),
         proptest::collection::vec(any::<u8>(), 64..256),
         0i32..3,
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -445,6 +523,7 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
                 broken,
                 dice,
                 extra,
+                lag,
             )| {
                 let identities: Vec<i32> = (start..start + replicas).collect();
                 // `extra` pods beyond the identities: a scale-in at the same time.
@@ -458,6 +537,7 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
                                 revision: "v1".into(),
                                 phase: Phase::Running,
                                 terminating: false,
+                                uid: Some(format!("{o}@0")),
                                 ready_since: Some(0),
                                 unready_since: 0,
                                 container_error: None,
@@ -488,6 +568,8 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
                 let sim = Sim {
                     set,
                     pods,
+                    ghosts: BTreeMap::new(),
+                    lag,
                     bad_revision: broken.then(|| "v2".to_string()),
                     now: 1000,
                 };
@@ -691,4 +773,57 @@ fn a_crash_looping_pod_below_a_raised_partition_is_not_replaced() {
     let p = plan(&s, &pods, NOW);
     assert_eq!(deleted(&p, DeleteReason::Stuck), vec![3]);
     assert!(!p.replacing.contains_key(&2));
+}
+
+#[test]
+fn an_identity_being_replaced_counts_against_the_budget_while_its_old_pod_is_still_seen() {
+    // Pod 4 was taken down (recorded in `replacing`), but the cache still shows it Ready:
+    // a lagging watch, or a restart whose first list is older than the delete. A new
+    // template then makes pod 5 outdated too. Pod 4 is gone in truth, so taking 5 down would
+    // make two unavailable with maxUnavailable 1.
+    let mut s = set(6, rolling(0, 1), PodManagementPolicy::Parallel);
+    s.update_revision = "v3".into();
+    s.replacing = replacing(&[(4, ReplaceReason::Update)]);
+    let mut pods: Vec<_> = (0..5).map(|o| ready(o, "v1")).collect();
+    pods.push(ready(5, "v2"));
+    let p = plan(&s, &pods, NOW);
+    assert!(
+        !deleted(&p, DeleteReason::Update).contains(&5),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(p.counts.unavailable, 1);
+    assert!(p.replacing.contains_key(&4), "4 is not back");
+    assert_eq!(
+        deleted(&p, DeleteReason::Update),
+        vec![4],
+        "the delete of pod 4 is sent again, in case it was lost"
+    );
+
+    // It is sent again even after the partition was raised past it: the decision was taken.
+    let mut raised = s.clone();
+    raised.strategy = rolling(5, 1);
+    let p = plan(&raised, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::Update), vec![4]);
+    assert_eq!(p.counts.unavailable, 1);
+
+    // A new incarnation of 4 (another UID) ends the replacement; 5 may go then.
+    pods[4].uid = Some("uid-4-new".into());
+    pods[4].revision = "v3".into();
+    let p = plan(&s, &pods, NOW);
+    assert!(!p.replacing.contains_key(&4));
+    assert_eq!(deleted(&p, DeleteReason::Update), vec![5]);
+
+    // An entry without a UID (an older status) ends with any pod not being deleted.
+    pods[4] = ready(4, "v1");
+    s.replacing = [(
+        4,
+        Replacing {
+            reason: ReplaceReason::Update,
+            uid: None,
+        },
+    )]
+    .into();
+    let p = plan(&s, &pods, NOW);
+    assert!(!p.replacing.contains_key(&4));
 }
