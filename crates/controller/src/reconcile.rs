@@ -13,12 +13,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ests_api::{EnhancedStatefulSet, PvcRetentionPolicyType, ReplacementReason};
 use ests_core::identity::{max_unavailable, pod_name, spec_ordinals};
 use ests_core::pods::{build_claims, build_pod, claim_name};
-use ests_core::revision::template_of;
 use ests_core::rollout::{
     self, Action as Step, DeleteReason, ReplaceReason, Replacing, SetView, Strategy,
 };
 use ests_core::static_ip::{self, IpSettings, holds_pod, request_static_ip, stamp};
-use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::Selector;
@@ -224,8 +222,16 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
     for step in &plan.actions {
         match step {
             Step::Create { ordinal, revision } => {
-                waiting |=
-                    !create_pod(ctx, set, ip_settings.as_ref(), &key, *ordinal, revision).await?;
+                waiting |= !create_pod(
+                    ctx,
+                    set,
+                    &revisions,
+                    ip_settings.as_ref(),
+                    &key,
+                    *ordinal,
+                    revision,
+                )
+                .await?;
             }
             Step::Delete {
                 name: pod,
@@ -315,6 +321,7 @@ pub(crate) async fn publish(
 async fn create_pod(
     ctx: &Context,
     set: &EnhancedStatefulSet,
+    revisions: &revisions::Revisions,
     ip_settings: Option<&IpSettings>,
     key: &str,
     ordinal: i32,
@@ -323,11 +330,12 @@ async fn create_pod(
     let ns = set.namespace().unwrap_or_default();
     let set_name = set.name_any();
     let name = pod_name(&set_name, ordinal);
-    let template = if revision == ests_core::revision::template_hash(&set.spec.template, 0) {
-        set.spec.template.clone()
-    } else {
-        revision_template(ctx, &ns, &set_name, revision)
-            .unwrap_or_else(|| set.spec.template.clone())
+    // The pod runs what its revision holds; without that revision it is not created (a pod
+    // labelled with one revision and running another template would never be updated).
+    let Some(template) = revisions.template(&set.spec.template, revision) else {
+        return Err(Error::Invalid(format!(
+            "revision {revision} of {ns}/{set_name} not found; pod {name} not created"
+        )));
     };
 
     // Claims first, so the pod never starts without its storage.
@@ -419,18 +427,6 @@ async fn create_pod(
             Err(Error::kube(format!("creating pod {name}"), e))
         }
     }
-}
-
-/// The template kept in the revision with hash `revision`, from the cache.
-fn revision_template(
-    ctx: &Context,
-    ns: &str,
-    set: &str,
-    revision: &str,
-) -> Option<k8s_openapi::api::core::v1::PodTemplateSpec> {
-    let name = ests_core::revision::revision_name(set, revision);
-    let found: Arc<ControllerRevision> = ctx.revisions.get(&ObjectRef::new(&name).within(ns))?;
-    template_of(&found.data.0)
 }
 
 #[allow(clippy::too_many_arguments)]
