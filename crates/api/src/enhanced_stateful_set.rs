@@ -317,6 +317,10 @@ pub struct Replacement {
     pub ordinal: i32,
     /// Why it was taken down.
     pub reason: ReplacementReason,
+    /// The UID of the pod taken down. While a pod with this UID is seen the identity is not
+    /// back, however Ready that pod looks (a cache that lags behind the delete).
+    #[serde(default, rename = "podUID", skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
 }
 
 /// Why an identity was taken down.

@@ -128,6 +128,7 @@ mod tests {
             revision: "v1".into(),
             phase: Phase::Running,
             terminating: false,
+            uid: None,
             ready_since: Some(0),
             unready_since: 0,
             container_error: None,

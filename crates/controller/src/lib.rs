@@ -13,7 +13,7 @@ mod observe;
 mod reconcile;
 mod records;
 mod revisions;
-mod status;
+pub mod status;
 
 use std::sync::Arc;
 

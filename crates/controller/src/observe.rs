@@ -47,6 +47,7 @@ pub fn observe(set: &str, pod: &Pod, held: bool) -> Option<ObservedPod> {
             .unwrap_or_default(),
         phase,
         terminating: pod.metadata.deletion_timestamp.is_some(),
+        uid: pod.metadata.uid.clone(),
         ready_since: is_ready.then_some(since),
         unready_since: if is_ready { created } else { since },
         container_error,

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ests_api::{EnhancedStatefulSet, ReplacementReason};
 use ests_core::identity::{max_unavailable, pod_name, spec_ordinals};
 use ests_core::pods::build_pod;
-use ests_core::revision::template_of;
-use ests_core::rollout::{self, Action as Step, DeleteReason, ReplaceReason, SetView, Strategy};
+use ests_core::rollout::{
+    self, Action as Step, DeleteReason, ReplaceReason, Replacing, SetView, Strategy,
+};
 use ests_core::static_ip::{self, IpSettings, holds_pod, request_static_ip, stamp};
-use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::core::Selector;
@@ -34,6 +34,9 @@ use crate::{Context, Error, adopt, revisions, status};
 const RESYNC: Duration = Duration::from_secs(300);
 /// Look again this soon when a pod waits for an earlier StaticIP record to go.
 const WAIT_FOR_RECORD: Duration = Duration::from_secs(2);
+/// Look again this soon when the cached set was older than the server's (its watch event
+/// normally comes first).
+const STALE: Duration = Duration::from_secs(1);
 
 fn now() -> i64 {
     SystemTime::now()
@@ -136,7 +139,7 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         .collect();
     ctx.expectations.adjust(&key, &mut observed, &uids, now);
 
-    let replacing: BTreeMap<i32, ReplaceReason> = set
+    let replacing: BTreeMap<i32, Replacing> = set
         .status
         .iter()
         .flat_map(|s| s.replacing.iter())
@@ -145,7 +148,13 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
                 ReplacementReason::Update => ReplaceReason::Update,
                 ReplacementReason::Stuck => ReplaceReason::Stuck,
             };
-            (r.ordinal, reason)
+            (
+                r.ordinal,
+                Replacing {
+                    reason,
+                    uid: r.pod_uid.clone(),
+                },
+            )
         })
         .collect();
     let view = SetView {
@@ -174,7 +183,12 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         revisions.collision_count,
         label_selector,
     );
-    status::apply(ctx, set, &new_status).await?;
+    // Nothing is done on a stale set: its `replacing` may lack identities taken down by an
+    // earlier reconcile, and the plan made from it could exceed the budget.
+    if !status::apply(ctx, set, &new_status).await? {
+        tracing::debug!(namespace = %ns, name = %name, "the cached set is stale; waiting for the newer one");
+        return Ok(Action::requeue(STALE));
+    }
     let labels = [ns.as_str(), name.as_str()];
     ctx.metrics
         .replicas
@@ -209,8 +223,16 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
     for step in &plan.actions {
         match step {
             Step::Create { ordinal, revision } => {
-                waiting |=
-                    !create_pod(ctx, set, ip_settings.as_ref(), &key, *ordinal, revision).await?;
+                waiting |= !create_pod(
+                    ctx,
+                    set,
+                    &revisions,
+                    ip_settings.as_ref(),
+                    &key,
+                    *ordinal,
+                    revision,
+                )
+                .await?;
             }
             Step::Delete {
                 name: pod, reason, ..
@@ -258,7 +280,9 @@ async fn invalid(
         message.clone(),
         set.metadata.generation,
     ));
-    status::apply(ctx, set, &new_status).await?;
+    if !status::apply(ctx, set, &new_status).await? {
+        return Ok(Action::requeue(STALE));
+    }
     publish(
         ctx,
         set,
@@ -328,6 +352,7 @@ async fn publish_about_pod(
 async fn create_pod(
     ctx: &Context,
     set: &EnhancedStatefulSet,
+    revisions: &revisions::Revisions,
     ip_settings: Option<&IpSettings>,
     key: &str,
     ordinal: i32,
@@ -336,11 +361,12 @@ async fn create_pod(
     let ns = set.namespace().unwrap_or_default();
     let set_name = set.name_any();
     let name = pod_name(&set_name, ordinal);
-    let template = if revision == ests_core::revision::template_hash(&set.spec.template, 0) {
-        set.spec.template.clone()
-    } else {
-        revision_template(ctx, &ns, &set_name, revision)
-            .unwrap_or_else(|| set.spec.template.clone())
+    // The pod runs what its revision holds; without that revision it is not created (a pod
+    // labelled with one revision and running another template would never be updated).
+    let Some(template) = revisions.template(&set.spec.template, revision) else {
+        return Err(Error::Invalid(format!(
+            "revision {revision} of {ns}/{set_name} not found; pod {name} not created"
+        )));
     };
 
     // Claims first, so the pod never starts without its storage.
@@ -421,18 +447,7 @@ async fn create_pod(
     }
 }
 
-/// The template kept in the revision with hash `revision`, from the cache.
-fn revision_template(
-    ctx: &Context,
-    ns: &str,
-    set: &str,
-    revision: &str,
-) -> Option<k8s_openapi::api::core::v1::PodTemplateSpec> {
-    let name = ests_core::revision::revision_name(set, revision);
-    let found: Arc<ControllerRevision> = ctx.revisions.get(&ObjectRef::new(&name).within(ns))?;
-    template_of(&found.data.0)
-}
-
+#[allow(clippy::too_many_arguments)]
 async fn delete_pod(
     ctx: &Context,
     set: &EnhancedStatefulSet,

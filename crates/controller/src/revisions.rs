@@ -1,13 +1,14 @@
 //! Finding or creating the set's update revision (a ControllerRevision), re-numbering an old
 //! one when a template is re-applied (rollback), and trimming history.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ests_api::{EnhancedStatefulSet, keys};
 use ests_core::revision::{
     RevisionEntry, revision_data, revision_name, revisions_to_trim, template_hash, template_of,
 };
 use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -25,6 +26,22 @@ pub struct Revisions {
     pub current: String,
     pub collision_count: i32,
     history: Vec<(String, String, i64)>,
+    /// The template each owned revision holds, by hash.
+    templates: BTreeMap<String, PodTemplateSpec>,
+}
+
+impl Revisions {
+    /// The template of the revision with hash `revision`, which a pod labelled with it must
+    /// run. Only the update revision is known to hold the set's own template (sync found it
+    /// equal, or created it from it); any other is read from its ControllerRevision. A hash
+    /// is never taken to mean the set's template because it is what that template hashes to
+    /// at collision count 0: after a collision that name holds another template.
+    pub fn template(&self, spec: &PodTemplateSpec, revision: &str) -> Option<PodTemplateSpec> {
+        if revision == self.update {
+            return Some(spec.clone());
+        }
+        self.templates.get(revision).cloned()
+    }
 }
 
 fn hash_of(revision: &ControllerRevision) -> String {
@@ -138,6 +155,10 @@ pub async fn sync(
             .iter()
             .map(|r| (r.name_any(), hash_of(r), r.revision.unwrap_or(0)))
             .collect(),
+        templates: owned
+            .iter()
+            .filter_map(|r| Some((hash_of(r), template_of(&r.data.0)?)))
+            .collect(),
     })
 }
 
@@ -173,4 +194,40 @@ pub async fn trim(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn template(image: &str) -> PodTemplateSpec {
+        serde_json::from_value(json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": image}]}
+        }))
+        .expect("template")
+    }
+
+    #[test]
+    fn a_revision_named_like_the_sets_template_after_a_collision_keeps_its_own_template() {
+        // A forced collision: the set's template B hashes (at collision count 0) to the name
+        // of an existing revision that holds another template, A. Sync then made B's
+        // revision at collision count 1. Pods of the colliding revision (the current one,
+        // below the partition) must get A back, not the set's template.
+        let a = template("app:a");
+        let b = template("app:b");
+        let colliding = template_hash(&b, 0);
+        let update = template_hash(&b, 1);
+        let revisions = Revisions {
+            update: update.clone(),
+            current: colliding.clone(),
+            collision_count: 1,
+            history: vec![],
+            templates: [(colliding.clone(), a.clone()), (update.clone(), b.clone())].into(),
+        };
+        assert_eq!(revisions.template(&b, &colliding), Some(a));
+        assert_eq!(revisions.template(&b, &update), Some(b.clone()));
+        assert_eq!(revisions.template(&b, "unknown"), None, "never a guess");
+    }
 }

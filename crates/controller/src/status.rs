@@ -104,41 +104,67 @@ pub fn from_plan(
         replacing: plan
             .replacing
             .iter()
-            .map(|(ordinal, reason)| Replacement {
+            .map(|(ordinal, entry)| Replacement {
                 ordinal: *ordinal,
-                reason: match reason {
+                reason: match entry.reason {
                     ReplaceReason::Update => ReplacementReason::Update,
                     ReplaceReason::Stuck => ReplacementReason::Stuck,
                 },
+                pod_uid: entry.uid.clone(),
             })
             .collect(),
         conditions,
     }
 }
 
-/// Writes `status` unless the set already has it.
+/// Writes `status` unless the set already has it. False if the set was stale: the status
+/// on the server is newer than the one `set` holds, and nothing was written.
 pub async fn apply(
     ctx: &Context,
     set: &EnhancedStatefulSet,
     status: &EnhancedStatefulSetStatus,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     if set.status.as_ref() == Some(status) {
-        return Ok(());
+        return Ok(true);
     }
-    let name = set.name_any();
     let api: Api<EnhancedStatefulSet> =
         Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());
+    write(&api, set, status).await
+}
+
+/// Writes `status` as the status of `set`, only if the set on the server is still the one
+/// read (its resourceVersion). The status is computed from what was read, `replacing`
+/// included: written over a newer status, it could drop identities an earlier reconcile
+/// took down, and the budget would forget them. False if the set has changed since (the
+/// watch brings the newer set, and a reconcile of it, soon). Server-side apply, forced, so
+/// that the fields ests no longer sets (an emptied `replacing`) are removed.
+pub async fn write(
+    api: &Api<EnhancedStatefulSet>,
+    set: &EnhancedStatefulSet,
+    status: &EnhancedStatefulSetStatus,
+) -> Result<bool, Error> {
+    let name = set.name_any();
+    let Some(version) = set.resource_version() else {
+        return Err(Error::Invalid(format!(
+            "the set {name} as read has no resourceVersion; its status is not written"
+        )));
+    };
     let patch = json!({
         "apiVersion": "jke.jdcloud.com/v1alpha1",
         "kind": "EnhancedStatefulSet",
+        "metadata": {"resourceVersion": version},
         "status": status,
     });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await
-    .map_err(|e| Error::kube(format!("writing the status of {name}"), e))?;
-    Ok(())
+    match api
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.is_conflict() => Ok(false),
+        Err(e) => Err(Error::kube(format!("writing the status of {name}"), e)),
+    }
 }

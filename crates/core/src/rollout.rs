@@ -7,16 +7,22 @@
 //!   revision at or above the partition, the current revision below it. `OrderedReady`
 //!   creates one identity at a time, each after every lower one is Running and Ready, but
 //!   never holds back the re-creation of a pod the controller took down itself.
-//! - Pods outside the identities are scaled in (`OrderedReady`: highest first, one at a time).
+//! - Pods outside the identities are scaled in. `OrderedReady`: highest first, one at a
+//!   time, and only while every identity's pod is Running, Ready and Available (upstream:
+//!   "halt if any stateful pod is unhealthy"); `Parallel`: all at once, whatever their health.
 //! - Failed and Succeeded pods are deleted, to be re-created.
 //! - Unavailable pods are counted over the whole set: missing, terminating, not Running and
 //!   Ready, or Ready for less than minReadySeconds. Outdated pods at or above the partition
 //!   are taken down from the highest ordinal while that count is below maxUnavailable: a
 //!   sliding window. Pods taken down are remembered in `replacing` (persisted in the set's
-//!   status before any delete), so the bound also holds across reconciles and restarts.
-//! - A stuck outdated pod (a container waiting with an error, or unready longer than
-//!   `stuck_after`) is replaced even when the budget is spent, at most maxUnavailable such
-//!   replacements in flight at once.
+//!   status before any delete) with the UID of the pod taken down, and such an identity
+//!   counts as unavailable until a pod other than that one is there: so the bound also holds
+//!   across reconciles and restarts, and when a lagging cache still shows the pod taken down
+//!   as running (its delete is then sent again, at no further cost to the budget).
+//! - A stuck outdated pod at or above the partition (a container waiting with an error, or
+//!   unready longer than `stuck_after`) is replaced even when the budget is spent, at most
+//!   maxUnavailable such replacements in flight at once. Below the partition nothing is
+//!   replaced, stuck or not.
 //! - `paused` starts no update and no stuck replacement; everything else goes on.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,6 +60,8 @@ pub struct ObservedPod {
     pub phase: Phase,
     /// Being deleted (deletionTimestamp set, or a delete was issued and not yet observed).
     pub terminating: bool,
+    /// The pod's UID; None for a pod the controller created and has not seen yet.
+    pub uid: Option<String>,
     /// Since when the pod has been Ready (seconds), if it is.
     pub ready_since: Option<i64>,
     /// Since when the pod has been not Ready (seconds; its creation if never Ready).
@@ -72,6 +80,16 @@ pub enum ReplaceReason {
     Update,
     /// A stuck outdated pod, replaced outside the budget.
     Stuck,
+}
+
+/// An identity taken down and not yet back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacing {
+    pub reason: ReplaceReason,
+    /// The UID of the pod taken down: while a pod with this UID is seen, the identity is not
+    /// back, however Ready that pod looks. None in entries written before UIDs were kept,
+    /// which any pod not being deleted ends.
+    pub uid: Option<String>,
 }
 
 /// The update strategy as the planner sees it.
@@ -101,7 +119,7 @@ pub struct SetView {
     pub current_revision: String,
     pub update_revision: String,
     /// Identities taken down by earlier reconciles and not yet re-created.
-    pub replacing: BTreeMap<i32, ReplaceReason>,
+    pub replacing: BTreeMap<i32, Replacing>,
 }
 
 /// Why a pod is deleted.
@@ -153,7 +171,7 @@ pub struct Counts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// Persist this in status before carrying out any delete.
-    pub replacing: BTreeMap<i32, ReplaceReason>,
+    pub replacing: BTreeMap<i32, Replacing>,
     pub actions: Vec<Action>,
     /// Plan again after this many seconds even if nothing changes (minReadySeconds, the
     /// stuck grace).
@@ -202,6 +220,7 @@ impl ObservedPod {
             revision: revision.into(),
             phase: Phase::Pending,
             terminating: false,
+            uid: None,
             ready_since: None,
             unready_since: since,
             container_error: None,
@@ -240,15 +259,49 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
         }
     }
     let available = |p: &ObservedPod| p.available(now, set.min_ready_seconds);
-    let counts = count(set, &by_ordinal, &condemned, now);
 
-    // An identity is back once a pod exists for it that is not being deleted.
+    // An identity is back once a pod exists for it that is not being deleted and is not the
+    // pod that was taken down. The pod taken down may still be seen alive: a watch that lags
+    // behind the delete, a first list after a restart that is older than it, or a delete
+    // that was never sent (the process died after recording it). Which of these it is cannot
+    // be told, so the identity still counts against the budget and the delete is sent again
+    // (naming the pod's UID, so it is a no-op if the pod is gone). It is sent even if the
+    // partition, the template or `paused` changed since: the decision was taken, and the
+    // pod would have gone already had the first delete been seen; giving it up while the
+    // pod may in truth be gone would count a missing pod as available. A held pod waits.
+    let mut again: Vec<(&ObservedPod, DeleteReason)> = Vec::new();
     let mut replacing = set.replacing.clone();
-    replacing.retain(|ordinal, _| {
-        identities.contains(ordinal) && by_ordinal.get(ordinal).is_none_or(|p| p.terminating)
+    replacing.retain(|ordinal, entry| {
+        if !identities.contains(ordinal) {
+            return false;
+        }
+        let Some(pod) = by_ordinal.get(ordinal) else {
+            return true;
+        };
+        if pod.terminating {
+            return true;
+        }
+        if entry.uid.is_none() || pod.uid != entry.uid {
+            return false;
+        }
+        if pod.phase != Phase::Terminal && !pod.held {
+            // (A terminal pod is deleted below, as every terminal pod is.)
+            again.push((
+                pod,
+                match entry.reason {
+                    ReplaceReason::Update => DeleteReason::Update,
+                    ReplaceReason::Stuck => DeleteReason::Stuck,
+                },
+            ));
+        }
+        true
     });
+    let counts = count(set, &by_ordinal, &condemned, &replacing, now);
 
-    let mut actions = Vec::new();
+    let mut actions: Vec<Action> = again
+        .iter()
+        .map(|(pod, reason)| delete(pod, *reason))
+        .collect();
     let mut requeue: Option<i64> = None;
     let mut requeue_in = |seconds: i64| {
         let seconds = seconds.max(1);
@@ -271,7 +324,9 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
     let mut lower_all_ready = true;
     for &ordinal in &set.identities {
         match by_ordinal.get(&ordinal) {
-            Some(pod) => lower_all_ready &= pod.running_and_ready(),
+            Some(pod) => {
+                lower_all_ready &= pod.running_and_ready() && !replacing.contains_key(&ordinal);
+            }
             None => {
                 let ordered = set.policy == PodManagementPolicy::OrderedReady;
                 if !ordered || replacing.contains_key(&ordinal) || lower_all_ready {
@@ -297,9 +352,21 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
             }
         }
         PodManagementPolicy::OrderedReady => {
-            if !condemned.iter().any(|p| p.terminating)
-                && let Some(highest) = condemned.first()
+            // As upstream's monotonic mode ("before a scaling operation is applied to a
+            // Pod, all of its predecessors must be Running and Ready"): no scale-in while
+            // any identity is missing, terminating or not Available, nor while a condemned
+            // pod is still going. The highest condemned pod then goes if every condemned
+            // pod below it is Available, or if it is not Available itself: a pod that
+            // serves nothing costs no availability when it goes (upstream lets only the
+            // lowest unhealthy pod go, and so waits for ever on two).
+            let identities_healthy = set.identities.iter().all(|o| {
+                !replacing.contains_key(o) && by_ordinal.get(o).is_some_and(|p| available(p))
+            });
+            if identities_healthy
+                && !condemned.iter().any(|p| p.terminating)
+                && let Some((highest, below)) = condemned.split_first()
                 && !highest.held
+                && (!available(highest) || below.iter().all(|p| available(p)))
             {
                 actions.push(delete(highest, DeleteReason::ScaleIn));
             }
@@ -323,6 +390,8 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
             }
         }
         if !paused {
+            // Identities already being replaced are counted in `unavailable` and their
+            // pods' deletes are sent above.
             let outdated: Vec<&ObservedPod> = by_ordinal
                 .values()
                 .rev()
@@ -332,20 +401,27 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
                         && !p.held
                         && p.phase != Phase::Terminal
                         && p.revision != set.target_revision(p.ordinal)
+                        && !replacing.contains_key(&p.ordinal)
                 })
                 .collect();
 
             // Stuck pods first: they do not need the budget, only a free replacement slot.
             let mut stuck_in_flight = replacing
                 .values()
-                .filter(|r| **r == ReplaceReason::Stuck)
+                .filter(|r| r.reason == ReplaceReason::Stuck)
                 .count() as i32;
             let mut taken: BTreeSet<i32> = BTreeSet::new();
-            for pod in &outdated {
+            // Only at or above the partition: a raised partition stops stuck replacements
+            // too, as it stops every change below it upstream (re-creating such a pod would
+            // move it to the current revision, which the user did not ask for).
+            for pod in outdated
+                .iter()
+                .filter(|p| set.index(p.ordinal) >= partition)
+            {
                 if pod.stuck(now, stuck_after) {
                     if stuck_in_flight < max_unavailable {
                         actions.push(delete(pod, DeleteReason::Stuck));
-                        replacing.insert(pod.ordinal, ReplaceReason::Stuck);
+                        replacing.insert(pod.ordinal, taken_down(pod, ReplaceReason::Stuck));
                         taken.insert(pod.ordinal);
                         stuck_in_flight += 1;
                     }
@@ -367,7 +443,7 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
                     unavailable += 1;
                 }
                 actions.push(delete(pod, DeleteReason::Update));
-                replacing.insert(pod.ordinal, ReplaceReason::Update);
+                replacing.insert(pod.ordinal, taken_down(pod, ReplaceReason::Update));
             }
         }
     }
@@ -408,6 +484,13 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
     }
 }
 
+fn taken_down(pod: &ObservedPod, reason: ReplaceReason) -> Replacing {
+    Replacing {
+        reason,
+        uid: pod.uid.clone(),
+    }
+}
+
 fn delete(pod: &ObservedPod, reason: DeleteReason) -> Action {
     Action::Delete {
         name: pod.name.clone(),
@@ -420,6 +503,7 @@ fn count(
     set: &SetView,
     by_ordinal: &BTreeMap<i32, &ObservedPod>,
     condemned: &[&ObservedPod],
+    replacing: &BTreeMap<i32, Replacing>,
     now: i64,
 ) -> Counts {
     let mut c = Counts::default();
@@ -448,9 +532,12 @@ fn count(
         let good = by_ordinal.get(&ordinal).is_some_and(|p| {
             p.revision == set.update_revision && p.available(now, set.min_ready_seconds)
         });
-        if !by_ordinal
-            .get(&ordinal)
-            .is_some_and(|p| p.available(now, set.min_ready_seconds))
+        // An identity being replaced is unavailable even while the pod taken down is
+        // still seen Ready.
+        if replacing.contains_key(&ordinal)
+            || !by_ordinal
+                .get(&ordinal)
+                .is_some_and(|p| p.available(now, set.min_ready_seconds))
         {
             c.unavailable += 1;
         }

@@ -385,3 +385,130 @@ async fn briefly_unready_pods_wait_for_the_budget_until_their_grace_runs_out() -
     );
     checker.finish()
 }
+
+/// The status write is conditional on what was read: a set read before a newer status was
+/// written does not overwrite it (its `replacing` may lack identities taken down since).
+#[tokio::test]
+async fn a_status_computed_from_a_stale_set_is_not_written() -> anyhow::Result<()> {
+    let env = env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let ns = "stale-status";
+    let sets = namespace(&env, ns).await?;
+    let name = "stale";
+    apply(&env, ns, &simple_set(name, 1, "Parallel", 1)).await?;
+    wait_status(&sets, name, "1 ready", T, |s| s.ready_replicas == 1).await?;
+    let old = sets.get(name).await?;
+    patch(&sets, name, json!({"spec": {"replicas": 2}})).await?;
+    wait_status(&sets, name, "2 ready", T, |s| s.ready_replicas == 2).await?;
+
+    let stale_status = old.status.clone().expect("status");
+    let written = ests_controller::status::write(&sets, &old, &stale_status).await?;
+    assert!(!written, "a status was written over a newer one");
+    let now = sets.get(name).await?;
+    assert_eq!(now.status.as_ref().map(|s| s.replicas), Some(2));
+
+    // From the set as it is now, the write goes through.
+    let current = now.status.clone().expect("status");
+    assert!(ests_controller::status::write(&sets, &now, &current).await?);
+    Ok(())
+}
+
+/// Two templates whose revision names collide at collision count 0, found by search (the
+/// hash is 32 bits, so a few hundred thousand variants hold a pair).
+fn colliding_variants() -> (String, String) {
+    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for n in 0..5_000_000u32 {
+        let variant = n.to_string();
+        let hash = ests_core::revision::template_hash(&collide_template(&variant), 0);
+        if let Some(earlier) = seen.insert(hash, variant.clone()) {
+            return (earlier, variant);
+        }
+    }
+    panic!("no collision among 5,000,000 templates");
+}
+
+fn collide_template_json(variant: &str) -> serde_json::Value {
+    json!({
+        "metadata": {"labels": {"app": "collide"}, "annotations": {"ests.test/variant": variant}},
+        "spec": {"containers": [{"name": "app", "image": "app:v1"}]}
+    })
+}
+
+fn collide_template(variant: &str) -> k8s_openapi::api::core::v1::PodTemplateSpec {
+    serde_json::from_value(collide_template_json(variant)).expect("template")
+}
+
+/// A real revision-name collision: the new template's name at collision count 0 is taken by
+/// the current revision, which holds the old template. The new revision gets collision count
+/// 1, and a pod re-created below the partition runs the old template, not the set's.
+#[tokio::test]
+async fn a_revision_name_collision_keeps_each_revision_its_template() -> anyhow::Result<()> {
+    use ests_core::revision::template_hash;
+    use kube::ResourceExt;
+    let (a, b) = colliding_variants();
+    let (hash_a, hash_b) = (
+        template_hash(&collide_template(&a), 0),
+        template_hash(&collide_template(&b), 0),
+    );
+    assert_eq!(hash_a, hash_b, "variants {a} and {b} collide");
+
+    let env = env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let ns = "collision";
+    let sets = namespace(&env, ns).await?;
+    let name = "collide";
+    let mut set = simple_set(name, 2, "Parallel", 1);
+    set["spec"]["template"] = collide_template_json(&a);
+    apply(&env, ns, &set).await?;
+    let first = wait_status(&sets, name, "2 ready", T, |s| {
+        s.ready_replicas == 2 && s.updated_replicas == 2
+    })
+    .await?;
+    assert_eq!(
+        first.update_revision.as_deref(),
+        Some(hash_a.as_str()),
+        "the controller hashes the template as the test does"
+    );
+
+    // Template b, with the partition above every pod: nothing is updated.
+    patch(
+        &sets,
+        name,
+        json!({"spec": {
+            "template": {"metadata": {"annotations": {"ests.test/variant": b}}},
+            "updateStrategy": {"rollingUpdate": {"partition": 2}}
+        }}),
+    )
+    .await?;
+    let hash_b1 = template_hash(&collide_template(&b), 1);
+    wait_status(&sets, name, "b's revision at collision count 1", T, |s| {
+        s.collision_count == Some(1)
+            && s.update_revision.as_deref() == Some(hash_b1.as_str())
+            && s.current_revision.as_deref() == Some(hash_a.as_str())
+    })
+    .await?;
+
+    // Pod 0 is re-created at the current revision, which holds template a.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let old_uid = pods.get("collide-0").await?.uid();
+    pods.delete("collide-0", &kube::api::DeleteParams::default())
+        .await?;
+    let pod = wait_for("pod 0 re-created", T, || async {
+        Ok(pods
+            .get_opt("collide-0")
+            .await?
+            .filter(|p| p.uid() != old_uid && p.metadata.deletion_timestamp.is_none()))
+    })
+    .await?;
+    assert_eq!(
+        pod.labels().get("controller-revision-hash"),
+        Some(&hash_a),
+        "re-created at the current revision"
+    );
+    assert_eq!(
+        pod.annotations().get("ests.test/variant"),
+        Some(&a),
+        "the pod runs the template its revision holds, not the set's"
+    );
+    Ok(())
+}

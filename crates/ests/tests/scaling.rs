@@ -333,3 +333,63 @@ async fn every_pod_created_or_deleted_is_one_event_naming_that_pod() -> anyhow::
     assert_eq!(pods, ["told-2", "told-3"], "{deleted:?}");
     Ok(())
 }
+
+/// Upstream's OrderedReady scale-in halts while any pod of the set is unhealthy; it goes on,
+/// from the top, once the pod is Ready again.
+#[tokio::test]
+async fn ordered_ready_scale_in_halts_while_a_pod_is_unready() -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let env = env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let ns = "scale-halt";
+    let sets = namespace(&env, ns).await?;
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    let name = "halt";
+    apply(&env, ns, &simple_set(name, 3, "OrderedReady", 1)).await?;
+    wait_status(&sets, name, "3 ready", T, |s| s.ready_replicas == 3).await?;
+    let monitor = PodMonitor::start(env.client.clone(), ns, "app=halt", names(name, 0..3)).await?;
+
+    // Pod 1 goes unready (KWOK leaves a Running pod's status alone).
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let readiness = |ready: bool| {
+        let status = if ready { "True" } else { "False" };
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        Patch::Strategic(json!({"status": {"conditions": [
+            {"type": "Ready", "status": status, "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": status, "lastTransitionTime": now},
+        ]}}))
+    };
+    pods.patch_status("halt-1", &PatchParams::default(), &readiness(false))
+        .await?;
+    wait_status(&sets, name, "pod 1 seen unready", T, |s| {
+        s.ready_replicas == 2
+    })
+    .await?;
+
+    patch(&sets, name, json!({"spec": {"replicas": 1}})).await?;
+    wait_status(&sets, name, "the scale-in seen", T, |_| true).await?;
+    let early = wait_for(
+        "a pod scaled in while pod 1 is unready (must not happen)",
+        Duration::from_secs(8),
+        || async {
+            let left = pod_names(&env, ns, "app=halt").await?;
+            Ok((left.len() < 3).then_some(()))
+        },
+    )
+    .await;
+    assert!(early.is_err(), "scale-in went on past an unready pod");
+    assert!(monitor.deleted().is_empty(), "{:?}", monitor.deleted());
+
+    pods.patch_status("halt-1", &PatchParams::default(), &readiness(true))
+        .await?;
+    wait_for("pods 1 and 2 gone", T, || async {
+        Ok((pod_names(&env, ns, "app=halt").await? == names(name, 0..1)).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        monitor.deleted(),
+        names(name, [2, 1]),
+        "scaled in from the top"
+    );
+    checker.finish()
+}

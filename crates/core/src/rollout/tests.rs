@@ -34,6 +34,7 @@ fn ready(ordinal: i32, revision: &str) -> ObservedPod {
         revision: revision.into(),
         phase: Phase::Running,
         terminating: false,
+        uid: Some(format!("uid-{ordinal}")),
         ready_since: Some(NOW - 1000),
         unready_since: NOW - 2000,
         container_error: None,
@@ -47,6 +48,22 @@ fn unready(ordinal: i32, revision: &str, since: i64) -> ObservedPod {
         unready_since: since,
         ..ready(ordinal, revision)
     }
+}
+
+/// Entries of `replacing` naming the pods `ready` and `unready` make as the ones taken down.
+fn replacing(entries: &[(i32, ReplaceReason)]) -> BTreeMap<i32, Replacing> {
+    entries
+        .iter()
+        .map(|&(ordinal, reason)| {
+            (
+                ordinal,
+                Replacing {
+                    reason,
+                    uid: Some(format!("uid-{ordinal}")),
+                },
+            )
+        })
+        .collect()
 }
 
 fn deleted(plan: &Plan, reason: DeleteReason) -> Vec<i32> {
@@ -83,7 +100,7 @@ fn source_document_first_batch_takes_two_from_the_top() {
 #[test]
 fn replaced_pods_come_back_at_once_in_ordered_ready_mode() {
     let mut s = set(6, rolling(3, 2), PodManagementPolicy::OrderedReady);
-    s.replacing = [(4, ReplaceReason::Update), (5, ReplaceReason::Update)].into();
+    s.replacing = replacing(&[(4, ReplaceReason::Update), (5, ReplaceReason::Update)]);
     let pods: Vec<_> = (0..4).map(|o| ready(o, "v1")).collect();
     let p = plan(&s, &pods, NOW);
     assert_eq!(created(&p), vec![(4, "v2".into()), (5, "v2".into())]);
@@ -141,7 +158,7 @@ fn paused_starts_nothing_but_finishes_recreations_and_scaling() {
     if let Strategy::RollingUpdate { paused, .. } = &mut s.strategy {
         *paused = true;
     }
-    s.replacing = [(3, ReplaceReason::Update)].into();
+    s.replacing = replacing(&[(3, ReplaceReason::Update)]);
     let mut pods: Vec<_> = (0..3).map(|o| ready(o, "v1")).collect();
     pods.push(ready(7, "v1"));
     pods.push(unready(1, "v1", 0));
@@ -285,7 +302,14 @@ fn rollout_complete_counts_only_pods_at_or_above_the_partition() {
 #[derive(Debug)]
 struct Sim {
     set: SetView,
+    /// The pods as they are.
     pods: BTreeMap<i32, ObservedPod>,
+    /// Pods that are gone but that the controller's cache still shows as they were before
+    /// their delete, for a few more steps (a lagging watch, expectations expired, a restart
+    /// whose first list is old).
+    ghosts: BTreeMap<i32, (ObservedPod, u8)>,
+    /// Whether deleted pods may linger as ghosts.
+    lag: bool,
     /// Pods of this revision never become Ready.
     bad_revision: Option<String>,
     now: i64,
@@ -293,7 +317,12 @@ struct Sim {
 
 impl Sim {
     fn step(&mut self, dice: &[u8]) -> Plan {
-        let pods: Vec<_> = self.pods.values().cloned().collect();
+        // What the planner sees: the pods, and ghosts where no pod is.
+        let mut view = self.pods.clone();
+        for (ordinal, (ghost, _)) in &self.ghosts {
+            view.entry(*ordinal).or_insert_with(|| ghost.clone());
+        }
+        let pods: Vec<_> = view.values().cloned().collect();
         let max_unavailable = match self.set.strategy {
             Strategy::RollingUpdate {
                 max_unavailable, ..
@@ -301,7 +330,17 @@ impl Sim {
             Strategy::OnDelete => i32::MAX,
         };
         let before = plan(&self.set, &pods, self.now);
-        let unavailable_before = before.counts.unavailable;
+        // The budget is checked against the truth, not against what the planner saw.
+        let unavailable_before = self
+            .set
+            .identities
+            .iter()
+            .filter(|o| {
+                !self.pods.get(o).is_some_and(|p| {
+                    !p.terminating && p.available(self.now, self.set.min_ready_seconds)
+                })
+            })
+            .count() as i32;
 
         // Invariant: one pod per identity; no update below the partition; the budget.
         let mut taken_available = 0;
@@ -316,15 +355,38 @@ impl Sim {
                 Action::Delete {
                     ordinal, reason, ..
                 } => {
-                    let pod = &self.pods[ordinal];
-                    if *reason == DeleteReason::Update {
-                        if let Strategy::RollingUpdate { partition, .. } = self.set.strategy {
+                    let seen = &view[ordinal];
+                    if *reason == DeleteReason::ScaleIn
+                        && self.set.policy == PodManagementPolicy::OrderedReady
+                    {
+                        // Upstream's monotonic scale-in: never while an identity is unhealthy.
+                        let healthy = self.set.identities.iter().all(|o| {
+                            self.pods
+                                .get(o)
+                                .is_some_and(|p| p.available(self.now, self.set.min_ready_seconds))
+                        });
+                        assert!(healthy, "scaled in {ordinal} with an unhealthy identity");
+                    }
+                    if matches!(reason, DeleteReason::Update | DeleteReason::Stuck) {
+                        // A delete sent again for a pod taken down earlier was decided then.
+                        let again = self
+                            .set
+                            .replacing
+                            .get(ordinal)
+                            .is_some_and(|r| r.uid == seen.uid);
+                        if let Strategy::RollingUpdate { partition, .. } = self.set.strategy
+                            && !again
+                        {
                             assert!(
                                 ordinal - self.set.start >= partition,
-                                "update below the partition"
+                                "{reason:?} below the partition"
                             );
                         }
-                        if pod.available(self.now, self.set.min_ready_seconds) {
+                        if let Some(pod) = self.pods.get(ordinal)
+                            && pod.uid == seen.uid
+                            && !pod.terminating
+                            && pod.available(self.now, self.set.min_ready_seconds)
+                        {
                             taken_available += 1;
                         }
                     }
@@ -338,7 +400,7 @@ impl Sim {
         let stuck = before
             .replacing
             .values()
-            .filter(|r| **r == ReplaceReason::Stuck)
+            .filter(|r| r.reason == ReplaceReason::Stuck)
             .count() as i32;
         assert!(
             stuck <= max_unavailable,
@@ -351,7 +413,7 @@ impl Sim {
                 ordinal, reason, ..
             } = action
             {
-                let held = self.pods.get(ordinal).is_some_and(|p| p.held);
+                let held = view.get(ordinal).is_some_and(|p| p.held);
                 assert!(
                     !held || *reason == DeleteReason::Terminal,
                     "deleted held pod {ordinal} ({reason:?})"
@@ -370,14 +432,19 @@ impl Sim {
                         revision.clone(),
                         self.now,
                     );
+                    pod.uid = Some(format!("{ordinal}@{}", self.now));
                     // Static-IP pods: the record learns the address a little later.
                     pod.held = dice
                         .get(*ordinal as usize % dice.len().max(1))
                         .is_some_and(|d| d % 2 == 1);
                     self.pods.insert(*ordinal, pod);
+                    self.ghosts.remove(ordinal);
                 }
                 Action::Delete { ordinal, .. } => {
-                    if let Some(p) = self.pods.get_mut(ordinal) {
+                    // Deletes name the UID of the pod they mean.
+                    if let Some(p) = self.pods.get_mut(ordinal)
+                        && p.uid == view[ordinal].uid
+                    {
                         p.terminating = true;
                     }
                 }
@@ -390,7 +457,28 @@ impl Sim {
             i += 1;
             dice.get(i % dice.len().max(1)).copied().unwrap_or(0)
         };
-        self.pods.retain(|_, p| !p.terminating || next() % 4 == 0);
+        self.ghosts.retain(|_, (_, steps)| {
+            *steps -= 1;
+            *steps > 0
+        });
+        let gone: Vec<i32> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| p.terminating)
+            .map(|(o, _)| *o)
+            .collect();
+        for ordinal in gone {
+            if next() % 4 == 0 {
+                continue;
+            }
+            if let Some(mut pod) = self.pods.remove(&ordinal)
+                && self.lag
+                && next() % 2 == 0
+            {
+                pod.terminating = false;
+                self.ghosts.insert(ordinal, (pod, 1 + next() % 3));
+            }
+        }
         for pod in self.pods.values_mut() {
             // Records catch up with their pods at their own pace.
             if pod.held && next() % 2 == 0 {
@@ -421,13 +509,26 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
         prop_oneof![Just(0i64), Just(10)],
         any::<bool>(),
         proptest::collection::vec(any::<u8>(), 64..256),
+        0i32..3,
+        any::<bool>(),
     )
         .prop_map(
-            |(replicas, start, partition, max_unavailable, parallel, min_ready, broken, dice)| {
+            |(
+                replicas,
+                start,
+                partition,
+                max_unavailable,
+                parallel,
+                min_ready,
+                broken,
+                dice,
+                extra,
+                lag,
+            )| {
                 let identities: Vec<i32> = (start..start + replicas).collect();
-                let pods = identities
-                    .iter()
-                    .map(|&o| {
+                // `extra` pods beyond the identities: a scale-in at the same time.
+                let pods = (start..start + replicas + extra)
+                    .map(|o| {
                         (
                             o,
                             ObservedPod {
@@ -436,6 +537,7 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
                                 revision: "v1".into(),
                                 phase: Phase::Running,
                                 terminating: false,
+                                uid: Some(format!("{o}@0")),
                                 ready_since: Some(0),
                                 unready_since: 0,
                                 container_error: None,
@@ -466,6 +568,8 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
                 let sim = Sim {
                     set,
                     pods,
+                    ghosts: BTreeMap::new(),
+                    lag,
                     bad_revision: broken.then(|| "v2".to_string()),
                     now: 1000,
                 };
@@ -477,14 +581,15 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Budget, partition, one pod per identity and the stuck cap hold at every step, and a
-    /// rollout whose pods come back finishes.
+    /// Budget, partition, one pod per identity, the stuck cap and ordered scale-in hold at
+    /// every step, and a rollout (and a scale-in) whose pods come back finishes.
     #[test]
     fn rollouts_hold_their_bounds_and_finish((mut sim, dice) in arb_sim()) {
         for step in 0..400 {
             let offset = step % dice.len();
             let plan = sim.step(&dice[offset..]);
-            if plan.counts.rollout_complete && plan.actions.is_empty() && sim.bad_revision.is_none() {
+            let scaled_in = sim.pods.keys().all(|o| sim.set.identities.contains(o));
+            if plan.counts.rollout_complete && plan.actions.is_empty() && scaled_in && sim.bad_revision.is_none() {
                 break;
             }
         }
@@ -492,6 +597,36 @@ proptest! {
             let pods: Vec<_> = sim.pods.values().cloned().collect();
             let last = plan(&sim.set, &pods, sim.now + 1000);
             prop_assert!(last.counts.rollout_complete, "rollout did not finish: {:?}", sim);
+            let left: Vec<_> = sim
+                .pods
+                .values()
+                .filter(|p| !sim.set.identities.contains(&p.ordinal) && !p.held && !p.terminating)
+                .collect();
+            prop_assert!(left.is_empty(), "scale-in did not finish: {:?}", sim);
+        }
+    }
+
+    /// A bad rollout stopped by raising the partition: nothing below the new partition is
+    /// taken down again, stuck or not (the step checks it), and the stuck pods above it are
+    /// still replaced within the cap.
+    #[test]
+    fn a_raised_partition_stops_stuck_replacements_below_it((mut sim, dice) in arb_sim()) {
+        sim.bad_revision = Some("v2".into());
+        if let Strategy::RollingUpdate { partition, .. } = &mut sim.set.strategy {
+            *partition = 0;
+        }
+        for step in 0..60 {
+            sim.step(&dice[step % dice.len()..]);
+            sim.now += 30;
+        }
+        let raised = i32::try_from(sim.set.identities.len() / 2).unwrap_or(0);
+        if let Strategy::RollingUpdate { partition, .. } = &mut sim.set.strategy {
+            *partition = raised;
+        }
+        sim.set.update_revision = "v3".into();
+        for step in 0..100 {
+            sim.step(&dice[step % dice.len()..]);
+            sim.now += 30;
         }
     }
 
@@ -550,4 +685,145 @@ fn held_static_ip_pods_are_not_taken_down() {
     pods[3].held = false;
     let plan3 = plan(&set, &pods, NOW);
     assert_eq!(deleted(&plan3, DeleteReason::ScaleIn), vec![3]);
+}
+
+#[test]
+fn ordered_ready_scale_in_halts_while_any_pod_is_unhealthy() {
+    // Upstream: "halt if any stateful pod is unhealthy" before deleting the highest one.
+    let s = set(1, rolling(0, 1), PodManagementPolicy::OrderedReady);
+    let pods = vec![ready(0, "v2"), unready(1, "v2", NOW - 10), ready(2, "v2")];
+    let p = plan(&s, &pods, NOW);
+    assert!(
+        deleted(&p, DeleteReason::ScaleIn).is_empty(),
+        "{:?}",
+        p.actions
+    );
+    // An unready identity halts it too, and so does a missing one.
+    let pods = vec![unready(0, "v2", NOW - 10), ready(1, "v2"), ready(2, "v2")];
+    let p = plan(&s, &pods, NOW);
+    assert!(
+        deleted(&p, DeleteReason::ScaleIn).is_empty(),
+        "{:?}",
+        p.actions
+    );
+    let p = plan(&s, &[ready(1, "v2"), ready(2, "v2")], NOW);
+    assert!(
+        deleted(&p, DeleteReason::ScaleIn).is_empty(),
+        "{:?}",
+        p.actions
+    );
+    // Once every pod is Ready, scale-in goes on from the top.
+    let pods = vec![ready(0, "v2"), ready(1, "v2"), ready(2, "v2")];
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::ScaleIn), vec![2]);
+}
+
+#[test]
+fn ordered_ready_scale_in_waits_for_min_ready_seconds() {
+    let mut s = set(1, rolling(0, 1), PodManagementPolicy::OrderedReady);
+    s.min_ready_seconds = 30;
+    let mut young = ready(0, "v2");
+    young.ready_since = Some(NOW - 5);
+    let p = plan(&s, &[young, ready(1, "v2")], NOW);
+    assert!(
+        deleted(&p, DeleteReason::ScaleIn).is_empty(),
+        "{:?}",
+        p.actions
+    );
+}
+
+#[test]
+fn an_unhealthy_condemned_pod_goes_once_the_identities_are_healthy() {
+    // It serves nothing, so taking it away costs no availability (upstream: "the first
+    // unhealthy pod" may go).
+    let s = set(1, rolling(0, 1), PodManagementPolicy::OrderedReady);
+    let pods = vec![ready(0, "v2"), ready(1, "v2"), unready(2, "v2", NOW - 10)];
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::ScaleIn), vec![2]);
+    // Two unhealthy condemned pods do not wait for each other.
+    let pods = vec![
+        ready(0, "v2"),
+        unready(1, "v2", NOW - 10),
+        unready(2, "v2", NOW - 10),
+    ];
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::ScaleIn), vec![2]);
+}
+
+#[test]
+fn parallel_scale_in_does_not_wait_for_unhealthy_pods() {
+    let s = set(1, rolling(0, 1), PodManagementPolicy::Parallel);
+    let pods = vec![unready(0, "v2", NOW - 10), ready(1, "v2"), ready(2, "v2")];
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::ScaleIn), vec![2, 1]);
+}
+
+#[test]
+fn a_crash_looping_pod_below_a_raised_partition_is_not_replaced() {
+    // Pods 2 and 3 were updated to a bad v2 and crash-loop; the partition is raised to 3 to
+    // stop the rollout. Pod 2 is now below the partition: it is left alone, as upstream
+    // leaves every pod below the partition. Pod 3 is still replaced (at v2, its revision).
+    let mut s = set(4, rolling(3, 2), PodManagementPolicy::Parallel);
+    s.update_revision = "v3".into();
+    let crash = |o| ObservedPod {
+        container_error: Some("CrashLoopBackOff".into()),
+        ..unready(o, "v2", NOW - 5)
+    };
+    let pods = vec![ready(0, "v1"), ready(1, "v1"), crash(2), crash(3)];
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::Stuck), vec![3]);
+    assert!(!p.replacing.contains_key(&2));
+}
+
+#[test]
+fn an_identity_being_replaced_counts_against_the_budget_while_its_old_pod_is_still_seen() {
+    // Pod 4 was taken down (recorded in `replacing`), but the cache still shows it Ready:
+    // a lagging watch, or a restart whose first list is older than the delete. A new
+    // template then makes pod 5 outdated too. Pod 4 is gone in truth, so taking 5 down would
+    // make two unavailable with maxUnavailable 1.
+    let mut s = set(6, rolling(0, 1), PodManagementPolicy::Parallel);
+    s.update_revision = "v3".into();
+    s.replacing = replacing(&[(4, ReplaceReason::Update)]);
+    let mut pods: Vec<_> = (0..5).map(|o| ready(o, "v1")).collect();
+    pods.push(ready(5, "v2"));
+    let p = plan(&s, &pods, NOW);
+    assert!(
+        !deleted(&p, DeleteReason::Update).contains(&5),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(p.counts.unavailable, 1);
+    assert!(p.replacing.contains_key(&4), "4 is not back");
+    assert_eq!(
+        deleted(&p, DeleteReason::Update),
+        vec![4],
+        "the delete of pod 4 is sent again, in case it was lost"
+    );
+
+    // It is sent again even after the partition was raised past it: the decision was taken.
+    let mut raised = s.clone();
+    raised.strategy = rolling(5, 1);
+    let p = plan(&raised, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::Update), vec![4]);
+    assert_eq!(p.counts.unavailable, 1);
+
+    // A new incarnation of 4 (another UID) ends the replacement; 5 may go then.
+    pods[4].uid = Some("uid-4-new".into());
+    pods[4].revision = "v3".into();
+    let p = plan(&s, &pods, NOW);
+    assert!(!p.replacing.contains_key(&4));
+    assert_eq!(deleted(&p, DeleteReason::Update), vec![5]);
+
+    // An entry without a UID (an older status) ends with any pod not being deleted.
+    pods[4] = ready(4, "v1");
+    s.replacing = [(
+        4,
+        Replacing {
+            reason: ReplaceReason::Update,
+            uid: None,
+        },
+    )]
+    .into();
+    let p = plan(&s, &pods, NOW);
+    assert!(!p.replacing.contains_key(&4));
 }
