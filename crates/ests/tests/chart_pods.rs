@@ -223,7 +223,7 @@ async fn process_facts(node: &RealNode, container_id: &str) -> anyhow::Result<Pr
             .trim_end_matches("kB")
             .trim()
             .parse()
-            .unwrap_or_default(),
+            .with_context(|| format!("VmRSS of pid {pid}"))?,
         uid: field("Uid:"),
         cap_eff: field("CapEff:"),
         root_read_only,
