@@ -140,6 +140,19 @@ when it serves HTTPS, and the extra ones.
 {{- end }}
 
 {{/*
+IP subject alternative names of the serving certificate: the extender's fixed ClusterIP when
+it serves HTTPS (the scheduler's configuration then names it by that address, and a
+host-network kube-scheduler checks the certificate against it), and the extra ones.
+*/}}
+{{- define "ests.certificateIPAddresses" -}}
+{{- $ips := list }}
+{{- if and .Values.extender.tls.enabled .Values.extender.service.clusterIP (not .Values.extender.url) }}
+{{- $ips = append $ips .Values.extender.service.clusterIP }}
+{{- end }}
+{{- concat $ips .Values.webhook.tls.extraIPAddresses | uniq | toJson }}
+{{- end }}
+
+{{/*
 The chart-made CA and serving certificate (webhook, and extender with extender.tls), made
 once per render and cached in .Values: a dict of base64 "ca.crt", "tls.crt", "tls.key" and
 the "sans" they were made for. An existing Secret is kept on upgrade unless
@@ -149,7 +162,8 @@ webhook.tls.regenerate is set or the names it must carry changed.
 {{- if not (hasKey .Values "__estsCertificates") }}
 {{- $tls := .Values.webhook.tls }}
 {{- $dnsNames := include "ests.certificateDNSNames" . | fromJsonArray }}
-{{- $sans := printf "%s|%s" (join "," $dnsNames) (join "," $tls.extraIPAddresses) | sha256sum | trunc 16 }}
+{{- $ips := include "ests.certificateIPAddresses" . | fromJsonArray }}
+{{- $sans := printf "%s|%s" (join "," $dnsNames) (join "," $ips) | sha256sum | trunc 16 }}
 {{- $existing := lookup "v1" "Secret" .Release.Namespace (include "ests.webhookSecret" .) }}
 {{- $data := dict }}
 {{- if and $existing (not $tls.regenerate) }}
@@ -161,7 +175,7 @@ webhook.tls.regenerate is set or the names it must carry changed.
 {{- if not (and (index $data "ca.crt") (index $data "tls.crt") (index $data "tls.key")) }}
 {{- $name := include "ests.componentName" (dict "ctx" . "component" "webhook") }}
 {{- $ca := genCA (printf "%s-ca" (include "ests.fullname" .)) (int $tls.validityDays) }}
-{{- $cert := genSignedCert (printf "%s.%s.svc" $name .Release.Namespace) $tls.extraIPAddresses $dnsNames (int $tls.validityDays) $ca }}
+{{- $cert := genSignedCert (printf "%s.%s.svc" $name .Release.Namespace) $ips $dnsNames (int $tls.validityDays) $ca }}
 {{- $data = dict "ca.crt" ($ca.Cert | b64enc) "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) }}
 {{- end }}
 {{- $_ := set .Values "__estsCertificates" (merge (dict "sans" $sans) $data) }}

@@ -370,6 +370,16 @@ pub async fn bound_records(
 /// What a TLS client trusting `ca_pem` and presenting no certificate reads back for a
 /// filter call: the extender must not answer.
 pub async fn call_without_client_certificate(port: u16, ca_pem: &str) -> String {
+    call_without_client_certificate_at(std::net::Ipv4Addr::LOCALHOST.into(), port, ca_pem).await
+}
+
+/// [`call_without_client_certificate`] at `ip:port` (a Service's ClusterIP, say), checking
+/// that the server's certificate names `ip`.
+pub async fn call_without_client_certificate_at(
+    ip: std::net::IpAddr,
+    port: u16,
+    ca_pem: &str,
+) -> String {
     let mut roots = rustls::RootCertStore::empty();
     for cert in
         <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
@@ -385,8 +395,8 @@ pub async fn call_without_client_certificate(port: u16, ca_pem: &str) -> String 
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
+        let tcp = tokio::net::TcpStream::connect((ip, port)).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(ip.into());
         let mut tls = connector.connect(name, tcp).await?;
         tls.write_all(
             b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",

@@ -370,6 +370,25 @@ impl RealNode {
         Ok(reference)
     }
 
+    /// The host pid of a running container (`containerd://<id>` or the bare id from a pod's
+    /// containerStatuses), from containerd's task list: to read its memory in `/proc`.
+    pub async fn container_pid(&self, container_id: &str) -> anyhow::Result<u32> {
+        let id = container_id.trim_start_matches("containerd://");
+        let tasks = self.ctr(&["tasks", "ls"]).await?;
+        // Columns: TASK PID STATUS.
+        tasks
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                Some((fields.next()?, fields.next()?))
+            })
+            .find(|(task, _)| *task == id)
+            .with_context(|| format!("containerd has no task {id}"))?
+            .1
+            .parse()
+            .with_context(|| format!("the pid of task {id}"))
+    }
+
     /// What a pod spec needs to run on this node: its node selector and a toleration of its
     /// taint; merge into `spec` (of a pod or a template).
     pub fn placement() -> Value {
