@@ -89,6 +89,13 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Whether a start failed because a port picked free was taken before it was bound.
+fn lost_a_port_race(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.to_string().contains("address already in use"))
+}
+
 fn arg(flag: &str, value: impl std::fmt::Display) -> String {
     format!("--{flag}={value}")
 }
@@ -99,8 +106,26 @@ impl ControlPlane {
         Self::start_with(PlaneOptions::default()).await
     }
 
-    /// Starts a control plane with `options`.
+    /// Starts a control plane with `options`. Ports are picked free and then bound by the
+    /// processes, so another process may take one in between: such a start is stopped and
+    /// made again on new ports (a few times).
     pub async fn start_with(options: PlaneOptions) -> anyhow::Result<Self> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(options.clone()).await {
+                Err(e) if attempt < ATTEMPTS && lost_a_port_race(&e) => {
+                    eprintln!(
+                        "ests-testenv: a port was taken while the control plane started; starting again ({e:#})"
+                    );
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(options: PlaneOptions) -> anyhow::Result<Self> {
         let begun = Instant::now();
         let bin = bins::locate()?;
         let dir = base_dir().join(format!(
@@ -573,5 +598,22 @@ async fn https_healthy(port: u16) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("healthz said {body:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_port_taken_in_between_makes_a_start_retry() {
+        let taken = anyhow::anyhow!(
+            "kube-apiserver exited with exit status: 1: failed to listen on 127.0.0.1:39265: listen tcp 127.0.0.1:39265: bind: address already in use"
+        )
+        .context("starting the control plane");
+        assert!(lost_a_port_race(&taken));
+        let other = anyhow::anyhow!("etcd exited with exit status: 2: no such file")
+            .context("starting the control plane");
+        assert!(!lost_a_port_race(&other));
     }
 }
