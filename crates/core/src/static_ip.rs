@@ -340,7 +340,12 @@ pub fn holds_pod(pod: &Pod, record: Option<&StaticIP>) -> bool {
     if stamped.is_some_and(|s| record.uid().as_deref() != Some(s.as_str())) {
         return false;
     }
-    if bound_to(record, &uid) || reported(record, "AddressTaken", &uid) {
+    // A Migrating record holds the address its pod runs with as firmly as a Bound one.
+    let holds_address_of_pod = record.status.as_ref().is_some_and(|s| {
+        matches!(s.phase, StaticIPPhase::Bound | StaticIPPhase::Migrating)
+            && s.pod_uid.as_deref() == Some(uid.as_str())
+    });
+    if holds_address_of_pod || reported(record, "AddressTaken", &uid) {
         return false;
     }
     let held = record_ips(record);

@@ -174,6 +174,18 @@ fn a_pod_is_held_until_its_record_is_bound_to_it() {
     );
     let ours = record(json!({"ips": [{"ip": "10.0.0.5"}]}), bound("pod-1", true));
     assert!(!holds_pod(&p, Some(&ours)));
+    // A node migration moves the record (phase Migrating): it still holds this pod's address,
+    // and the pod must be free to go (or the migration and the rollout wait for each other).
+    let mut migrating_status = bound("pod-1", true);
+    migrating_status["phase"] = json!("Migrating");
+    let migrating = record(
+        json!({"ips": [{"ip": "10.0.0.5"}], "node": "node-b"}),
+        migrating_status,
+    );
+    assert!(
+        !holds_pod(&p, Some(&migrating)),
+        "migrating with its address"
+    );
     p.metadata.labels = None;
     assert!(!holds_pod(&p, Some(&unbound)), "not a static-IP pod");
 }
