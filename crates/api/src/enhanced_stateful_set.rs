@@ -297,9 +297,9 @@ pub struct EnhancedStatefulSetStatus {
     /// The selector as a string, for the scale subresource (HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_selector: Option<String>,
-    /// Identities the controller took down (for an update, or to replace a stuck pod) and
-    /// has not re-created yet. They count as unavailable until they are back, also across
-    /// controller restarts.
+    /// Identities the controller took down (for an update, to replace a stuck pod, or for a
+    /// node migration) and has not re-created yet. They count as unavailable until they are
+    /// back, also across controller restarts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replacing: Vec<Replacement>,
     /// Conditions: `RolloutComplete` (every pod at or above the partition is updated and
@@ -330,6 +330,8 @@ pub enum ReplacementReason {
     Update,
     /// A stuck outdated pod, outside the budget.
     Stuck,
+    /// Asked to leave its node by a NodeMigration, within the budget.
+    Maintenance,
 }
 
 impl EnhancedStatefulSetSpec {

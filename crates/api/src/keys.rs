@@ -57,3 +57,12 @@ pub const REPLACEMENT_FOR_LABEL: &str = "jke.jdcloud.com/replacement-for";
 pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
 /// Label on the NodeMigrations ests creates by itself (automatic mode): the source node.
 pub const AUTO_MIGRATION_LABEL: &str = "jke.jdcloud.com/auto-migration-of";
+
+/// Pod annotation a NodeMigration sets on a pod of an EnhancedStatefulSet that must leave
+/// its node; the value names the migration. The set's controller, the only writer that takes
+/// its pods down, evicts the pod within the set's maxUnavailable, counted together with its
+/// rollout.
+pub const EVICT_FOR: &str = "jke.jdcloud.com/evict-for";
+/// With [`EVICT_FOR`]: the pods of one set carrying the same value are evicted at once or
+/// not at all (pods using one node's IP blocks, whose routes move together).
+pub const EVICT_TOGETHER: &str = "jke.jdcloud.com/evict-together";

@@ -124,3 +124,15 @@ pub fn store<K: Watched>(client: &kube::Client) -> Store<K> {
     tokio::spawn(changes.for_each(|_| async {}));
     store
 }
+
+/// A client for the Eviction API, from the same configuration as the default one: kube's
+/// default client retries 429 (up to 15 times, backing off to minutes), and a
+/// PodDisruptionBudget answers 429 for as long as it refuses, so one refused eviction would
+/// stall its caller. This client does not retry; the caller tries again on a later pass.
+pub async fn eviction_client() -> kube::Result<kube::Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    config.default_retry = false;
+    kube::Client::try_from(config)
+}

@@ -133,6 +133,7 @@ mod tests {
             unready_since: 0,
             container_error: None,
             held: false,
+            leave: None,
         }
     }
 

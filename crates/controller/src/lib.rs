@@ -62,6 +62,8 @@ pub struct Context {
     pub claims: Store<PersistentVolumeClaim>,
     pub records: Store<StaticIP>,
     pub expectations: Expectations,
+    /// For evictions asked by node migrations (see [`ests_cache::eviction_client`]).
+    pub evictions: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
     /// See [`Settings::extender_binds`].
@@ -141,8 +143,12 @@ pub async fn run(
             ests_cache::wait_for(&records),
         ],
     );
+    let evictions = ests_cache::eviction_client()
+        .await
+        .map_err(|e| anyhow::anyhow!("building the eviction client: {e}"))?;
     let ctx = Arc::new(Context {
         listed,
+        evictions,
         recorder: Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER)),
         client: client.clone(),
         pods,

@@ -2,6 +2,7 @@
 
 use ests_api::keys;
 use ests_core::identity::ordinal_of;
+use ests_core::pods::leave_request;
 use ests_core::rollout::{ObservedPod, Phase, STUCK_WAITING_REASONS};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -52,6 +53,7 @@ pub fn observe(set: &str, pod: &Pod, held: bool) -> Option<ObservedPod> {
         unready_since: if is_ready { created } else { since },
         container_error,
         held,
+        leave: leave_request(pod),
     })
 }
 

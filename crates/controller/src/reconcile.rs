@@ -18,7 +18,7 @@ use ests_core::rollout::{
 };
 use ests_core::static_ip::{self, IpSettings, holds_pod, request_static_ip, stamp};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, EvictParams, PostParams, Preconditions};
 use kube::core::Selector;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -37,6 +37,9 @@ const WAIT_FOR_RECORD: Duration = Duration::from_secs(2);
 /// Look again this soon when the cached set was older than the server's (its watch event
 /// normally comes first).
 const STALE: Duration = Duration::from_secs(1);
+/// How soon an eviction a PodDisruptionBudget refused is tried again (nothing the set watches
+/// changes when the budget does).
+const EVICTION_RETRY: Duration = Duration::from_secs(5);
 
 fn now() -> i64 {
     SystemTime::now()
@@ -147,6 +150,7 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
             let reason = match r.reason {
                 ReplacementReason::Update => ReplaceReason::Update,
                 ReplacementReason::Stuck => ReplaceReason::Stuck,
+                ReplacementReason::Maintenance => ReplaceReason::Maintenance,
             };
             (
                 r.ordinal,
@@ -220,6 +224,7 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
     }
 
     let mut waiting = false;
+    let mut refused = false;
     for step in &plan.actions {
         match step {
             Step::Create { ordinal, revision } => {
@@ -238,7 +243,7 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
                 name: pod, reason, ..
             } => {
                 if let Some(pod_uid) = uids.get(pod) {
-                    delete_pod(ctx, set, &key, pod, pod_uid, *reason).await?;
+                    refused |= !delete_pod(ctx, set, &key, pod, pod_uid, *reason).await?;
                 }
             }
         }
@@ -253,6 +258,9 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         .map_or(RESYNC, |s| Duration::from_secs(s).min(RESYNC));
     if waiting {
         requeue = requeue.min(WAIT_FOR_RECORD);
+    }
+    if refused {
+        requeue = requeue.min(EVICTION_RETRY);
     }
     if let Some(expiry) = ctx.expectations.next_expiry(&key) {
         requeue = requeue.min(expiry + Duration::from_millis(100));
@@ -447,7 +455,9 @@ async fn create_pod(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Deletes the pod `name` if it is still the incarnation `uid`; a node migration's pod is
+/// evicted instead. False if a PodDisruptionBudget refused the eviction for now (the identity
+/// stays in `replacing`, so the eviction is sent again within the same budget).
 async fn delete_pod(
     ctx: &Context,
     set: &EnhancedStatefulSet,
@@ -455,7 +465,7 @@ async fn delete_pod(
     name: &str,
     uid: &str,
     reason: DeleteReason,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let ns = set.namespace().unwrap_or_default();
     if reason == DeleteReason::ScaleIn
         && let Some(pod) = ctx.pods.get(&ObjectRef::new(name).within(&ns))
@@ -478,9 +488,24 @@ async fn delete_pod(
         DeleteReason::Update => "update",
         DeleteReason::Stuck => "stuck",
         DeleteReason::Terminal => "terminated",
+        DeleteReason::Maintenance => "node migration",
     };
-    match pods.delete(name, &params).await {
-        Ok(_) => {
+    let result = if reason == DeleteReason::Maintenance {
+        Api::<Pod>::namespaced(ctx.evictions.clone(), &ns)
+            .evict(
+                name,
+                &EvictParams {
+                    delete_options: Some(params),
+                    post_options: PostParams::default(),
+                },
+            )
+            .await
+            .map(|_| ())
+    } else {
+        pods.delete(name, &params).await.map(|_| ())
+    };
+    match result {
+        Ok(()) => {
             ctx.metrics.pods_deleted.with_label_values(&[why]).inc();
             publish_about_pod(
                 ctx,
@@ -492,10 +517,16 @@ async fn delete_pod(
                 format!("delete Pod {name} ({why})"),
             )
             .await;
-            Ok(())
+            Ok(true)
         }
         // Gone already, or another incarnation: nothing to do.
-        Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(true),
+        // A PodDisruptionBudget refuses for now.
+        Err(kube::Error::Api(s)) if s.code == 429 => {
+            ctx.expectations.forget_delete(key, uid);
+            tracing::info!(pod = %name, reason = %s.message, "eviction refused for now");
+            Ok(false)
+        }
         Err(e) => {
             ctx.expectations.forget_delete(key, uid);
             publish_about_pod(

@@ -109,6 +109,7 @@ pub fn from_plan(
                 reason: match entry.reason {
                     ReplaceReason::Update => ReplacementReason::Update,
                     ReplaceReason::Stuck => ReplacementReason::Stuck,
+                    ReplaceReason::Maintenance => ReplacementReason::Maintenance,
                 },
                 pod_uid: entry.uid.clone(),
             })

@@ -11,8 +11,12 @@
 //!   target before its addresses are routed there;
 //! - the routes and blocks move only once no pod of the source uses them (running, or still
 //!   stopping): a maintenance move cordons and evicts first, a failure move force-deletes
-//!   the fenced source's pods first; in maintenance the pods of the blocks are evicted
-//!   together, only when their sets' maxUnavailable allows all of them down at once;
+//!   the fenced source's pods first;
+//! - in maintenance a set's pods are not evicted by the migration but asked to leave
+//!   ([`Action::AskToLeave`]): the set's controller, the one writer that takes its pods down,
+//!   evicts them within the maxUnavailable its rollout shares ([`crate::rollout::plan`]);
+//!   the pods using the blocks are asked to leave together, and a set whose maxUnavailable
+//!   can never have all of them down at once is refused before anything is touched;
 //! - a target that cannot hold every static-IP pod of the source is refused before anything
 //!   moves.
 
@@ -21,6 +25,7 @@ use std::collections::BTreeMap;
 use ests_api::{MigrationMode, MigrationPhase};
 
 use crate::quantity::{Resources, add, show};
+use crate::rollout::Leave;
 
 /// A pod bound to the source node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +41,8 @@ pub struct SourcePod {
     /// Its record is in IP range mode: its address lies in one of the source's blocks, whose
     /// routes move with the block.
     pub range_mode: bool,
+    /// What the pod was asked already ([`crate::pods::leave_request`]).
+    pub leave: Option<Leave>,
 }
 
 /// A StaticIP record the migration concerns: one whose node is the source, or one it moved.
@@ -51,13 +58,6 @@ pub struct RecordFacts {
     pub pending_pinned_to: Option<String>,
     /// The identity's set (`namespace/name`), for maxUnavailable in maintenance mode.
     pub set: Option<String>,
-}
-
-/// A set's disruption budget in maintenance mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budget {
-    pub unavailable: i32,
-    pub max_unavailable: i32,
 }
 
 /// Everything a plan is made from.
@@ -87,8 +87,9 @@ pub struct Observed {
     pub moved_blocks: usize,
     pub records: Vec<RecordFacts>,
     pub pods_on_source: Vec<SourcePod>,
-    /// Maintenance: per set, how many of its pods are unavailable and may be.
-    pub budgets: BTreeMap<String, Budget>,
+    /// Maintenance: per set, its maxUnavailable (scaled), for the refusal of a move it can
+    /// never allow.
+    pub max_unavailable: BTreeMap<String, i32>,
 }
 
 /// One thing to do.
@@ -110,8 +111,12 @@ pub enum Action {
     Taint,
     /// Failure, fenced: delete the pod at once (its node is off).
     ForceDelete(String),
-    /// Maintenance: the Eviction API (a PodDisruptionBudget may refuse; retried).
+    /// Maintenance, a pod of no set: the Eviction API (a PodDisruptionBudget may refuse;
+    /// retried).
     Evict(String),
+    /// Maintenance, a pod of a set: annotate it so that the set's controller evicts it
+    /// within the set's maxUnavailable, counted with its rollout.
+    AskToLeave(String, Leave),
     /// A pod created before its record moved, pinned to the source: delete it so that it is
     /// created again with the new pin.
     Recreate(String),
@@ -197,45 +202,33 @@ fn never_down_together(o: &Observed, using_blocks: &[&SourcePod]) -> Option<Stri
     down_at_move(o, using_blocks)
         .into_iter()
         .find_map(|(set, down)| {
-            let b = o.budgets.get(set)?;
-            (down > b.max_unavailable).then(|| {
+            let max_unavailable = *o.max_unavailable.get(set)?;
+            (down > max_unavailable).then(|| {
                 format!(
-                    "moving {}'s IP blocks has {down} pods of set {set} down at once (their addresses are routed together), but its maxUnavailable is {}: raise it, or move them off {} first",
-                    o.source, b.max_unavailable, o.source
+                    "moving {}'s IP blocks has {down} pods of set {set} down at once (their addresses are routed together), but its maxUnavailable is {max_unavailable}: raise it, or move them off {} first",
+                    o.source, o.source
                 )
             })
         })
 }
 
-/// Maintenance: evicts the pods using the source's blocks that still run, all in one pass,
-/// and only when each of their sets can have all of them down now (some down and the rest
-/// refused would only keep the first ones down, waiting). Returns why they are held.
-fn evict_together(
-    o: &Observed,
-    using_blocks: &[&SourcePod],
-    actions: &mut Vec<Action>,
-) -> Option<String> {
-    let running: Vec<&SourcePod> = using_blocks
-        .iter()
-        .copied()
-        .filter(|p| !p.terminating)
-        .collect();
-    let mut per_set: BTreeMap<&str, i32> = BTreeMap::new();
-    for set in running.iter().filter_map(|p| p.set.as_deref()) {
-        *per_set.entry(set).or_default() += 1;
+/// Maintenance: the pods using the source's blocks that still run leave together: each
+/// set's pods at once when its budget allows all of them (some down and the rest refused would
+/// only keep the first ones down, waiting), decided by the set's controller; a pod of no set
+/// is evicted.
+fn leave_together(o: &Observed, using_blocks: &[&SourcePod], actions: &mut Vec<Action>) {
+    for pod in using_blocks.iter().filter(|p| !p.terminating) {
+        leave(pod, Leave::Together(o.source.clone()), actions);
     }
-    for (set, n) in per_set {
-        if let Some(b) = o.budgets.get(set)
-            && b.unavailable + n > b.max_unavailable
-        {
-            return Some(format!(
-                "set {set} has {} pods unavailable and allows {}: its {n} pods here stop together once it can",
-                b.unavailable, b.max_unavailable
-            ));
-        }
+}
+
+/// Maintenance: asks `pod` to leave (once), or evicts it if no set owns it.
+fn leave(pod: &SourcePod, how: Leave, actions: &mut Vec<Action>) {
+    if pod.set.is_none() {
+        actions.push(Action::Evict(pod.key.clone()));
+    } else if pod.leave.as_ref() != Some(&how) {
+        actions.push(Action::AskToLeave(pod.key.clone(), how));
     }
-    actions.extend(running.iter().map(|p| Action::Evict(p.key.clone())));
-    None
 }
 
 /// The plan for a migration as observed.
@@ -317,7 +310,7 @@ pub fn plan(o: &Observed) -> Plan {
         }
     }
     if !using_blocks.is_empty() {
-        let held = match mode {
+        let note = match mode {
             // Fenced: nothing runs there whatever the API says, and a pod being deleted
             // never finishes by itself on a node that is off: all go now.
             MigrationMode::Failure => {
@@ -331,7 +324,12 @@ pub fn plan(o: &Observed) -> Plan {
                 );
                 None
             }
-            MigrationMode::Maintenance => evict_together(o, &using_blocks, &mut actions),
+            MigrationMode::Maintenance => {
+                leave_together(o, &using_blocks, &mut actions);
+                Some(
+                    "their sets' controllers evict each set's pods together within its maxUnavailable",
+                )
+            }
         };
         return Plan::wait(
             Moving,
@@ -340,7 +338,7 @@ pub fn plan(o: &Observed) -> Plan {
                 "{} static-IP pods on {} still use its IP blocks: its routes and blocks move once they are gone{}",
                 using_blocks.len(),
                 o.source,
-                held.map(|why| format!(" ({why})")).unwrap_or_default()
+                note.map(|why| format!(" ({why})")).unwrap_or_default()
             ),
         );
     }
@@ -381,24 +379,14 @@ pub fn plan(o: &Observed) -> Plan {
             actions.extend(leaving.iter().map(|p| Action::ForceDelete(p.key.clone())));
         }
         MigrationMode::Maintenance => {
-            // Within each set's maxUnavailable; the Eviction API adds the PDBs.
-            let mut budgets = o.budgets.clone();
+            // Each within its set's maxUnavailable, by its set's controller; the Eviction API
+            // adds the PDBs.
             for pod in o
                 .pods_on_source
                 .iter()
                 .filter(|p| p.static_ip && !p.terminating)
             {
-                let allowed = match pod.set.as_ref().and_then(|s| budgets.get_mut(s)) {
-                    Some(b) if b.unavailable < b.max_unavailable => {
-                        b.unavailable += 1;
-                        true
-                    }
-                    Some(_) => false,
-                    None => true,
-                };
-                if allowed {
-                    actions.push(Action::Evict(pod.key.clone()));
-                }
+                leave(pod, Leave::Alone, &mut actions);
             }
         }
     }

@@ -214,6 +214,18 @@ pub fn claim_owners(
     (!same(current, &wanted)).then_some(wanted)
 }
 
+/// A node migration's request that the pod leave its node (annotations
+/// [`keys::EVICT_FOR`] and [`keys::EVICT_TOGETHER`]), as the set's planner and the migration
+/// read it.
+pub fn leave_request(pod: &Pod) -> Option<crate::rollout::Leave> {
+    let annotations = pod.metadata.annotations.as_ref()?;
+    annotations.get(keys::EVICT_FOR)?;
+    Some(match annotations.get(keys::EVICT_TOGETHER) {
+        Some(group) => crate::rollout::Leave::Together(group.clone()),
+        None => crate::rollout::Leave::Alone,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

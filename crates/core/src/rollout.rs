@@ -24,6 +24,12 @@
 //!   maxUnavailable such replacements in flight at once. Below the partition nothing is
 //!   replaced, stuck or not.
 //! - `paused` starts no update and no stuck replacement; everything else goes on.
+//! - Pods a node migration asks to leave their node ([`Leave`]) are taken down in the same
+//!   budget, before the update window and whatever the strategy, partition or `paused`: the
+//!   set's controller is the one writer that takes its pods down, so a rollout and a
+//!   maintenance migration together never exceed maxUnavailable
+//!   ([`ON_DELETE_MAX_UNAVAILABLE`] under `OnDelete`). Pods
+//!   asked to leave together go at once or not at all.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,6 +46,10 @@ pub const STUCK_WAITING_REASONS: &[&str] = &[
     "CreateContainerError",
     "RunContainerError",
 ];
+
+/// How many pods of an `OnDelete` set a node migration may have down at once (it has no
+/// maxUnavailable of its own).
+pub const ON_DELETE_MAX_UNAVAILABLE: i32 = 1;
 
 /// Pod phase, as far as planning cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +81,18 @@ pub struct ObservedPod {
     /// A static-IP pod whose record does not hold its address yet: it is not taken down
     /// (update, stuck or scale-in) until it does, or its address would be lost.
     pub held: bool,
+    /// A node migration asks that the pod leave its node.
+    pub leave: Option<Leave>,
+}
+
+/// How a node migration asks a pod to leave its node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Leave {
+    /// On its own, whenever the budget allows one more down.
+    Alone,
+    /// With every pod of the set asking under the same name, at once: pods using one node's
+    /// IP blocks, whose routes move only once all of them are gone.
+    Together(String),
 }
 
 /// Why an identity is being replaced.
@@ -80,6 +102,8 @@ pub enum ReplaceReason {
     Update,
     /// A stuck outdated pod, replaced outside the budget.
     Stuck,
+    /// Asked to leave its node by a node migration, within the budget.
+    Maintenance,
 }
 
 /// An identity taken down and not yet back.
@@ -133,6 +157,9 @@ pub enum DeleteReason {
     Stuck,
     /// Failed or Succeeded; it will be re-created.
     Terminal,
+    /// Asked to leave its node by a node migration, within the budget: evicted (the
+    /// Eviction API, so PodDisruptionBudgets have their say, as in a drain).
+    Maintenance,
 }
 
 /// One step for the controller to carry out.
@@ -225,6 +252,7 @@ impl ObservedPod {
             unready_since: since,
             container_error: None,
             held: false,
+            leave: None,
         }
     }
 
@@ -291,6 +319,7 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
                 match entry.reason {
                     ReplaceReason::Update => DeleteReason::Update,
                     ReplaceReason::Stuck => DeleteReason::Stuck,
+                    ReplaceReason::Maintenance => DeleteReason::Maintenance,
                 },
             ));
         }
@@ -373,6 +402,27 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
         }
     }
 
+    // Pods asked to leave their node, in the budget the update window then shares.
+    let mut unavailable = counts.unavailable;
+    let budget = match set.strategy {
+        Strategy::RollingUpdate {
+            max_unavailable, ..
+        } => max_unavailable,
+        Strategy::OnDelete => ON_DELETE_MAX_UNAVAILABLE,
+    };
+    for group in leaving(&by_ordinal, &replacing) {
+        let cost = group.iter().filter(|p| available(p)).count() as i32;
+        if cost > 0 && unavailable + cost > budget {
+            // In order: a later, smaller request does not overtake one that waits.
+            break;
+        }
+        unavailable += cost;
+        for pod in group {
+            actions.push(delete(pod, DeleteReason::Maintenance));
+            replacing.insert(pod.ordinal, taken_down(pod, ReplaceReason::Maintenance));
+        }
+    }
+
     if let Strategy::RollingUpdate {
         partition,
         max_unavailable,
@@ -431,7 +481,6 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
             }
 
             // Then the sliding window, from the highest ordinal down.
-            let mut unavailable = counts.unavailable;
             for pod in outdated
                 .iter()
                 .filter(|p| set.index(p.ordinal) >= partition && !taken.contains(&p.ordinal))
@@ -482,6 +531,43 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
         counts,
         held,
     }
+}
+
+/// The pods asked to leave their node, by request: each `Together` name's pods as one group
+/// (by name), then the `Alone` ones from the highest ordinal down, as the update window goes.
+/// Pods already going, terminal or held wait (a held pod's address is not in its record yet).
+fn leaving<'a>(
+    by_ordinal: &BTreeMap<i32, &'a ObservedPod>,
+    replacing: &BTreeMap<i32, Replacing>,
+) -> Vec<Vec<&'a ObservedPod>> {
+    let mut together: BTreeMap<&str, Vec<&ObservedPod>> = BTreeMap::new();
+    let mut alone = Vec::new();
+    for pod in by_ordinal.values().rev().copied() {
+        match &pod.leave {
+            Some(Leave::Together(name)) => together.entry(name).or_default().push(pod),
+            Some(Leave::Alone) => alone.push(vec![pod]),
+            None => {}
+        }
+    }
+    let ready_to_go = |p: &&ObservedPod| {
+        !p.terminating
+            && !p.held
+            && p.phase != Phase::Terminal
+            && !replacing.contains_key(&p.ordinal)
+    };
+    together
+        .into_values()
+        .filter_map(|group| {
+            // A group goes only whole: while one of it is held, none goes; those already
+            // going are counted in `unavailable`.
+            if group.iter().any(|p| p.held && !p.terminating) {
+                return None;
+            }
+            let group: Vec<_> = group.into_iter().filter(ready_to_go).collect();
+            (!group.is_empty()).then_some(group)
+        })
+        .chain(alone.into_iter().filter(|g| g.iter().all(ready_to_go)))
+        .collect()
 }
 
 fn taken_down(pod: &ObservedPod, reason: ReplaceReason) -> Replacing {

@@ -2,7 +2,8 @@
 //! IP range mode) come back on its replacement with their addresses, only after the node was
 //! fenced; a fencing hook that says no releases nothing; a target without room is refused;
 //! a manager killed mid-migration resumes; a Ready node's move respects a
-//! PodDisruptionBudget, and moves its IP blocks only once the pods using them are gone.
+//! PodDisruptionBudget, and moves its IP blocks only once the pods using them are gone; a
+//! rollout and a maintenance migration of one set together stay within its maxUnavailable.
 
 mod support;
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ests_api::{IPBlock, MigrationPhase, NodeMigration, StaticIP, StaticIPPhase, keys};
 use ests_testenv::nodes::{NodeSpec, create_nodes, kill_node, not_ready_timeout};
-use ests_testenv::{InvariantChecker, LogsOnFailure, wait_for};
+use ests_testenv::{InvariantChecker, LogsOnFailure, PodMonitor, wait_for};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
@@ -700,5 +701,94 @@ async fn a_ready_nodes_blocks_move_only_once_their_pods_are_gone() -> anyhow::Re
         blocks,
         "mig-i's blocks moved"
     );
+    checker.finish()
+}
+
+#[tokio::test]
+async fn a_rollout_and_a_maintenance_migration_together_stay_within_max_unavailable()
+-> anyhow::Result<()> {
+    let env = migration_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    let ns = "mig-budget";
+    let min_ready = 6;
+    create_nodes(&env.client, &[node("mig-k", "budget", "50")]).await?;
+    let sets = namespace(&env, ns).await?;
+    let mut set = static_set("both", 3, "budget", None);
+    set["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] = json!(1);
+    set["spec"]["minReadySeconds"] = json!(min_ready);
+    apply(&env, ns, &set).await?;
+    let before = wait_for("3 pods Running with their records", T, || async {
+        let pods = running_pods(&env, ns, "").await?;
+        Ok((pods.len() == 3 && bound_records(&env, ns).await?.len() == 3).then_some(pods))
+    })
+    .await?;
+    wait_status(&sets, "both", "3 available", T, |s| {
+        s.available_replicas == 3
+    })
+    .await?;
+    // A pod is available only once Ready for minReadySeconds: a pod just moved, Ready but not
+    // yet available, still counts against the budget the rollout spends too.
+    let monitor = PodMonitor::start_with_min_ready(
+        env.client.clone(),
+        ns,
+        "app=both",
+        names("both", 0..3),
+        min_ready,
+    )
+    .await?;
+    create_nodes(&env.client, &[node("mig-l", "budget", "50")]).await?;
+    // The rollout and the migration start together.
+    patch(
+        &sets,
+        "both",
+        new_template(Some("app"), "app:v2", json!({})),
+    )
+    .await?;
+    let m: NodeMigration = serde_json::from_value(json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "NodeMigration",
+        "metadata": {"name": "move-mig-k"},
+        "spec": {"sourceNode": "mig-k", "targetNode": "mig-l", "reason": "kernel upgrade"}
+    }))?;
+    Api::<NodeMigration>::all(env.client.clone())
+        .create(&PostParams::default(), &m)
+        .await?;
+    let done = wait_for("the migration and the rollout finish", T, || async {
+        let completed = migration(&env, "move-mig-k").await?.is_some_and(|m| {
+            m.status
+                .is_some_and(|s| s.phase == MigrationPhase::Completed)
+        });
+        let set = sets.get("both").await?;
+        let rolled = set.status.as_ref().is_some_and(|s| {
+            s.observed_generation == set.metadata.generation
+                && s.updated_replicas == 3
+                && s.available_replicas == 3
+                && s.updated_available_replicas == 3
+        });
+        Ok((completed && rolled).then_some(()))
+    })
+    .await;
+    if let Err(e) = done {
+        anyhow::bail!(
+            "{e}\nset: {:?}\n{}",
+            sets.get("both").await?.status,
+            diagnose(&env, ns, "move-mig-k").await?
+        );
+    }
+    assert!(
+        monitor.max_unavailable() <= 1,
+        "{} pods of the set were unavailable at once (maxUnavailable 1); deleted in order {:?}",
+        monitor.max_unavailable(),
+        monitor.deleted()
+    );
+    let after = running_pods(&env, ns, "").await?;
+    for (name, (_, _, ip)) in &before {
+        let (_, node, now_ip) = &after[name];
+        assert_eq!(
+            (node.as_str(), now_ip),
+            ("mig-l", ip),
+            "{name} moved with its address"
+        );
+    }
     checker.finish()
 }

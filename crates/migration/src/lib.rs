@@ -19,6 +19,7 @@ use ests_api::{
     StaticIP, StaticIPPhase, keys,
 };
 use ests_core::migration::{Action as Step, plan};
+use ests_core::rollout::Leave;
 use ests_staticip::records::set_condition;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
@@ -106,10 +107,7 @@ impl Metrics {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
-    /// For the Eviction API: kube's default client retries 429 (up to 15 times, backing off
-    /// to minutes), and a PodDisruptionBudget answers 429 for as long as it refuses — one
-    /// refused eviction would stall the migration. This client does not retry; the next
-    /// pass does.
+    /// For the Eviction API (see [`ests_cache::eviction_client`]): the next pass retries.
     pub evictions: Client,
     pub settings: Settings,
     pub metrics: Metrics,
@@ -153,11 +151,8 @@ pub async fn run(
             ests_cache::wait_for(&migrations),
         ],
     );
-    let mut config = kube::Config::infer()
+    let evictions = ests_cache::eviction_client()
         .await
-        .map_err(|e| anyhow::anyhow!("reading the Kubernetes client configuration: {e}"))?;
-    config.default_retry = false;
-    let evictions = Client::try_from(config)
         .map_err(|e| anyhow::anyhow!("building the eviction client: {e}"))?;
     let ctx = Arc::new(Context {
         evictions,
@@ -305,6 +300,7 @@ fn step_label(step: &Step) -> &'static str {
         Step::Taint => "taint",
         Step::ForceDelete(_) => "force-delete",
         Step::Evict(_) => "evict",
+        Step::AskToLeave(..) => "ask-to-leave",
         Step::Recreate(_) => "recreate",
         Step::DeleteSource => "delete-source",
     }
@@ -499,6 +495,31 @@ async fn act(
             )
             .await
             .map_err(kube_err(format!("cordoning {source}")))?;
+        }
+        Step::AskToLeave(key, how) => {
+            let (ns, name) = split(key);
+            let Some(pod) = ctx.pods.get(&ObjectRef::new(name).within(ns)) else {
+                return Ok(());
+            };
+            let together = match how {
+                Leave::Together(group) => Some(group.as_str()),
+                Leave::Alone => None,
+            };
+            // The UID in the patch makes it fail (as an immutable field) on another
+            // incarnation of the pod, which was never asked.
+            let patch = json!({"metadata": {
+                "uid": pod.uid(),
+                "annotations": {keys::EVICT_FOR: m.name_any(), keys::EVICT_TOGETHER: together},
+            }});
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.is_not_found() || s.code == 422 => {}
+                Err(e) => return Err(kube_err(format!("asking pod {key} to leave"))(e)),
+            }
         }
         Step::Taint => {
             let api: Api<Node> = Api::all(ctx.client.clone());

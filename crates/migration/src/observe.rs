@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ests_api::{EnhancedStatefulSet, MigrationPhase, NodeMigration, keys};
 use ests_core::extender::pod_requests;
-use ests_core::migration::{Budget, Observed, RecordFacts, SourcePod, fits};
+use ests_core::migration::{Observed, RecordFacts, SourcePod, fits};
 use ests_core::quantity::{Resources, add, max, parse_milli};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
@@ -25,13 +25,6 @@ pub struct Observation {
 
 fn ready(node: &Node) -> bool {
     node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn ready_pod(pod: &Pod) -> bool {
-    pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
@@ -211,51 +204,29 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
                 key: k,
                 set,
                 terminating: p.metadata.deletion_timestamp.is_some(),
+                leave: ests_core::pods::leave_request(p),
             }
         })
         .collect();
 
-    // Maintenance budgets: each set's maxUnavailable (as in its rollouts) against its pods
-    // not ready now: the fewer of the set's status and its pods in the cache (either may lag
-    // an eviction), a pod being deleted counting as down.
-    let mut budgets = BTreeMap::new();
+    // Each set's maxUnavailable (as its rollouts scale it), for refusing a move it can never
+    // allow; when its pods go is its controller's decision, in the budget its rollout shares.
+    let mut max_unavailable = BTreeMap::new();
     for set in sets.iter() {
         let k = key(set.as_ref());
-        if !pods_on_source
+        if pods_on_source
             .iter()
             .any(|p| p.set.as_deref() == Some(k.as_str()))
         {
-            continue;
+            // An invalid maxUnavailable stops the set's controller, and so its evictions.
+            let max = set.spec.rolling_update().map_or(
+                Some(ests_core::rollout::ON_DELETE_MAX_UNAVAILABLE),
+                |r| {
+                    ests_core::identity::max_unavailable(&r.max_unavailable, set.spec.replicas).ok()
+                },
+            );
+            max_unavailable.insert(k, max.unwrap_or(1));
         }
-        let replicas = set.spec.replicas;
-        let uid = set.uid();
-        let ready_pods = pods
-            .iter()
-            .filter(|p| {
-                p.metadata.deletion_timestamp.is_none()
-                    && ready_pod(p)
-                    && p.owner_references()
-                        .iter()
-                        .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
-            })
-            .count();
-        let ready = set
-            .status
-            .as_ref()
-            .map_or(0, |s| s.ready_replicas)
-            .min(i32::try_from(ready_pods).unwrap_or(i32::MAX));
-        let max_unavailable = set
-            .spec
-            .rolling_update()
-            .and_then(|r| ests_core::identity::max_unavailable(&r.max_unavailable, replicas).ok())
-            .unwrap_or(1);
-        budgets.insert(
-            k,
-            Budget {
-                unavailable: (replicas - ready).max(0),
-                max_unavailable,
-            },
-        );
     }
 
     let blocks: Vec<_> = ctx.blocks.state();
@@ -325,7 +296,7 @@ pub async fn observe(ctx: &Context, m: &NodeMigration) -> Result<Observation, Er
             moved_blocks: status.moved_blocks.len(),
             records,
             pods_on_source,
-            budgets,
+            max_unavailable,
         },
         source_cidrs,
         provisioned,

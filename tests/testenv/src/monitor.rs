@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 use futures::StreamExt;
@@ -16,9 +16,11 @@ use tokio::task::JoinHandle;
 
 #[derive(Default, Debug)]
 struct State {
-    /// name -> (uid, available)
-    pods: BTreeMap<String, (String, bool)>,
+    /// name -> (uid, since when it has been Running and Ready, in seconds)
+    pods: BTreeMap<String, (String, Option<i64>)>,
     identities: Vec<String>,
+    /// A pod is available once Ready this long (the set's minReadySeconds).
+    min_ready_seconds: i64,
     max_unavailable: usize,
     /// Pod names in the order their incarnations appeared / disappeared.
     created: Vec<String>,
@@ -29,13 +31,16 @@ struct State {
 
 impl State {
     fn unavailable(&self) -> usize {
+        // In whole seconds, as the Ready condition's lastTransitionTime and the controller.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         self.identities
             .iter()
             .filter(|name| {
-                !self
-                    .pods
-                    .get(*name)
-                    .is_some_and(|(_, available)| *available)
+                !self.pods.get(*name).is_some_and(|(_, ready_since)| {
+                    ready_since.is_some_and(|since| now - since >= self.min_ready_seconds)
+                })
             })
             .count()
     }
@@ -47,15 +52,27 @@ impl State {
     }
 }
 
-fn available(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod.status.as_ref().is_some_and(|s| {
-            s.phase.as_deref() == Some("Running")
-                && s.conditions
-                    .iter()
-                    .flatten()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
+/// Since when the pod has been Running and Ready (seconds), if it is and is not going.
+fn ready_since(pod: &Pod) -> Option<i64> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    // No transition time: Ready since before anyone looked.
+    Some(
+        ready
+            .last_transition_time
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
+    )
 }
 
 /// A background watch over pods matching a label selector in one namespace.
@@ -73,8 +90,21 @@ impl PodMonitor {
         selector: &str,
         identities: Vec<String>,
     ) -> anyhow::Result<Self> {
+        Self::start_with_min_ready(client, namespace, selector, identities, 0).await
+    }
+
+    /// As [`PodMonitor::start`], for a set whose pods are available only once Ready for
+    /// `min_ready_seconds`.
+    pub async fn start_with_min_ready(
+        client: Client,
+        namespace: &str,
+        selector: &str,
+        identities: Vec<String>,
+        min_ready_seconds: i64,
+    ) -> anyhow::Result<Self> {
         let state = Arc::new(Mutex::new(State {
             identities,
+            min_ready_seconds,
             ..State::default()
         }));
         let (listed_tx, mut listed) = watch::channel(false);
@@ -93,7 +123,7 @@ impl PodMonitor {
                         if s.pods.get(&name).is_none_or(|(known, _)| known != &uid) {
                             s.created.push(name.clone());
                         }
-                        s.pods.insert(name, (uid, available(&pod)));
+                        s.pods.insert(name, (uid, ready_since(&pod)));
                     }
                     Event::Delete(pod) => {
                         let name = pod.name_any();

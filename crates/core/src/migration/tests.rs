@@ -28,14 +28,9 @@ fn world(ready: bool) -> Observed {
             set: Some("ns/db".into()),
             terminating: false,
             range_mode: true,
+            leave: None,
         }],
-        budgets: BTreeMap::from([(
-            "ns/db".to_string(),
-            Budget {
-                unavailable: 0,
-                max_unavailable: 1,
-            },
-        )]),
+        max_unavailable: BTreeMap::from([("ns/db".to_string(), 1)]),
         ..Observed::default()
     }
 }
@@ -96,6 +91,7 @@ fn pod(key: &str, range_mode: bool) -> SourcePod {
         set: Some("ns/db".into()),
         terminating: false,
         range_mode,
+        leave: None,
     }
 }
 
@@ -191,16 +187,22 @@ fn maintenance_cordons_and_evicts_before_moving_routes_and_blocks() {
     let mut o = world(true);
     o.mode = Some(MigrationMode::Maintenance);
     let p = plan(&o);
+    let together = Leave::Together("a".into());
     assert_eq!(
         p.actions,
-        [Action::Cordon, Action::Evict("ns/db-0".into())],
+        [
+            Action::Cordon,
+            Action::AskToLeave("ns/db-0".into(), together.clone())
+        ],
         "{p:?}"
     );
     assert!(!moves_network_or_blocks(&p));
-    // Evicted, still stopping (and serving at its address): nothing moves.
+    // Asked: not again.
     o.source_cordoned = true;
+    o.pods_on_source[0].leave = Some(together);
+    assert!(plan(&o).actions.is_empty());
+    // Evicted by its set, still stopping (and serving at its address): nothing moves.
     o.pods_on_source[0].terminating = true;
-    o.budgets.get_mut("ns/db").expect("budget").unavailable = 1;
     let p = plan(&o);
     assert!(p.actions.is_empty(), "{p:?}");
     assert!(
@@ -225,9 +227,10 @@ fn maintenance_cordons_and_evicts_before_moving_routes_and_blocks() {
 }
 
 #[test]
-fn maintenance_stops_a_blocks_pods_together_within_max_unavailable() {
+fn maintenance_asks_a_blocks_pods_to_leave_together_and_refuses_what_no_budget_allows() {
     // Three range-mode pods of one set on the source; their routes move at once, so all
-    // three must be down together.
+    // three must be down together: they are asked to leave together (their set's controller
+    // takes them down at once when its budget allows, see the rollout planner).
     let mut o = world(true);
     o.mode = Some(MigrationMode::Maintenance);
     o.source_cordoned = true;
@@ -235,33 +238,18 @@ fn maintenance_stops_a_blocks_pods_together_within_max_unavailable() {
         .map(|i| record(&format!("ns/db-{i}"), &format!("10.40.0.{}", i + 2)))
         .collect();
     o.pods_on_source = (0..3).map(|i| pod(&format!("ns/db-{i}"), true)).collect();
-    let budget = |unavailable, max_unavailable| {
-        BTreeMap::from([(
-            "ns/db".to_string(),
-            Budget {
-                unavailable,
-                max_unavailable,
-            },
-        )])
-    };
-    let evicted = |p: &Plan| {
+    let asked = |p: &Plan| {
         p.actions
             .iter()
-            .filter(|a| matches!(a, Action::Evict(_)))
+            .filter(|a| matches!(a, Action::AskToLeave(_, Leave::Together(g)) if g == "a"))
             .count()
     };
-    // The set allows three down: all three go in one pass.
-    o.budgets = budget(0, 3);
-    assert_eq!(evicted(&plan(&o)), 3);
-    // Another of its pods is down elsewhere: none goes until it is back (one or two would
-    // only wait, down, for the third).
-    o.budgets = budget(1, 3);
+    o.max_unavailable = BTreeMap::from([("ns/db".to_string(), 3)]);
     let p = plan(&o);
-    assert_eq!(evicted(&p), 0, "{p:?}");
+    assert_eq!(asked(&p), 3, "{p:?}");
     assert_eq!(p.phase, MigrationPhase::Moving);
-    assert!(p.waiting.is_some_and(|w| w.contains("ns/db")));
     // The set can never have three down: refused before anything is touched.
-    o.budgets = budget(0, 2);
+    o.max_unavailable = BTreeMap::from([("ns/db".to_string(), 2)]);
     o.source_cordoned = false;
     let p = plan(&o);
     assert_eq!(p.phase, MigrationPhase::Refused);
@@ -274,12 +262,16 @@ fn maintenance_stops_a_blocks_pods_together_within_max_unavailable() {
     );
     // One stopped already and waiting pinned to the source counts with the rest: two left
     // to stop and one down make three, within a budget of three.
-    o.budgets = budget(1, 3);
+    o.max_unavailable = BTreeMap::from([("ns/db".to_string(), 3)]);
     o.pods_on_source.remove(0);
     o.records[0].pending_pinned_to = Some("a".into());
-    assert_eq!(evicted(&plan(&o)), 2);
-    o.budgets = budget(1, 2);
+    assert_eq!(asked(&plan(&o)), 2);
+    o.max_unavailable = BTreeMap::from([("ns/db".to_string(), 2)]);
     assert_eq!(plan(&o).phase, MigrationPhase::Refused);
+    // A pod of no set has no budget to wait for: evicted.
+    o.max_unavailable = BTreeMap::from([("ns/db".to_string(), 3)]);
+    o.pods_on_source[0].set = None;
+    assert!(plan(&o).actions.contains(&Action::Evict("ns/db-1".into())));
 }
 
 #[test]
@@ -298,12 +290,19 @@ fn maintenance_evicts_record_mode_pods_within_max_unavailable_and_never_fences()
     let p = plan(&o);
     assert!(p.actions.contains(&Action::Cordon));
     assert!(!p.actions.contains(&Action::Taint));
-    let evicted: Vec<&Action> = p
+    // Both are asked; their set's controller takes them down one at a time.
+    let asked: Vec<&Action> = p
         .actions
         .iter()
-        .filter(|a| matches!(a, Action::Evict(_)))
+        .filter(|a| matches!(a, Action::AskToLeave(..) | Action::Evict(_)))
         .collect();
-    assert_eq!(evicted, [&Action::Evict("ns/db-0".into())], "one at a time");
+    assert_eq!(
+        asked,
+        [
+            &Action::AskToLeave("ns/db-0".into(), Leave::Alone),
+            &Action::AskToLeave("ns/db-1".into(), Leave::Alone)
+        ]
+    );
     assert!(
         !p.actions
             .iter()
@@ -317,7 +316,7 @@ fn maintenance_evicts_record_mode_pods_within_max_unavailable_and_never_fences()
     let evict = p
         .actions
         .iter()
-        .position(|a| a == &Action::Evict("ns/db-0".into()));
+        .position(|a| a == &Action::AskToLeave("ns/db-0".into(), Leave::Alone));
     assert!(record_moved < evict, "{p:?}");
 }
 
@@ -362,6 +361,8 @@ struct Model {
     moved_while_used: bool,
     /// Whether, in maintenance, a set had more pods down than its maxUnavailable.
     over_budget: bool,
+    /// The set's controller's `status.replacing`, kept between its passes.
+    replacing: BTreeMap<i32, crate::rollout::Replacing>,
 }
 
 impl Model {
@@ -380,14 +381,97 @@ impl Model {
             .any(|p| p.static_ip && p.range_mode)
     }
 
-    fn budget(&mut self, set: Option<&str>, change: i32) {
-        let maintenance = self.o.mode == Some(MigrationMode::Maintenance);
-        if let Some(b) = set.and_then(|s| self.o.budgets.get_mut(s)) {
-            b.unavailable += change;
-            if maintenance && b.unavailable > b.max_unavailable {
-                self.over_budget = true;
+    /// In maintenance, the set may never have more identities down than its maxUnavailable:
+    /// an identity is up while its pod runs on the source (not stopping) or on the target.
+    fn check_budget(&mut self) {
+        if self.o.mode != Some(MigrationMode::Maintenance) {
+            return;
+        }
+        let down = self
+            .o
+            .records
+            .iter()
+            .filter(|r| {
+                !r.running_on_target
+                    && !self
+                        .o
+                        .pods_on_source
+                        .iter()
+                        .any(|p| p.key == r.key && !p.terminating)
+            })
+            .count() as i32;
+        if down > self.o.max_unavailable["ns/db"] {
+            self.over_budget = true;
+        }
+    }
+
+    /// The set's controller: the rollout planner over the set's pods as they are, carrying
+    /// out its maintenance evictions (the only way a set's pod leaves in maintenance).
+    fn controller(&mut self) {
+        use crate::rollout::{self, DeleteReason, ObservedPod, Phase, SetView, Strategy};
+        let ordinal = |key: &str| -> i32 {
+            key.rsplit_once('-')
+                .and_then(|(_, o)| o.parse().ok())
+                .expect("key ns/db-<ordinal>")
+        };
+        let pods: Vec<ObservedPod> = self
+            .o
+            .records
+            .iter()
+            .map(|r| {
+                let i = ordinal(&r.key);
+                let mut pod = ObservedPod::pending(format!("db-{i}"), i, "v1", 0);
+                let on_source = self.o.pods_on_source.iter().find(|p| p.key == r.key);
+                let (uid, up) = match on_source {
+                    Some(p) => {
+                        pod.terminating = p.terminating;
+                        pod.leave = p.leave.clone();
+                        ("source", true)
+                    }
+                    None if r.running_on_target => ("target", true),
+                    None => ("pending", false),
+                };
+                pod.uid = Some(format!("{i}@{uid}"));
+                if up {
+                    pod.phase = Phase::Running;
+                    pod.ready_since = Some(0);
+                }
+                pod
+            })
+            .collect();
+        let view = SetView {
+            identities: pods.iter().map(|p| p.ordinal).collect(),
+            start: 0,
+            policy: ests_api::PodManagementPolicy::Parallel,
+            strategy: Strategy::RollingUpdate {
+                partition: 0,
+                max_unavailable: self.o.max_unavailable["ns/db"],
+                paused: false,
+                stuck_after: 1 << 40,
+            },
+            min_ready_seconds: 0,
+            current_revision: "v1".into(),
+            update_revision: "v1".into(),
+            replacing: self.replacing.clone(),
+        };
+        let plan = rollout::plan(&view, &pods, 1);
+        self.replacing = plan.replacing;
+        for action in plan.actions {
+            if let rollout::Action::Delete {
+                ordinal,
+                reason: DeleteReason::Maintenance,
+                ..
+            } = action
+                && let Some(p) = self
+                    .o
+                    .pods_on_source
+                    .iter_mut()
+                    .find(|p| p.key == format!("ns/db-{ordinal}"))
+            {
+                p.terminating = true;
             }
         }
+        self.check_budget();
     }
 
     /// A pod of the source left the API: the controller makes it again at once, and the
@@ -450,11 +534,7 @@ impl Model {
                 if !self.o.fenced {
                     self.released_unfenced = true;
                 }
-                if let Some(p) = self.o.pods_on_source.iter().find(|p| &p.key == k) {
-                    let (set, counted) = (p.set.clone(), p.terminating);
-                    if !counted {
-                        self.budget(set.as_deref(), 1);
-                    }
+                if self.o.pods_on_source.iter().any(|p| &p.key == k) {
                     self.gone(k);
                 }
             }
@@ -467,8 +547,11 @@ impl Model {
                     .find(|p| &p.key == k && !p.terminating);
                 if let Some(p) = pod {
                     p.terminating = true;
-                    let set = p.set.clone();
-                    self.budget(set.as_deref(), 1);
+                }
+            }
+            Action::AskToLeave(k, how) => {
+                if let Some(p) = self.o.pods_on_source.iter_mut().find(|p| &p.key == k) {
+                    p.leave = Some(how.clone());
                 }
             }
             Action::Recreate(k) => {
@@ -498,17 +581,13 @@ impl Model {
             }
         }
         let target = self.o.target.clone();
-        let mut started = Vec::new();
         for r in &mut self.o.records {
             if target.is_some() && r.pending_pinned_to == target {
                 r.pending_pinned_to = None;
                 r.running_on_target = true;
-                started.push(r.set.clone());
             }
         }
-        for set in started {
-            self.budget(set.as_deref(), -1);
-        }
+        self.controller();
     }
 }
 
@@ -535,10 +614,7 @@ proptest! {
             ..record(&format!("ns/db-{i}"), &format!("10.40.0.{}", i + 2))
         }).collect();
         o.pods_on_source = (1..pods).map(|i| pod(&format!("ns/db-{i}"), range_mode)).collect();
-        o.budgets = BTreeMap::from([(
-            "ns/db".to_string(),
-            Budget { unavailable: 1, max_unavailable },
-        )]);
+        o.max_unavailable = BTreeMap::from([("ns/db".to_string(), max_unavailable)]);
         // All of a set's range-mode pods on the source are down at once when their routes
         // move; in maintenance the set must allow it.
         let refusable = ready && range_mode && pods > max_unavailable as usize;
@@ -554,6 +630,7 @@ proptest! {
             let cut = if round % 3 == 2 { p.actions.len() } else { cut.max(1).min(p.actions.len()) };
             for a in &p.actions[..cut] {
                 m.apply(a);
+                m.check_budget();
             }
             m.settle(round % 2 == 1);
             last = Some(p);

@@ -39,6 +39,7 @@ fn ready(ordinal: i32, revision: &str) -> ObservedPod {
         unready_since: NOW - 2000,
         container_error: None,
         held: false,
+        leave: None,
     }
 }
 
@@ -367,7 +368,10 @@ impl Sim {
                         });
                         assert!(healthy, "scaled in {ordinal} with an unhealthy identity");
                     }
-                    if matches!(reason, DeleteReason::Update | DeleteReason::Stuck) {
+                    if matches!(
+                        reason,
+                        DeleteReason::Update | DeleteReason::Stuck | DeleteReason::Maintenance
+                    ) {
                         // A delete sent again for a pod taken down earlier was decided then.
                         let again = self
                             .set
@@ -376,6 +380,7 @@ impl Sim {
                             .is_some_and(|r| r.uid == seen.uid);
                         if let Strategy::RollingUpdate { partition, .. } = self.set.strategy
                             && !again
+                            && *reason != DeleteReason::Maintenance
                         {
                             assert!(
                                 ordinal - self.set.start >= partition,
@@ -511,6 +516,7 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
         proptest::collection::vec(any::<u8>(), 64..256),
         0i32..3,
         any::<bool>(),
+        0u8..3,
     )
         .prop_map(
             |(
@@ -524,8 +530,16 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
                 dice,
                 extra,
                 lag,
+                leave,
             )| {
                 let identities: Vec<i32> = (start..start + replicas).collect();
+                // A node migration asks some pods to leave: alone (every other one), or
+                // together (as many as the budget allows at once).
+                let leave_of = |o: i32| match leave {
+                    1 if o % 2 == 0 => Some(Leave::Alone),
+                    2 if o - start < max_unavailable => Some(Leave::Together("node-a".into())),
+                    _ => None,
+                };
                 // `extra` pods beyond the identities: a scale-in at the same time.
                 let pods = (start..start + replicas + extra)
                     .map(|o| {
@@ -542,6 +556,7 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
                                 unready_since: 0,
                                 container_error: None,
                                 held: false,
+                                leave: leave_of(o),
                             },
                         )
                     })
@@ -589,7 +604,8 @@ proptest! {
             let offset = step % dice.len();
             let plan = sim.step(&dice[offset..]);
             let scaled_in = sim.pods.keys().all(|o| sim.set.identities.contains(o));
-            if plan.counts.rollout_complete && plan.actions.is_empty() && scaled_in && sim.bad_revision.is_none() {
+            let left = sim.pods.values().all(|p| p.leave.is_none());
+            if plan.counts.rollout_complete && plan.actions.is_empty() && scaled_in && left && sim.bad_revision.is_none() {
                 break;
             }
         }
@@ -603,6 +619,12 @@ proptest! {
                 .filter(|p| !sim.set.identities.contains(&p.ordinal) && !p.held && !p.terminating)
                 .collect();
             prop_assert!(left.is_empty(), "scale-in did not finish: {:?}", sim);
+            let asked: Vec<_> = sim
+                .pods
+                .values()
+                .filter(|p| sim.set.identities.contains(&p.ordinal) && p.leave.is_some())
+                .collect();
+            prop_assert!(asked.is_empty(), "pods asked to leave stayed: {:?}", sim);
         }
     }
 
@@ -826,4 +848,98 @@ fn an_identity_being_replaced_counts_against_the_budget_while_its_old_pod_is_sti
     .into();
     let p = plan(&s, &pods, NOW);
     assert!(!p.replacing.contains_key(&4));
+}
+
+fn leaving(mut pod: ObservedPod, how: Leave) -> ObservedPod {
+    pod.leave = Some(how);
+    pod
+}
+
+#[test]
+fn pods_asked_to_leave_share_the_budget_with_the_rollout() {
+    // maxUnavailable 2: the migration's pod goes first, the update window takes the other.
+    let s = set(5, rolling(0, 2), PodManagementPolicy::Parallel);
+    let mut pods: Vec<_> = (0..5).map(|o| ready(o, "v1")).collect();
+    pods[1] = leaving(ready(1, "v1"), Leave::Alone);
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::Maintenance), vec![1]);
+    assert_eq!(deleted(&p, DeleteReason::Update), vec![4]);
+    assert_eq!(p.replacing[&1].reason, ReplaceReason::Maintenance);
+    // Taken down and still seen (a lagging cache): sent again, at no further cost.
+    let mut s2 = s.clone();
+    s2.replacing = p.replacing.clone();
+    let p = plan(&s2, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::Maintenance), vec![1]);
+    assert_eq!(deleted(&p, DeleteReason::Update), vec![4]);
+    assert_eq!(p.counts.unavailable, 2);
+}
+
+#[test]
+fn a_pod_not_yet_available_for_min_ready_seconds_keeps_a_maintenance_eviction_waiting() {
+    // The rollout's new pod has been Ready 3 s of its 10: still unavailable, the budget of
+    // one is spent; a migration's request waits (readyReplicas alone would say go).
+    let mut s = set(3, rolling(0, 1), PodManagementPolicy::Parallel);
+    s.min_ready_seconds = 10;
+    let mut fresh = ready(2, "v2");
+    fresh.ready_since = Some(NOW - 3);
+    let pods = vec![leaving(ready(0, "v1"), Leave::Alone), ready(1, "v1"), fresh];
+    let p = plan(&s, &pods, NOW);
+    assert!(p.actions.is_empty(), "{p:?}");
+    assert_eq!(p.requeue_after, Some(7));
+    let p = plan(&s, &pods, NOW + 7);
+    assert_eq!(deleted(&p, DeleteReason::Maintenance), vec![0]);
+    assert!(deleted(&p, DeleteReason::Update).is_empty());
+}
+
+#[test]
+fn maintenance_goes_on_when_paused_below_the_partition_and_under_on_delete() {
+    let paused = Strategy::RollingUpdate {
+        partition: 3,
+        max_unavailable: 1,
+        paused: true,
+        stuck_after: 300,
+    };
+    for strategy in [paused, Strategy::OnDelete] {
+        let s = set(3, strategy, PodManagementPolicy::OrderedReady);
+        let pods = vec![
+            leaving(ready(0, "v1"), Leave::Alone),
+            leaving(ready(1, "v1"), Leave::Alone),
+            ready(2, "v1"),
+        ];
+        let p = plan(&s, &pods, NOW);
+        // One at a time (OnDelete's budget is one), from the highest ordinal.
+        assert_eq!(
+            deleted(&p, DeleteReason::Maintenance),
+            vec![1],
+            "{strategy:?}"
+        );
+        assert!(deleted(&p, DeleteReason::Update).is_empty());
+    }
+}
+
+#[test]
+fn pods_asked_to_leave_together_go_at_once_or_not_at_all() {
+    let s = set(4, rolling(0, 2), PodManagementPolicy::Parallel);
+    let together = Leave::Together("node-a".into());
+    let mut pods: Vec<_> = (0..4)
+        .map(|o| leaving(ready(o, "v2"), together.clone()))
+        .collect();
+    pods.truncate(2);
+    pods.push(unready(2, "v2", NOW - 5));
+    pods.push(ready(3, "v2"));
+    // One is down already: two more would make three.
+    let p = plan(&s, &pods, NOW);
+    assert!(deleted(&p, DeleteReason::Maintenance).is_empty(), "{p:?}");
+    pods[2] = ready(2, "v2");
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::Maintenance), vec![1, 0]);
+    // A held member (its record does not hold its address yet) keeps the whole group.
+    pods[0].held = true;
+    let p = plan(&s, &pods, NOW);
+    assert!(deleted(&p, DeleteReason::Maintenance).is_empty(), "{p:?}");
+    // One of the group already stopping costs nothing more: the rest go.
+    pods[0].held = false;
+    pods[0].terminating = true;
+    let p = plan(&s, &pods, NOW);
+    assert_eq!(deleted(&p, DeleteReason::Maintenance), vec![1]);
 }
