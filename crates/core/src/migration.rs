@@ -6,7 +6,9 @@
 //! NetworkMoved), so a manager that dies after any action plans the rest from what it finds.
 //! The safety rules live here, once:
 //!
-//! - nothing of a NotReady source is released (taint, force-delete) before it is fenced;
+//! - nothing of a NotReady source is released (taint, force-delete) before it is fenced; a
+//!   source that goes NotReady during a maintenance move turns it into a failure move, which
+//!   fences first (its evicted pods would otherwise wait, stopping, for ever);
 //! - the network hook succeeds before any block or record moves, so no pod starts on the
 //!   target before its addresses are routed there;
 //! - the routes and blocks move only once no pod of the source uses them (running, or still
@@ -97,6 +99,8 @@ pub struct Observed {
 pub enum Action {
     /// Persist the target and the mode in the status.
     Start { target: String, mode: MigrationMode },
+    /// Maintenance, and the source went NotReady: persist mode Failure (fencing comes next).
+    Escalate,
     /// Ask the fencing hook (or take the operator's confirmation); on yes, persist fencedAt.
     Fence,
     /// Run the network hook for the source's blocks; on success, persist NetworkMoved.
@@ -253,6 +257,11 @@ pub fn plan(o: &Observed) -> Plan {
     };
     let mut actions = Vec::new();
     let mode = match o.mode {
+        // Its pods stop no more and may still run: only fencing can release them now.
+        Some(MigrationMode::Maintenance) if o.source_exists && !o.source_ready => {
+            actions.push(Action::Escalate);
+            MigrationMode::Failure
+        }
         Some(mode) => mode,
         None => {
             let mode = if o.source_exists && o.source_ready {

@@ -3,7 +3,9 @@
 //! fenced; a fencing hook that says no releases nothing; a target without room is refused;
 //! a manager killed mid-migration resumes; a Ready node's move respects a
 //! PodDisruptionBudget, and moves its IP blocks only once the pods using them are gone; a
-//! rollout and a maintenance migration of one set together stay within its maxUnavailable.
+//! rollout and a maintenance migration of one set together stay within its maxUnavailable;
+//! a node that goes NotReady during its maintenance move is fenced before anything of it is
+//! released.
 
 mod support;
 
@@ -791,4 +793,114 @@ async fn a_rollout_and_a_maintenance_migration_together_stay_within_max_unavaila
         );
     }
     checker.finish()
+}
+
+#[tokio::test]
+async fn a_node_that_goes_not_ready_during_maintenance_is_fenced_before_anything_is_released()
+-> anyhow::Result<()> {
+    let env = migration_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let ns = "mig-down";
+    create_nodes(&env.client, &[node("mig-m", "down", "50")]).await?;
+    namespace(&env, ns).await?;
+    apply(&env, ns, &static_set("held", 2, "down", None)).await?;
+    let before = wait_for("2 pods Running", T, || async {
+        let pods = running_pods(&env, ns, "").await?;
+        Ok((pods.len() == 2 && bound_records(&env, ns).await?.len() == 2).then_some(pods))
+    })
+    .await?;
+    // The budget refuses every eviction: the maintenance move cannot finish by itself.
+    apply(
+        &env,
+        ns,
+        &json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": "held"},
+            "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "held"}}}
+        }),
+    )
+    .await?;
+    create_nodes(&env.client, &[node("mig-n", "down", "50")]).await?;
+    let m: NodeMigration = serde_json::from_value(json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "NodeMigration",
+        "metadata": {"name": "move-mig-m"},
+        "spec": {"sourceNode": "mig-m", "targetNode": "mig-n", "reason": "kernel upgrade"}
+    }))?;
+    Api::<NodeMigration>::all(env.client.clone())
+        .create(&PostParams::default(), &m)
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    wait_for("both pods asked to leave, in maintenance", T, || async {
+        let maintenance = migration(&env, "move-mig-m").await?.is_some_and(|m| {
+            m.status
+                .is_some_and(|s| s.mode == Some(ests_api::MigrationMode::Maintenance))
+        });
+        let asked = pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.annotations().contains_key(keys::EVICT_FOR))
+            .count();
+        Ok((maintenance && asked == 2).then_some(()))
+    })
+    .await?;
+    // The node dies in the middle of its move.
+    kill_node(&env.client, "mig-m").await?;
+    let fencing = wait_for(
+        "the move turned into a failure move, waiting for fencing",
+        not_ready_timeout() + T,
+        || async {
+            Ok(migration(&env, "move-mig-m").await?.filter(|m| {
+                m.status.as_ref().is_some_and(|s| {
+                    s.mode == Some(ests_api::MigrationMode::Failure)
+                        && s.phase == MigrationPhase::Fencing
+                })
+            }))
+        },
+    )
+    .await;
+    if let Err(e) = fencing {
+        anyhow::bail!("{e}\n{}", diagnose(&env, ns, "move-mig-m").await?);
+    }
+    // Nothing of it is released: its pods stay (they may still run, with their addresses),
+    // no out-of-service taint, nothing started on the target.
+    for (name, (uid, _, _)) in &before {
+        let pod = pods.get(name).await?;
+        assert_eq!(pod.uid().as_ref(), Some(uid), "{name} not re-created");
+        assert!(
+            pod.metadata.deletion_timestamp.is_none(),
+            "{name} not deleted"
+        );
+    }
+    let node: Node = Api::<Node>::all(env.client.clone()).get("mig-m").await?;
+    assert!(
+        node.spec
+            .and_then(|s| s.taints)
+            .is_none_or(|ts| ts.iter().all(|t| t.key != keys::OUT_OF_SERVICE_TAINT)),
+        "no out-of-service taint before fencing"
+    );
+    // Fenced: the pods come back on the target with their addresses.
+    std::fs::write(fence_dir(&env).join("fence-yes-mig-m"), "")?;
+    let done = wait_for("the migration completes", T, || async {
+        Ok(migration(&env, "move-mig-m").await?.filter(|m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.phase == MigrationPhase::Completed)
+        }))
+    })
+    .await;
+    if let Err(e) = done {
+        anyhow::bail!("{e}\n{}", diagnose(&env, ns, "move-mig-m").await?);
+    }
+    let after = running_pods(&env, ns, "").await?;
+    for (name, (_, _, ip)) in &before {
+        let (_, node, now_ip) = &after[name];
+        assert_eq!(
+            (node.as_str(), now_ip),
+            ("mig-n", ip),
+            "{name} moved with its address"
+        );
+    }
+    Ok(())
 }

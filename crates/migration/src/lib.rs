@@ -292,6 +292,7 @@ async fn reconcile(cached: Arc<NodeMigration>, ctx: Arc<Context>) -> Result<Acti
 fn step_label(step: &Step) -> &'static str {
     match step {
         Step::Start { .. } => "start",
+        Step::Escalate => "escalate",
         Step::Fence => "fence",
         Step::MoveNetwork => "network",
         Step::MoveBlock(_) => "move-block",
@@ -349,6 +350,19 @@ async fn act(
                 EventType::Normal,
                 "Started",
                 format!("moving {source}'s static-IP pods and IP blocks to {target} ({mode:?})"),
+            )
+            .await;
+        }
+        Step::Escalate => {
+            status.mode = Some(MigrationMode::Failure);
+            publish(
+                ctx,
+                m,
+                EventType::Warning,
+                "SourceNotReady",
+                format!(
+                    "{source} went NotReady during its maintenance move: moving as after a failure, nothing of it is released until it is fenced"
+                ),
             )
             .await;
         }

@@ -491,6 +491,7 @@ impl Model {
                 self.o.target = Some(target.clone());
                 self.o.mode = Some(*mode);
             }
+            Action::Escalate => self.o.mode = Some(MigrationMode::Failure),
             Action::Fence => {
                 if self.hook_says_yes || self.o.confirm_fenced {
                     self.o.fenced = true;
@@ -568,7 +569,9 @@ impl Model {
     /// Time passes: stopping pods are gone, and pods pinned to the target run there (one
     /// pinned to the source waits: it is cordoned or tainted).
     fn settle(&mut self, stop: bool) {
-        if stop {
+        // A pod being deleted stops only on a node that runs: on a NotReady one it waits
+        // until it is force-deleted.
+        if stop && self.o.source_ready {
             let stopped: Vec<String> = self
                 .o
                 .pods_on_source
@@ -605,6 +608,7 @@ proptest! {
         range_mode in any::<bool>(),
         max_unavailable in 1i32..6,
         crashes in proptest::collection::vec(0usize..8, 40),
+        goes_down in proptest::option::of(0usize..12),
     ) {
         let mut o = world(ready);
         o.confirm_fenced = confirm;
@@ -620,7 +624,13 @@ proptest! {
         let refusable = ready && range_mode && pods > max_unavailable as usize;
         let mut m = Model::new(o);
         let mut last = None;
+        let mut went_down = false;
         for round in 0..200 {
+            // A Ready source may go NotReady in the middle of its maintenance move.
+            if goes_down == Some(round) && m.o.source_ready {
+                m.o.source_ready = false;
+                went_down = true;
+            }
             let p = plan(&m.o);
             if p.phase == MigrationPhase::Completed {
                 break;
@@ -636,7 +646,7 @@ proptest! {
             last = Some(p);
         }
         let phase = plan(&m.o).phase;
-        if refusable {
+        if refusable && !went_down {
             prop_assert_eq!(phase, MigrationPhase::Refused, "{:?}", last);
             prop_assert!(m.o.pods_on_source.iter().all(|p| !p.terminating), "nothing evicted: {:?}", m.o);
             prop_assert_eq!(m.o.pods_on_source.len(), pods - 1);
@@ -667,4 +677,29 @@ fn a_hook_that_says_no_releases_nothing_ever() {
     assert!(!m.released_unfenced);
     assert_eq!(m.o.pods_on_source.len(), 1);
     assert_eq!(m.o.blocks_on_source.len(), 1);
+}
+
+#[test]
+fn a_source_that_goes_not_ready_during_maintenance_is_fenced_before_anything_is_released() {
+    let mut o = world(true);
+    o.mode = Some(MigrationMode::Maintenance);
+    o.source_cordoned = true;
+    o.pods_on_source[0].leave = Some(Leave::Together("a".into()));
+    o.pods_on_source[0].terminating = true;
+    // Evicted, and its node stops answering: the pod never finishes stopping by itself.
+    o.source_ready = false;
+    let p = plan(&o);
+    assert_eq!(p.actions, [Action::Escalate, Action::Fence], "{p:?}");
+    assert_eq!(p.phase, MigrationPhase::Fencing);
+    // Escalated, not fenced yet: still nothing released.
+    o.mode = Some(MigrationMode::Failure);
+    assert_eq!(plan(&o).actions, [Action::Fence]);
+    // Fenced: the out-of-service taint and the force-delete release it.
+    o.fenced = true;
+    let p = plan(&o);
+    assert_eq!(
+        p.actions,
+        [Action::Taint, Action::ForceDelete("ns/db-0".into())],
+        "{p:?}"
+    );
 }
