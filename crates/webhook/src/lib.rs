@@ -15,7 +15,7 @@
 //!   every pool; until that cache has listed, pools are refused (retry).
 //! - `POST /interpret` (Karmada's Resource Interpreter webhook, `ResourceInterpreterContext`
 //!   for EnhancedStatefulSet): the same answers as the Lua customization in
-//!   `config/karmada` ([`interpreter`]).
+//!   `config/karmada` ([`ests_core::karmada`]).
 //!
 //! Records and pools are read from watch-fed caches: nothing on the request path calls the API
 //! server. Every answer is an [`ests_runtime::Answer`]: a malformed request gets a 400 with a
@@ -23,7 +23,6 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod interpreter;
 pub mod kept_addresses;
 pub mod metrics;
 
@@ -339,7 +338,7 @@ pub fn review_interpretation(body: &[u8]) -> Answer {
         Ok(v) => v,
         Err(e) => return Answer::bad_request(format!("not a ResourceInterpreterContext: {e}")),
     };
-    match interpreter::answer(&context) {
+    match ests_core::karmada::answer(&context) {
         Ok(reply) => {
             let result = if reply["response"]["successful"] == json!(true) {
                 "answered"
