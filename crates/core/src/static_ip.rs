@@ -461,15 +461,14 @@ fn condition_true(record: &StaticIP, type_: &str) -> Option<bool> {
         .map(|c| c.status == "True")
 }
 
-/// Whether the record's Bound condition already says `reason` about the pod `pod_uid`.
+/// Whether the record's Bound condition already says `reason` about the pod `pod_uid`
+/// (`status.refusedPodUID`; the message is for people and decides nothing).
 fn reported(record: &StaticIP, reason: &str, pod_uid: &str) -> bool {
     record.status.as_ref().is_some_and(|s| {
-        s.conditions.iter().any(|c| {
-            c.type_ == CONDITION_BOUND
-                && c.status == "False"
-                && c.reason == reason
-                && c.message.contains(pod_uid)
-        })
+        s.refused_pod_uid.as_deref() == Some(pod_uid)
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == CONDITION_BOUND && c.status == "False" && c.reason == reason)
     })
 }
 
