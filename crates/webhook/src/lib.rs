@@ -34,8 +34,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use ests_api::{EnhancedStatefulSet, StaticIP, StaticIPPool};
 use ests_core::address_claims::{claims, kept_address_claims};
 use ests_core::pin::{Denial, PinSettings, PinVerdict, pin};
@@ -71,11 +70,20 @@ pub struct AppState {
 /// The webhook's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/mutate-pods", post(mutate_pods))
-        .route("/validate-pod-addresses", post(validate_pod_addresses))
-        .route("/validate-sets", post(validate_sets))
-        .route("/validate-pools", post(validate_pools))
-        .route("/interpret", post(interpret))
+        .route("/mutate-pods", endpoint("mutate-pods", review_pod))
+        .route(
+            "/validate-pod-addresses",
+            endpoint("validate-pod-addresses", review_pod_addresses),
+        )
+        .route(
+            "/validate-sets",
+            endpoint("validate-sets", |_, body| review_set(body)),
+        )
+        .route("/validate-pools", endpoint("validate-pools", review_pool))
+        .route(
+            "/interpret",
+            endpoint("interpret", |_, body| review_interpretation(body)),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -274,62 +282,28 @@ pub fn review_pool(state: &AppState, body: &[u8]) -> Answer {
     })
 }
 
-fn respond(metrics: &Metrics, endpoint: &str, started: Instant, answer: Answer) -> Response {
-    ests_runtime::http::respond(
-        &metrics.requests,
-        &metrics.duration,
-        endpoint,
-        started,
-        answer,
+/// The route answering POSTs with `review`, timed and counted under `endpoint`. Every
+/// endpoint is a pure function of the state and the body, so one handler serves them all.
+fn endpoint(
+    endpoint: &'static str,
+    review: fn(&AppState, &[u8]) -> Answer,
+) -> MethodRouter<AppState> {
+    post(
+        move |State(state): State<AppState>, body: Result<Bytes, BytesRejection>| async move {
+            let started = Instant::now();
+            let answer = match body {
+                Ok(body) => review(&state, &body),
+                Err(rejection) => Answer::unreadable(rejection),
+            };
+            ests_runtime::http::respond(
+                &state.metrics.requests,
+                &state.metrics.duration,
+                endpoint,
+                started,
+                answer,
+            )
+        },
     )
-}
-
-async fn mutate_pods(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    let answer = match body {
-        Ok(body) => review_pod(&state, &body),
-        Err(rejection) => Answer::unreadable(rejection),
-    };
-    respond(&state.metrics, "mutate-pods", started, answer)
-}
-
-async fn validate_pod_addresses(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    let answer = match body {
-        Ok(body) => review_pod_addresses(&state, &body),
-        Err(rejection) => Answer::unreadable(rejection),
-    };
-    respond(&state.metrics, "validate-pod-addresses", started, answer)
-}
-
-async fn validate_sets(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    let answer = match body {
-        Ok(body) => review_set(&body),
-        Err(rejection) => Answer::unreadable(rejection),
-    };
-    respond(&state.metrics, "validate-sets", started, answer)
-}
-
-async fn validate_pools(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    let answer = match body {
-        Ok(body) => review_pool(&state, &body),
-        Err(rejection) => Answer::unreadable(rejection),
-    };
-    respond(&state.metrics, "validate-pools", started, answer)
 }
 
 /// Answers a Karmada `ResourceInterpreterContext`, without I/O.
@@ -349,13 +323,4 @@ pub fn review_interpretation(body: &[u8]) -> Answer {
         }
         Err(e) => Answer::bad_request(e),
     }
-}
-
-async fn interpret(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let started = Instant::now();
-    let answer = match body {
-        Ok(body) => review_interpretation(&body),
-        Err(rejection) => Answer::unreadable(rejection),
-    };
-    respond(&state.metrics, "interpret", started, answer)
 }
