@@ -23,6 +23,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::keys;
 
+pub mod ip_mode;
+
 /// Name of the policy that checks EnhancedStatefulSets.
 pub const SET_POLICY: &str = "ests-enhanced-stateful-set";
 /// Name of the policy that guards StaticIP records.
@@ -71,27 +73,17 @@ fn validation(expression: String, message: String) -> Validation {
     }
 }
 
-fn annotation_of(object: &str, key: &str) -> String {
-    format!("{object}.metadata.?annotations[?'{key}'].orValue('')")
-}
-
 fn set_policy() -> ValidatingAdmissionPolicy {
-    let enable = keys::STATIC_IP_ENABLE;
-    let pool = keys::STATIC_IP_POOL;
-    let policy = keys::STATIC_IP_RELEASE_POLICY;
-    let ttl = keys::STATIC_IP_RELEASE_TTL_SECONDS;
-    let unchanged = |key: &str| {
-        validation(
-            format!(
-                "request.operation != 'UPDATE' || {} == {}",
-                annotation_of("object", key),
-                annotation_of("oldObject", key)
-            ),
-            format!(
-                "metadata.annotations[{key}] is immutable: a set's IP mode cannot change while the set exists"
-            ),
-        )
-    };
+    let mut validations = vec![validation(
+        "object.spec.selector.?matchLabels.orValue({}).all(k, k in variables.templateLabels && variables.templateLabels[k] == object.spec.selector.matchLabels[k])".into(),
+        "spec.selector.matchLabels must match spec.template.metadata.labels".into(),
+    )];
+    // The IP-mode annotations: the rules the webhook and the controller check in Rust.
+    validations.extend(
+        ip_mode::RULES
+            .iter()
+            .map(|rule| validation(rule.expression(), rule.message())),
+    );
     ValidatingAdmissionPolicy {
         metadata: ObjectMeta {
             name: Some(SET_POLICY.into()),
@@ -107,44 +99,7 @@ fn set_policy() -> ValidatingAdmissionPolicy {
                 name: "templateLabels".into(),
                 expression: "object.spec.template.?metadata.?labels.orValue({})".into(),
             }]),
-            validations: Some(vec![
-                validation(
-                    "object.spec.selector.?matchLabels.orValue({}).all(k, k in variables.templateLabels && variables.templateLabels[k] == object.spec.selector.matchLabels[k])".into(),
-                    "spec.selector.matchLabels must match spec.template.metadata.labels".into(),
-                ),
-                validation(
-                    format!("{} in ['', 'true', 'false']", annotation_of("object", enable)),
-                    format!("metadata.annotations[{enable}] must be \"true\" or \"false\""),
-                ),
-                validation(
-                    format!(
-                        "{} == '' || {} == 'true'",
-                        annotation_of("object", pool),
-                        annotation_of("object", enable)
-                    ),
-                    format!("metadata.annotations[{pool}] needs metadata.annotations[{enable}] set to \"true\""),
-                ),
-                validation(
-                    format!(
-                        "{} in ['', 'WhenScaled', 'WhenDeleted', 'TTL', 'Never']",
-                        annotation_of("object", policy)
-                    ),
-                    format!("metadata.annotations[{policy}] must be one of WhenScaled, WhenDeleted, TTL, Never"),
-                ),
-                validation(
-                    format!(
-                        "{} == 'TTL' ? {}.matches('^[0-9]{{1,9}}$') : {} == ''",
-                        annotation_of("object", policy),
-                        annotation_of("object", ttl),
-                        annotation_of("object", ttl)
-                    ),
-                    format!(
-                        "metadata.annotations[{ttl}] must be a whole number of seconds, set exactly when metadata.annotations[{policy}] is TTL"
-                    ),
-                ),
-                unchanged(enable),
-                unchanged(pool),
-            ]),
+            validations: Some(validations),
             ..Default::default()
         }),
         status: None,
@@ -190,7 +145,10 @@ fn pod_addresses_policy() -> ValidatingAdmissionPolicy {
     let validations = [keys::STATIC_IP_POD_IP, keys::STATIC_IP_POD_NODE]
         .into_iter()
         .map(|key| {
-            let (now, before) = (annotation_of("object", key), annotation_of("oldObject", key));
+            let (now, before) = (
+                ip_mode::cel_value("object", key),
+                ip_mode::cel_value("oldObject", key),
+            );
             validation(
                 // Kept as it was on an update: a pod released from its set keeps what it had.
                 format!(

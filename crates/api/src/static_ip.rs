@@ -135,6 +135,15 @@ pub struct StaticIPStatus {
     /// UID of the pod the record is bound to.
     #[serde(default, rename = "podUID", skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// UID of the pod the record refused to bind, which the Bound condition (False, reason
+    /// IPMismatch or AddressTaken) is about: each such pod is reported once, and looked at
+    /// again only as the reason allows.
+    #[serde(
+        default,
+        rename = "refusedPodUID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub refused_pod_uid: Option<String>,
     /// When a pod of this identity was last seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,

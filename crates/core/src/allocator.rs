@@ -35,8 +35,23 @@ pub enum AllocError {
     NotHolder { ip: IpAddr, holder: Option<Holder> },
     #[error("block {0} changed {1} times in a row while writing; giving up")]
     Contention(String, usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why the store of blocks (the API server, for IPBlock objects) failed, by what a caller
+/// can do about it; each carries what failed, naming the block.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The block does not exist (any more): nothing of it to free.
     #[error("{0}")]
-    Store(String),
+    NotFound(String),
+    /// The block changed under a write other than the compare-and-swap absorbs.
+    #[error("{0}")]
+    Conflict(String),
+    /// Anything else: the API server unreachable or refusing, a block that does not parse.
+    #[error("{0}")]
+    Other(String),
 }
 
 /// Splits `cidr` into blocks with prefix length `prefix` (the CIDR itself if it is smaller).
@@ -206,9 +221,10 @@ impl Block {
     pub fn new(cidr: IpNet, reserved: &[IpAddr]) -> Result<Self, AllocError> {
         let bits = cidr.max_prefix_len() - cidr.prefix_len();
         if !(2..=MAX_BLOCK_BITS).contains(&bits) {
-            return Err(AllocError::Store(format!(
+            return Err(StoreError::Other(format!(
                 "block {cidr} must hold between 4 and 2^{MAX_BLOCK_BITS} addresses"
-            )));
+            ))
+            .into());
         }
         let size = 1u64 << bits;
         let words = usize::try_from(size.div_ceil(64)).unwrap_or(0);

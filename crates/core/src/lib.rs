@@ -8,6 +8,7 @@ pub mod adoption;
 pub mod allocator;
 pub mod extender;
 pub mod identity;
+pub mod karmada;
 pub mod migration;
 pub mod pin;
 pub mod pods;

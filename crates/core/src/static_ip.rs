@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ests_api::keys;
+use ests_api::policy::ip_mode;
 use ests_api::{
     EnhancedStatefulSet, NodeDeletionPolicy, ReleasePolicy, StaticIP, StaticIPPhase, StaticIPSpec,
     WorkloadReference,
@@ -44,51 +45,46 @@ pub struct IpSettings {
     pub release_ttl_seconds: Option<i64>,
 }
 
-/// The set's static-IP settings; None when static IPs are off. Values the admission policy
-/// lets through are always valid; anything else is an error naming the annotation.
+/// The set's static-IP settings; None when static IPs are off. A set breaking a rule of
+/// [`ip_mode::RULES`] (which the admission policy enforces with the same rules, so only a
+/// set admitted without the policy does) is an error naming the annotation.
 pub fn settings(set: &EnhancedStatefulSet) -> Result<Option<IpSettings>, String> {
     settings_of(set.annotations())
 }
 
 /// [`settings`] over an annotation map.
 pub fn settings_of(annotations: &BTreeMap<String, String>) -> Result<Option<IpSettings>, String> {
-    if annotations.get(keys::STATIC_IP_ENABLE).map(String::as_str) != Some("true") {
+    if let Some(problem) = ip_mode::problems(annotations, None).into_iter().next() {
+        return Err(problem);
+    }
+    if ip_mode::value(annotations, keys::STATIC_IP_ENABLE) != "true" {
         return Ok(None);
     }
-    let pool = annotations
-        .get(keys::STATIC_IP_POOL)
+    let pool = Some(ip_mode::value(annotations, keys::STATIC_IP_POOL))
         .filter(|p| !p.is_empty())
-        .cloned();
-    let release_policy = match annotations
-        .get(keys::STATIC_IP_RELEASE_POLICY)
-        .map(String::as_str)
-    {
-        None | Some("" | "WhenScaled") => ReleasePolicy::WhenScaled,
-        Some("WhenDeleted") => ReleasePolicy::WhenDeleted,
-        Some("TTL") => ReleasePolicy::Ttl,
-        Some("Never") => ReleasePolicy::Never,
-        Some(other) => {
-            return Err(format!(
-                "metadata.annotations[{}]: {other:?} is not one of WhenScaled, WhenDeleted, TTL, Never",
-                keys::STATIC_IP_RELEASE_POLICY
-            ));
-        }
+        .map(str::to_string);
+    // The rules allowed only these names and a TTL of at most nine digits, set exactly with
+    // policy TTL; the arms below are what those names mean.
+    let release_policy = match ip_mode::value(annotations, keys::STATIC_IP_RELEASE_POLICY) {
+        "WhenDeleted" => ReleasePolicy::WhenDeleted,
+        "TTL" => ReleasePolicy::Ttl,
+        "Never" => ReleasePolicy::Never,
+        _ => ReleasePolicy::WhenScaled,
     };
-    let release_ttl_seconds = match annotations.get(keys::STATIC_IP_RELEASE_TTL_SECONDS) {
-        None => None,
-        Some(ttl) => Some(ttl.parse::<i64>().ok().filter(|t| *t >= 0).ok_or_else(|| {
+    let release_ttl_seconds = Some(ip_mode::value(
+        annotations,
+        keys::STATIC_IP_RELEASE_TTL_SECONDS,
+    ))
+    .filter(|t| !t.is_empty())
+    .map(|t| {
+        t.parse::<i64>().map_err(|e| {
             format!(
-                "metadata.annotations[{}]: {ttl:?} is not a whole number of seconds",
+                "metadata.annotations[{}]: {t:?}: {e}",
                 keys::STATIC_IP_RELEASE_TTL_SECONDS
             )
-        })?),
-    };
-    if release_policy == ReleasePolicy::Ttl && release_ttl_seconds.is_none() {
-        return Err(format!(
-            "metadata.annotations[{}] is required with release policy TTL",
-            keys::STATIC_IP_RELEASE_TTL_SECONDS
-        ));
-    }
+        })
+    })
+    .transpose()?;
     Ok(Some(IpSettings {
         pool,
         release_policy,
@@ -470,15 +466,14 @@ fn condition_true(record: &StaticIP, type_: &str) -> Option<bool> {
         .map(|c| c.status == "True")
 }
 
-/// Whether the record's Bound condition already says `reason` about the pod `pod_uid`.
+/// Whether the record's Bound condition already says `reason` about the pod `pod_uid`
+/// (`status.refusedPodUID`; the message is for people and decides nothing).
 fn reported(record: &StaticIP, reason: &str, pod_uid: &str) -> bool {
     record.status.as_ref().is_some_and(|s| {
-        s.conditions.iter().any(|c| {
-            c.type_ == CONDITION_BOUND
-                && c.status == "False"
-                && c.reason == reason
-                && c.message.contains(pod_uid)
-        })
+        s.refused_pod_uid.as_deref() == Some(pod_uid)
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == CONDITION_BOUND && c.status == "False" && c.reason == reason)
     })
 }
 

@@ -1,9 +1,11 @@
 //! What the webhook refuses that the CRDs' schemas and CEL rules cannot say: they cannot
 //! evaluate a label selector, CEL over the embedded pod template exceeds the API server's
 //! cost budget, and CEL sees one object only, never the other StaticIPPools a pool must not
-//! overlap. Every message names its field.
+//! overlap. The IP-mode annotation rules are the admission policy's too, made from the same
+//! table ([`ip_mode::RULES`]). Every message names its field.
 
-use ests_api::{EnhancedStatefulSet, StaticIPPool, keys};
+use ests_api::policy::ip_mode;
+use ests_api::{EnhancedStatefulSet, StaticIPPool};
 use ipnet::IpNet;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
@@ -45,19 +47,12 @@ pub fn set_admission(new: &EnhancedStatefulSet, old: Option<&EnhancedStatefulSet
             "spec.template.spec.restartPolicy: must be Always for a stateful set's pods, not {policy}"
         ));
     }
-    if let Some(old) = old {
-        for key in [keys::STATIC_IP_ENABLE, keys::STATIC_IP_POOL] {
-            let before = old.annotations().get(key);
-            let after = new.annotations().get(key);
-            if before != after {
-                problems.push(format!(
-                    "metadata.annotations[{key}]: the IP mode cannot change while the set exists ({} -> {}); delete and re-create the set",
-                    before.map_or("unset", String::as_str),
-                    after.map_or("unset", String::as_str)
-                ));
-            }
-        }
-    }
+    // The IP-mode annotations, by the rules the admission policy checks too: a cluster
+    // without the policy refuses the same sets.
+    problems.extend(ip_mode::problems(
+        new.annotations(),
+        old.map(ResourceExt::annotations),
+    ));
     problems
 }
 
@@ -384,5 +379,36 @@ mod tests {
             "{problems:?}"
         );
         assert!(set_admission(&before, Some(&before)).is_empty());
+    }
+
+    /// Every case of the table the ValidatingAdmissionPolicy is tested on as well
+    /// (`crates/ests/tests/ip_mode_policy.rs`): the webhook admits the set and the
+    /// controller runs it exactly when the table (and so the API server) admits it.
+    #[test]
+    fn ip_mode_cases_are_judged_as_the_table_says() {
+        let with = |annotations: &std::collections::BTreeMap<String, String>| {
+            let mut s = set(
+                json!({"matchLabels": {"app": "web"}}),
+                json!({"app": "web"}),
+                json!({}),
+            );
+            s.metadata.annotations = Some(annotations.clone());
+            s
+        };
+        let mut wrong = Vec::new();
+        for case in ests_api::policy::ip_mode::cases().expect("the cases parse") {
+            let new = with(&case.annotations);
+            let old = case.old.as_ref().map(with);
+            let webhook = set_admission(&new, old.as_ref());
+            let controller = crate::static_ip::settings(&new);
+            let allowed = webhook.is_empty() && controller.is_ok();
+            if allowed != case.allowed {
+                wrong.push(format!(
+                    "{}: want allowed={}, webhook says {webhook:?}, controller says {controller:?}",
+                    case.name, case.allowed
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 }

@@ -82,8 +82,8 @@ fn state(records: Store<StaticIP>, registry: &prometheus::Registry) -> anyhow::R
 /// Starts the webhook in this process on 127.0.0.1 with a certificate of `plane`'s CA.
 async fn start_webhook(plane: &ControlPlane, app: AppState) -> anyhow::Result<SocketAddr> {
     let files = plane.pki.serving("bench-webhook", &[])?;
-    let tls = ests_webhook::tls::reloading_config(
-        ests_webhook::tls::CertFiles {
+    let tls = ests_runtime::tls::reloading_config(
+        ests_runtime::tls::CertFiles {
             cert: files.cert,
             key: files.key,
         },
@@ -93,7 +93,7 @@ async fn start_webhook(plane: &ControlPlane, app: AppState) -> anyhow::Result<So
     .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(ests_webhook::tls::serve(
+    tokio::spawn(ests_runtime::tls::serve(
         listener,
         tls,
         router(app),

@@ -12,8 +12,8 @@ use ests_core::pin::CniAnnotation;
 use ests_extender::bind::Binder;
 use ests_extender::watch::SharedIndex;
 use ests_extender::{AppState, Metrics, router};
+use ests_runtime::tls::{CertFiles, client_verifier, reloading_config_with};
 use ests_staticip::Ipam;
-use ests_webhook::tls::{CertFiles, client_verifier, reloading_config_with};
 use kube::Client;
 
 use crate::serve;
@@ -139,7 +139,7 @@ pub async fn run(args: ExtenderArgs) -> anyhow::Result<()> {
             .await
             .context("loading the serving certificate")?;
             tracing::info!(%addr, bind = args.bind, client_certificates = authenticated, "serving the scheduler extender over HTTPS");
-            ests_webhook::tls::serve(listener, tls, app, serve::shutdown_signal()).await;
+            ests_runtime::tls::serve(listener, tls, app, serve::shutdown_signal()).await;
             Ok(())
         }
         _ => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ests_api::{StaticIP, StaticIPPool};
 use ests_core::pin::{CniAnnotation, PinSettings};
-use ests_webhook::tls::{CertFiles, reloading_config};
+use ests_runtime::tls::{CertFiles, reloading_config};
 use ests_webhook::{AppState, KeptAddresses, Metrics, router};
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -165,6 +165,6 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "serving admission webhooks over HTTPS");
-    ests_webhook::tls::serve(listener, tls, app, serve::shutdown_signal()).await;
+    ests_runtime::tls::serve(listener, tls, app, serve::shutdown_signal()).await;
     Ok(())
 }

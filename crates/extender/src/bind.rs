@@ -21,7 +21,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::wire::{ExtenderBindingArgs, ExtenderBindingResult};
-use axum::http::StatusCode;
+use ests_runtime::Answer;
 
 /// Why a pod was not bound.
 #[derive(Debug, thiserror::Error)]
@@ -67,18 +67,10 @@ impl Binder {
     /// The answer to a bind call: 200 with an empty `Error` when bound, 200 with the reason
     /// otherwise (the scheduler retries the pod), 400 for a body that is not
     /// ExtenderBindingArgs.
-    pub async fn answer(&self, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+    pub async fn answer(&self, body: &[u8]) -> Answer {
         let args: ExtenderBindingArgs = match serde_json::from_slice(body) {
             Ok(args) => args,
-            Err(e) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": format!("not ExtenderBindingArgs: {e}")})
-                        .to_string()
-                        .into_bytes(),
-                    "malformed",
-                );
-            }
+            Err(e) => return Answer::bad_request(format!("not ExtenderBindingArgs: {e}")),
         };
         let (error, result) = match self.bind(&args).await {
             Ok(()) => (String::new(), "ok"),
@@ -87,8 +79,7 @@ impl Binder {
                 (e.to_string(), "error")
             }
         };
-        let body = serde_json::to_vec(&ExtenderBindingResult { error }).unwrap_or_default();
-        (StatusCode::OK, body, result)
+        Answer::ok(&ExtenderBindingResult { error }, result)
     }
 
     async fn bind(&self, args: &ExtenderBindingArgs) -> Result<(), BindError> {

@@ -24,12 +24,11 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use ests_core::extender::{Fit, filter, score};
+use ests_runtime::Answer;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
-use serde_json::json;
 
 use crate::index::Index;
 use crate::watch::SharedIndex;
@@ -100,20 +99,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn bad_request(message: String) -> (StatusCode, Vec<u8>, &'static str) {
-    (
-        StatusCode::BAD_REQUEST,
-        json!({"error": message}).to_string().into_bytes(),
-        "malformed",
-    )
-}
-
 fn parse(body: &[u8]) -> Result<ExtenderArgs<'_>, String> {
     serde_json::from_slice(body).map_err(|e| format!("not ExtenderArgs: {e}"))
 }
 
 /// Answers a filter call from the index.
-pub fn answer_filter(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+pub fn answer_filter(index: &Index, body: &[u8]) -> Answer {
     filter_answer(index, body).0
 }
 
@@ -122,10 +113,10 @@ pub fn answer_filter(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'stat
 type Charge = Option<(ests_core::extender::PodView, Vec<Arc<str>>)>;
 
 /// The filter answer, and what to charge for it.
-fn filter_answer(index: &Index, body: &[u8]) -> ((StatusCode, Vec<u8>, &'static str), Charge) {
+fn filter_answer(index: &Index, body: &[u8]) -> (Answer, Charge) {
     let args = match parse(body) {
         Ok(args) => args,
-        Err(e) => return (bad_request(e), None),
+        Err(e) => return (Answer::bad_request(e), None),
     };
     let pod = index.pod_view(&args.pod);
     let mut result = ExtenderFilterResult::default();
@@ -171,11 +162,7 @@ fn filter_answer(index: &Index, body: &[u8]) -> ((StatusCode, Vec<u8>, &'static 
     if result.nodes.is_none() {
         result.node_names = Some(kept);
     }
-    let answer = match serde_json::to_vec(&result) {
-        Ok(body) => (StatusCode::OK, body, "ok"),
-        Err(e) => bad_request(format!("serializing the answer: {e}")),
-    };
-    (answer, charge)
+    (Answer::ok(&result, "ok"), charge)
 }
 
 /// Answers a prioritize call from the index.
@@ -184,13 +171,13 @@ fn filter_answer(index: &Index, body: &[u8]) -> ((StatusCode, Vec<u8>, &'static 
 /// the room the scheduler's own NodeResourcesFit already scores, so the answer is empty
 /// (every node 0 from this extender: the ranking is the scheduler's). That spares both
 /// sides a list of every candidate for nearly every pod of a cluster.
-pub fn answer_prioritize(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+pub fn answer_prioritize(index: &Index, body: &[u8]) -> Answer {
     let args = match parse(body) {
         Ok(args) => args,
-        Err(e) => return bad_request(e),
+        Err(e) => return Answer::bad_request(e),
     };
     if !index.any_reservation() || !args.candidate_names().any(|n| index.reserves(n)) {
-        return (StatusCode::OK, b"[]".to_vec(), "ok");
+        return Answer::ok(&[] as &[HostPriority], "ok");
     }
     let pod = index.pod_view(&args.pod);
     let scores: Vec<HostPriority> = args
@@ -200,35 +187,11 @@ pub fn answer_prioritize(index: &Index, body: &[u8]) -> (StatusCode, Vec<u8>, &'
             score: index.node(host).map_or(0, |n| score(&pod, n)),
         })
         .collect();
-    match serde_json::to_vec(&scores) {
-        Ok(body) => (StatusCode::OK, body, "ok"),
-        Err(e) => bad_request(format!("serializing the answer: {e}")),
-    }
+    Answer::ok(&scores, "ok")
 }
 
-fn respond(
-    metrics: &Metrics,
-    verb: &str,
-    started: Instant,
-    answer: (StatusCode, Vec<u8>, &str),
-) -> Response {
-    let (code, body, result) = answer;
-    metrics.requests.with_label_values(&[verb, result]).inc();
-    metrics
-        .duration
-        .with_label_values(&[verb])
-        .observe(started.elapsed().as_secs_f64());
-    (code, [("content-type", "application/json")], body).into_response()
-}
-
-fn unreadable(rejection: BytesRejection) -> (StatusCode, Vec<u8>, &'static str) {
-    (
-        rejection.status(),
-        json!({"error": rejection.body_text()})
-            .to_string()
-            .into_bytes(),
-        "malformed",
-    )
+fn respond(metrics: &Metrics, verb: &str, started: Instant, answer: Answer) -> Response {
+    ests_runtime::http::respond(&metrics.requests, &metrics.duration, verb, started, answer)
 }
 
 async fn filter_handler(
@@ -246,7 +209,7 @@ async fn filter_handler(
             }
             answer
         }
-        Err(rejection) => unreadable(rejection),
+        Err(rejection) => Answer::unreadable(rejection),
     };
     respond(&state.metrics, "filter", started, answer)
 }
@@ -258,7 +221,7 @@ async fn prioritize_handler(
     let started = Instant::now();
     let answer = match body {
         Ok(body) => watch::read(&state.index, |index| answer_prioritize(index, &body)),
-        Err(rejection) => unreadable(rejection),
+        Err(rejection) => Answer::unreadable(rejection),
     };
     respond(&state.metrics, "prioritize", started, answer)
 }
@@ -271,12 +234,11 @@ async fn bind_handler(
     let answer = match body {
         Ok(body) => match &state.binder {
             Some(binder) => binder.answer(&body).await,
-            None => bad_request(
-                "this extender does not bind (start it with --bind to let it bind range-mode static-IP pods)"
-                    .into(),
+            None => Answer::bad_request(
+                "this extender does not bind (start it with --bind to let it bind range-mode static-IP pods)",
             ),
         },
-        Err(rejection) => unreadable(rejection),
+        Err(rejection) => Answer::unreadable(rejection),
     };
     respond(&state.metrics, "bind", started, answer)
 }

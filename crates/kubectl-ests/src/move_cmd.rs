@@ -130,7 +130,7 @@ pub async fn run_move(
     let destination_facts = existing.as_ref().map(SetFacts::of).transpose()?;
     let mut options = request.options.clone();
     if request.template_secrets {
-        let deps = ests_webhook::interpreter::get_dependencies(
+        let deps = ests_core::karmada::get_dependencies(
             &serde_json::to_value(&set).context("serializing the set")?,
         );
         for d in deps.iter().filter(|d| d["kind"] == "Secret") {

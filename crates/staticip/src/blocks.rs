@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ests_api::IPBlock;
 use ests_api::ip_pool::IPAllocation;
-use ests_core::allocator::{AllocError, Block, BlockStore, Holder};
+use ests_core::allocator::{AllocError, Block, BlockStore, Holder, StoreError};
 use ipnet::IpNet;
 use kube::api::{Api, PostParams};
 
@@ -21,8 +21,22 @@ pub struct ApiBlockStore {
     conflicts: Option<prometheus::IntCounter>,
 }
 
-fn store_error(what: &str, name: &str, e: impl std::fmt::Display) -> AllocError {
-    AllocError::Store(format!("{what} IPBlock {name}: {e}"))
+/// A failed call on IPBlock `name`, by what its status says: a missing block and a
+/// conflicting write are told apart from other failures by the API server's status, not by
+/// the text of the error.
+fn store_error(what: &str, name: &str, e: kube::Error) -> AllocError {
+    let message = format!("{what} IPBlock {name}: {e}");
+    match &e {
+        kube::Error::Api(status) if status.is_not_found() => StoreError::NotFound(message),
+        kube::Error::Api(status) if status.is_conflict() => StoreError::Conflict(message),
+        _ => StoreError::Other(message),
+    }
+    .into()
+}
+
+/// An IPBlock `name` whose content does not parse.
+fn unparsable(what: &str, name: &str, e: impl std::fmt::Display) -> AllocError {
+    StoreError::Other(format!("{what} IPBlock {name}: {e}")).into()
 }
 
 impl ApiBlockStore {
@@ -47,12 +61,12 @@ impl ApiBlockStore {
             .spec
             .cidr
             .parse()
-            .map_err(|e| store_error("parsing the CIDR of", name, e))?;
+            .map_err(|e| unparsable("parsing the CIDR of", name, e))?;
         let mut allocations = Vec::with_capacity(object.spec.allocations.len());
         for (ip, a) in &object.spec.allocations {
             let ip: IpAddr = ip
                 .parse()
-                .map_err(|e| store_error("parsing an address of", name, e))?;
+                .map_err(|e| unparsable("parsing an address of", name, e))?;
             allocations.push((
                 ip,
                 Holder {
@@ -129,4 +143,46 @@ fn jitter() -> std::time::Duration {
             .map_or(0, |d| d.as_nanos()),
     );
     std::time::Duration::from_millis(hasher.finish() % 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        let mut status = kube::core::Status::failure("refused", reason);
+        status.code = code;
+        kube::Error::Api(status.boxed())
+    }
+
+    #[test]
+    fn store_errors_are_told_apart_by_the_api_status() {
+        let kind = |e: AllocError| match e {
+            AllocError::Store(StoreError::NotFound(m)) => ("not found", m),
+            AllocError::Store(StoreError::Conflict(m)) => ("conflict", m),
+            AllocError::Store(StoreError::Other(m)) => ("other", m),
+            other => ("not a store error", other.to_string()),
+        };
+        let (found, message) = kind(store_error("reading", "b-1", api_error(404, "NotFound")));
+        assert_eq!(found, "not found");
+        assert!(message.starts_with("reading IPBlock b-1: "), "{message}");
+        assert_eq!(
+            kind(store_error("writing", "b-1", api_error(409, "Conflict"))).0,
+            "conflict"
+        );
+        assert_eq!(
+            kind(store_error(
+                "writing",
+                "b-1",
+                api_error(500, "InternalError")
+            ))
+            .0,
+            "other"
+        );
+        // The text of another failure decides nothing.
+        assert_eq!(
+            kind(store_error("writing", "b-1", api_error(422, "NotFoundish"))).0,
+            "other"
+        );
+    }
 }

@@ -11,8 +11,8 @@ use std::net::IpAddr;
 
 use ests_api::{IPBlock, IPBlockSpec, StaticIP, StaticIPAddress, StaticIPPool};
 use ests_core::allocator::{
-    AllocError, BlockView, Holder, MAX_CAS_ATTEMPTS, allocate_in, block_name, blocks_of,
-    blocks_to_try, release_in,
+    AllocError, BlockView, Holder, MAX_CAS_ATTEMPTS, StoreError, allocate_in, block_name,
+    blocks_of, blocks_to_try, release_in,
 };
 use ests_core::static_ip::{going, record_ips};
 use ests_core::validate::pool_usable;
@@ -505,7 +505,7 @@ impl Ipam {
                 Ok(()) => freed += 1,
                 // Someone else's now, or the block is gone: nothing of ours to free.
                 Err(AllocError::NotHolder { .. }) => {}
-                Err(AllocError::Store(message)) if message.contains("NotFound") => {}
+                Err(AllocError::Store(StoreError::NotFound(_))) => {}
                 Err(e) => return Err(e.into()),
             }
         }

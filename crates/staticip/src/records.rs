@@ -106,7 +106,7 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
                 show(&record.spec.ips)
             );
             tracing::warn!(namespace = %ns, record = %name, %message, "address mismatch");
-            refuse_binding(&api, &record, "IPMismatch", message).await?;
+            refuse_binding(&api, &record, &pod_uid, "IPMismatch", message).await?;
         }
         Decision::AddressTaken {
             pod_uid,
@@ -118,7 +118,7 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
                  this identity gets no static address from that pod (re-create it for a new one)"
             );
             tracing::warn!(namespace = %ns, record = %name, %message, "address taken");
-            refuse_binding(&api, &record, "AddressTaken", message).await?;
+            refuse_binding(&api, &record, &pod_uid, "AddressTaken", message).await?;
         }
         Decision::PodGone => {
             let mut conditions = conditions_of(&record);
@@ -308,6 +308,8 @@ async fn bind(
         json!({
             "phase": StaticIPPhase::Bound,
             "podUID": pod_uid,
+            // Bound: no refusal stands (null removes the field in a merge patch).
+            "refusedPodUID": null,
             "lastSeen": Time(Timestamp::now()),
             "conditions": conditions,
         }),
@@ -315,15 +317,22 @@ async fn bind(
     .await
 }
 
-/// Reports why the record is not bound to its (present) pod.
+/// Reports why the record is not bound to its (present) pod `pod_uid`, naming that pod in
+/// `status.refusedPodUID` so that it is reported once.
 async fn refuse_binding(
     api: &Api<StaticIP>,
     record: &StaticIP,
+    pod_uid: &str,
     reason: &str,
     message: String,
 ) -> Result<(), Error> {
     let conditions = with_pod_present(record, false, reason, message);
-    write_status(api, record, json!({"conditions": conditions})).await
+    write_status(
+        api,
+        record,
+        json!({"refusedPodUID": pod_uid, "conditions": conditions}),
+    )
+    .await
 }
 
 /// The record's conditions with its pod present and Bound set to `bound` for `reason`.

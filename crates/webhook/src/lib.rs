@@ -15,18 +15,16 @@
 //!   every pool; until that cache has listed, pools are refused (retry).
 //! - `POST /interpret` (Karmada's Resource Interpreter webhook, `ResourceInterpreterContext`
 //!   for EnhancedStatefulSet): the same answers as the Lua customization in
-//!   `config/karmada` ([`interpreter`]).
+//!   `config/karmada` ([`ests_core::karmada`]).
 //!
 //! Records and pools are read from watch-fed caches: nothing on the request path calls the API
-//! server. Every malformed request gets a 400 with a JSON message, never a panic; bodies are
-//! size-limited.
+//! server. Every answer is an [`ests_runtime::Answer`]: a malformed request gets a 400 with a
+//! JSON message, never a panic; bodies are size-limited.
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod interpreter;
 pub mod kept_addresses;
 pub mod metrics;
-pub mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -36,13 +34,12 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use ests_api::{EnhancedStatefulSet, StaticIP, StaticIPPool};
 use ests_core::address_claims::{claims, kept_address_claims};
 use ests_core::pin::{Denial, PinSettings, PinVerdict, pin};
 use ests_core::validate::{pool_admission, set_admission};
+use ests_runtime::Answer;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
@@ -73,31 +70,27 @@ pub struct AppState {
 /// The webhook's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/mutate-pods", post(mutate_pods))
-        .route("/validate-pod-addresses", post(validate_pod_addresses))
-        .route("/validate-sets", post(validate_sets))
-        .route("/validate-pools", post(validate_pools))
-        .route("/interpret", post(interpret))
+        .route("/mutate-pods", endpoint("mutate-pods", review_pod))
+        .route(
+            "/validate-pod-addresses",
+            endpoint("validate-pod-addresses", review_pod_addresses),
+        )
+        .route(
+            "/validate-sets",
+            endpoint("validate-sets", |_, body| review_set(body)),
+        )
+        .route("/validate-pools", endpoint("validate-pools", review_pool))
+        .route(
+            "/interpret",
+            endpoint("interpret", |_, body| review_interpretation(body)),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-/// A 400 with a JSON message: the body was not an AdmissionReview we can answer.
-fn bad_request(message: String) -> (StatusCode, Vec<u8>) {
-    let body = json!({"error": message}).to_string().into_bytes();
-    (StatusCode::BAD_REQUEST, body)
-}
-
-fn review_body(response: AdmissionResponse) -> (StatusCode, Vec<u8>) {
-    match serde_json::to_vec(&response.into_review()) {
-        Ok(body) => (StatusCode::OK, body),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"error": format!("serializing the review: {e}")})
-                .to_string()
-                .into_bytes(),
-        ),
-    }
+/// The AdmissionReview answering a request, counted as `result`.
+fn review_body(response: AdmissionResponse, result: &'static str) -> Answer {
+    Answer::ok(&response.into_review(), result)
 }
 
 /// Parses an AdmissionReview whose object is a `K`.
@@ -120,22 +113,17 @@ where
 }
 
 /// Answers a Pod admission review: the whole request path, without I/O.
-pub fn review_pod(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+pub fn review_pod(state: &AppState, body: &[u8]) -> Answer {
     let request: AdmissionRequest<Pod> = match parse(body) {
         Ok(request) => request,
-        Err(e) => {
-            let (code, body) = bad_request(e);
-            return (code, body, "malformed");
-        }
+        Err(e) => return Answer::bad_request(e),
     };
     let response = AdmissionResponse::from(&request);
     if request.operation != Operation::Create {
-        let (code, body) = review_body(response);
-        return (code, body, "allowed");
+        return review_body(response, "allowed");
     }
     let Some(pod) = request.object.as_ref() else {
-        let (code, body) = review_body(response.deny("the request carries no pod"));
-        return (code, body, "denied");
+        return review_body(response.deny("the request carries no pod"), "denied");
     };
     // The API server names the pod in the request even when the object omits it.
     let mut pod = pod.clone();
@@ -155,51 +143,37 @@ pub fn review_pod(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'stat
         &request.user_info.username.clone().unwrap_or_default(),
         &state.pin,
     ) {
-        PinVerdict::Unchanged => {
-            let (code, body) = review_body(response);
-            (code, body, "allowed")
-        }
+        PinVerdict::Unchanged => review_body(response, "allowed"),
         PinVerdict::Pin(patch) => {
             let empty = patch.0.is_empty();
             match response.with_patch(patch) {
-                Ok(response) => {
-                    let (code, body) = review_body(response);
-                    (code, body, if empty { "allowed" } else { "pinned" })
-                }
-                Err(e) => {
-                    let (code, body) = review_body(
-                        AdmissionResponse::from(&request).deny(format!("building the patch: {e}")),
-                    );
-                    (code, body, "error")
-                }
+                Ok(response) => review_body(response, if empty { "allowed" } else { "pinned" }),
+                Err(e) => review_body(
+                    AdmissionResponse::from(&request).deny(format!("building the patch: {e}")),
+                    "error",
+                ),
             }
         }
         PinVerdict::Deny(denial) => {
             tracing::info!(namespace, pod = %name, message = %denial.message, detail = %denial.detail, "refused a pod");
-            let (code, body) = review_body(response.deny(denial.message));
-            (code, body, "denied")
+            review_body(response.deny(denial.message), "denied")
         }
     }
 }
 
 /// Answers a Pod admission review for the addresses its CNI annotations name, from the
 /// kept-address index: the whole request path, without I/O.
-pub fn review_pod_addresses(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+pub fn review_pod_addresses(state: &AppState, body: &[u8]) -> Answer {
     let request: AdmissionRequest<Pod> = match parse(body) {
         Ok(request) => request,
-        Err(e) => {
-            let (code, body) = bad_request(e);
-            return (code, body, "malformed");
-        }
+        Err(e) => return Answer::bad_request(e),
     };
     let response = AdmissionResponse::from(&request);
     if !matches!(request.operation, Operation::Create | Operation::Update) {
-        let (code, body) = review_body(response);
-        return (code, body, "allowed");
+        return review_body(response, "allowed");
     }
     let Some(pod) = request.object.as_ref() else {
-        let (code, body) = review_body(response.deny("the request carries no pod"));
-        return (code, body, "denied");
+        return review_body(response.deny("the request carries no pod"), "denied");
     };
     let old = request.old_object.as_ref();
     let cni = &state.pin.cni;
@@ -216,15 +190,11 @@ pub fn review_pod_addresses(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u
     };
     drop(kept);
     match denial {
-        None => {
-            let (code, body) = review_body(response);
-            (code, body, "allowed")
-        }
+        None => review_body(response, "allowed"),
         Some(denial) => {
             let namespace = request.namespace.clone().unwrap_or_default();
             tracing::info!(namespace, pod = %request.name, message = %denial.message, detail = %denial.detail, "refused a pod's CNI address annotation");
-            let (code, body) = review_body(response.deny(denial.message));
-            (code, body, "denied")
+            review_body(response.deny(denial.message), "denied")
         }
     }
 }
@@ -250,16 +220,11 @@ fn typed_objects<K: serde::de::DeserializeOwned>(
 }
 
 /// Admits with no problems, else denies with them all.
-fn verdict(
-    response: AdmissionResponse,
-    problems: Vec<String>,
-) -> (StatusCode, Vec<u8>, &'static str) {
+fn verdict(response: AdmissionResponse, problems: Vec<String>) -> Answer {
     if problems.is_empty() {
-        let (code, body) = review_body(response);
-        (code, body, "allowed")
+        review_body(response, "allowed")
     } else {
-        let (code, body) = review_body(response.deny(problems.join("; ")));
-        (code, body, "denied")
+        review_body(response.deny(problems.join("; ")), "denied")
     }
 }
 
@@ -269,13 +234,10 @@ fn review_typed<K: serde::de::DeserializeOwned>(
     body: &[u8],
     kind: &str,
     judge: impl FnOnce(&AdmissionRequest<DynamicObject>, K, Option<K>) -> Vec<String>,
-) -> (StatusCode, Vec<u8>, &'static str) {
+) -> Answer {
     let request: AdmissionRequest<DynamicObject> = match parse(body) {
         Ok(request) => request,
-        Err(e) => {
-            let (code, body) = bad_request(e);
-            return (code, body, "malformed");
-        }
+        Err(e) => return Answer::bad_request(e),
     };
     let response = AdmissionResponse::from(&request);
     match typed_objects::<K>(&request, kind) {
@@ -289,14 +251,14 @@ fn review_typed<K: serde::de::DeserializeOwned>(
 }
 
 /// Answers an EnhancedStatefulSet admission review, without I/O.
-pub fn review_set(body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+pub fn review_set(body: &[u8]) -> Answer {
     review_typed::<EnhancedStatefulSet>(body, "EnhancedStatefulSet", |_, new, old| {
         set_admission(&new, old.as_ref())
     })
 }
 
 /// Answers a StaticIPPool admission review from the pool cache, without I/O.
-pub fn review_pool(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+pub fn review_pool(state: &AppState, body: &[u8]) -> Answer {
     review_typed::<StaticIPPool>(body, "StaticIPPool", |request, mut new, old| {
         if new.metadata.name.is_none() && !request.name.is_empty() {
             new.metadata.name = Some(request.name.clone());
@@ -320,119 +282,45 @@ pub fn review_pool(state: &AppState, body: &[u8]) -> (StatusCode, Vec<u8>, &'sta
     })
 }
 
-fn respond(
-    metrics: &Metrics,
-    endpoint: &str,
-    started: Instant,
-    answer: (StatusCode, Vec<u8>, &str),
-) -> Response {
-    let (code, body, result) = answer;
-    metrics
-        .requests
-        .with_label_values(&[endpoint, result])
-        .inc();
-    metrics
-        .duration
-        .with_label_values(&[endpoint])
-        .observe(started.elapsed().as_secs_f64());
-    (code, [("content-type", "application/json")], body).into_response()
-}
-
-/// A body that could not be read (too large, cut off) as a JSON error.
-fn unreadable(rejection: BytesRejection) -> (StatusCode, Vec<u8>, &'static str) {
-    let body = json!({"error": rejection.body_text()})
-        .to_string()
-        .into_bytes();
-    (rejection.status(), body, "malformed")
-}
-
-async fn mutate_pods(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    let answer = match body {
-        Ok(body) => review_pod(&state, &body),
-        Err(rejection) => unreadable(rejection),
-    };
-    respond(&state.metrics, "mutate-pods", started, answer)
-}
-
-async fn validate_pod_addresses(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    let answer = match body {
-        Ok(body) => review_pod_addresses(&state, &body),
-        Err(rejection) => unreadable(rejection),
-    };
-    respond(&state.metrics, "validate-pod-addresses", started, answer)
-}
-
-async fn validate_sets(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    let answer = match body {
-        Ok(body) => review_set(&body),
-        Err(rejection) => unreadable(rejection),
-    };
-    respond(&state.metrics, "validate-sets", started, answer)
-}
-
-async fn validate_pools(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    let answer = match body {
-        Ok(body) => review_pool(&state, &body),
-        Err(rejection) => unreadable(rejection),
-    };
-    respond(&state.metrics, "validate-pools", started, answer)
+/// The route answering POSTs with `review`, timed and counted under `endpoint`. Every
+/// endpoint is a pure function of the state and the body, so one handler serves them all.
+fn endpoint(
+    endpoint: &'static str,
+    review: fn(&AppState, &[u8]) -> Answer,
+) -> MethodRouter<AppState> {
+    post(
+        move |State(state): State<AppState>, body: Result<Bytes, BytesRejection>| async move {
+            let started = Instant::now();
+            let answer = match body {
+                Ok(body) => review(&state, &body),
+                Err(rejection) => Answer::unreadable(rejection),
+            };
+            ests_runtime::http::respond(
+                &state.metrics.requests,
+                &state.metrics.duration,
+                endpoint,
+                started,
+                answer,
+            )
+        },
+    )
 }
 
 /// Answers a Karmada `ResourceInterpreterContext`, without I/O.
-pub fn review_interpretation(body: &[u8]) -> (StatusCode, Vec<u8>, &'static str) {
+pub fn review_interpretation(body: &[u8]) -> Answer {
     let context: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => {
-            let (code, body) = bad_request(format!("not a ResourceInterpreterContext: {e}"));
-            return (code, body, "malformed");
-        }
+        Err(e) => return Answer::bad_request(format!("not a ResourceInterpreterContext: {e}")),
     };
-    match interpreter::answer(&context) {
+    match ests_core::karmada::answer(&context) {
         Ok(reply) => {
             let result = if reply["response"]["successful"] == json!(true) {
                 "answered"
             } else {
                 "refused"
             };
-            match serde_json::to_vec(&reply) {
-                Ok(body) => (StatusCode::OK, body, result),
-                Err(e) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"error": format!("serializing the reply: {e}")})
-                        .to_string()
-                        .into_bytes(),
-                    "error",
-                ),
-            }
+            Answer::ok(&reply, result)
         }
-        Err(e) => {
-            let (code, body) = bad_request(e);
-            (code, body, "malformed")
-        }
+        Err(e) => Answer::bad_request(e),
     }
-}
-
-async fn interpret(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let started = Instant::now();
-    let answer = match body {
-        Ok(body) => review_interpretation(&body),
-        Err(rejection) => unreadable(rejection),
-    };
-    respond(&state.metrics, "interpret", started, answer)
 }

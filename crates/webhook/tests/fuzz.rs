@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use ests_api::StaticIP;
 use ests_core::pin::{CniAnnotation, PinSettings};
+use ests_runtime::Answer;
 use ests_webhook::{AppState, Metrics, review_pod, review_pod_addresses, review_set};
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
@@ -150,8 +151,10 @@ fn mutate(value: &mut Value, rng: &mut Rng) {
     }
 }
 
-fn check(endpoint: &str, input: &[u8], answer: (axum::http::StatusCode, Vec<u8>, &str)) {
-    let (code, body, _) = answer;
+fn check(endpoint: &str, input: &[u8], answer: Answer) {
+    let Answer {
+        status: code, body, ..
+    } = answer;
     let parsed: Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
         panic!(
             "{endpoint}: the answer is not JSON ({e}) for {:?}",
@@ -247,17 +250,20 @@ fn a_million_hostile_requests_never_panic() {
     };
     // The unmutated reviews are answered as expected: a pin and a refusal.
     let pinned = review_pod(&state, pod_review().to_string().as_bytes());
-    assert_eq!(pinned.2, "pinned");
+    assert_eq!(pinned.result, "pinned");
     // Without the label, the pod names its record's addresses: refused.
     let mut ordinary = pod_review();
     if let Some(labels) = ordinary["request"]["object"]["metadata"].as_object_mut() {
         labels.remove("labels");
     }
     assert_eq!(
-        review_pod_addresses(&state, ordinary.to_string().as_bytes()).2,
+        review_pod_addresses(&state, ordinary.to_string().as_bytes()).result,
         "denied"
     );
-    assert_eq!(review_set(set_review().to_string().as_bytes()).2, "denied");
+    assert_eq!(
+        review_set(set_review().to_string().as_bytes()).result,
+        "denied"
+    );
 
     let templates = [
         pod_review().to_string().into_bytes(),
@@ -285,7 +291,7 @@ fn a_million_hostile_requests_never_panic() {
                                     review_pod_addresses(state, &input),
                                 ),
                             };
-                            *results.entry(answer.1.2).or_default() += 1;
+                            *results.entry(answer.1.result).or_default() += 1;
                             check(answer.0, &input, answer.1);
                         }
                         results

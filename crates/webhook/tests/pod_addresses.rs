@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use ests_api::StaticIP;
 use ests_core::pin::{CniAnnotation, PinSettings};
+use ests_runtime::Answer;
 use ests_webhook::{AppState, KeptAddresses, Metrics, review_pod_addresses};
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
@@ -46,7 +47,11 @@ fn review(operation: &str, object: &Value, old: Option<&Value>) -> Vec<u8> {
 
 /// (allowed, message, metrics result)
 fn answer(state: &AppState, body: &[u8]) -> (bool, String, &'static str) {
-    let (code, body, result) = review_pod_addresses(state, body);
+    let Answer {
+        status: code,
+        body,
+        result,
+    } = review_pod_addresses(state, body);
     assert_eq!(code, 200);
     let v: Value = serde_json::from_slice(&body).expect("json");
     (
@@ -155,6 +160,10 @@ fn before_the_records_are_listed_only_pods_naming_addresses_wait() {
 
 #[test]
 fn malformed_requests_get_a_400() {
-    let (code, _, result) = review_pod_addresses(&state(true), b"{\"kind\": 1}");
+    let Answer {
+        status: code,
+        result,
+        ..
+    } = review_pod_addresses(&state(true), b"{\"kind\": 1}");
     assert_eq!((code.as_u16(), result), (400, "malformed"));
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ests_api::StaticIPPool;
 use ests_core::pin::PinSettings;
+use ests_runtime::Answer;
 use ests_webhook::{AppState, Metrics, review_pool};
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher::Event;
@@ -39,7 +40,9 @@ fn review(operation: &str, object: &Value, old: Option<&Value>) -> Vec<u8> {
 
 /// (allowed, message)
 fn answer(state: &AppState, body: &[u8]) -> (bool, String) {
-    let (code, body, _) = review_pool(state, body);
+    let Answer {
+        status: code, body, ..
+    } = review_pool(state, body);
     assert_eq!(code, 200);
     let v: Value = serde_json::from_slice(&body).expect("json");
     (

@@ -126,7 +126,7 @@ impl BlockStore for MemoryStore {
         self.lock()
             .get(name)
             .cloned()
-            .ok_or_else(|| AllocError::Store(format!("no block {name}")))
+            .ok_or_else(|| AllocError::Store(StoreError::NotFound(format!("no block {name}"))))
     }
 
     async fn compare_and_swap(
@@ -138,7 +138,7 @@ impl BlockStore for MemoryStore {
         let mut blocks = self.lock();
         let entry = blocks
             .get_mut(name)
-            .ok_or_else(|| AllocError::Store(format!("no block {name}")))?;
+            .ok_or_else(|| AllocError::Store(StoreError::NotFound(format!("no block {name}"))))?;
         if entry.1 != version {
             return Ok(false);
         }

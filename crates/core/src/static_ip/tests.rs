@@ -325,11 +325,32 @@ fn a_pod_with_other_addresses_is_never_bound() {
         s.conditions[0].status = "False".into();
         s.conditions[0].reason = "IPMismatch".into();
         s.conditions[0].message = "pod pod-2 runs with 10.0.0.9".into();
+        s.refused_pod_uid = Some("pod-2".into());
     }
     assert_eq!(
         decide(&reported, Some(&p), Identity::InSet, &FREE, NOW),
         Decision::Wait { after: None }
     );
+    // Which pod was reported is the typed field, not the message's text: a message naming
+    // the pod says nothing (an older manager's, a user's edit), nor does one naming another
+    // pod whose UID contains this one's.
+    let mut only_text = reported.clone();
+    if let Some(s) = only_text.status.as_mut() {
+        s.refused_pod_uid = None;
+    }
+    assert!(matches!(
+        decide(&only_text, Some(&p), Identity::InSet, &FREE, NOW),
+        Decision::Mismatch { .. }
+    ));
+    let mut other_pod = reported.clone();
+    if let Some(s) = other_pod.status.as_mut() {
+        s.conditions[0].message = "pod pod-2x runs with 10.0.0.9".into();
+        s.refused_pod_uid = Some("pod-2x".into());
+    }
+    assert!(matches!(
+        decide(&other_pod, Some(&p), Identity::InSet, &FREE, NOW),
+        Decision::Mismatch { .. }
+    ));
     // A pod stamped with another record (the one before this) is not this record's.
     let mut foreign = pod("pod-3", &["10.0.0.5"], Some("n1"));
     foreign.stamped_record = Some("rec-0".into());
@@ -502,7 +523,7 @@ fn record_mode_never_learns_an_address_another_record_keeps() {
     );
     let reported = record(
         json!({}),
-        json!({"conditions": [{"type": "Bound", "status": "False", "reason": "AddressTaken",
+        json!({"refusedPodUID": "pod-1", "conditions": [{"type": "Bound", "status": "False", "reason": "AddressTaken",
             "message": "pod pod-1 runs with 10.0.0.5, which ns/db-3 keeps", "lastTransitionTime": "2027-01-15T08:00:00Z"}]}),
     );
     assert_eq!(

@@ -251,8 +251,11 @@ fn prioritize_answers_only_where_a_candidate_keeps_room() {
                     "spec": {"containers": [{"name": "web", "resources": {"requests": {"cpu": "100m"}}}]}},
             "NodeNames": ["n1", "n2"]
         });
-        let (status, answer, _) =
-            crate::answer_prioritize(index, &serde_json::to_vec(&body).expect("body"));
+        let ests_runtime::Answer {
+            status,
+            body: answer,
+            ..
+        } = crate::answer_prioritize(index, &serde_json::to_vec(&body).expect("body"));
         assert_eq!(status.as_u16(), 200);
         serde_json::from_slice(&answer).expect("json")
     };

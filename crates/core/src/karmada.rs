@@ -1,9 +1,11 @@
 //! Karmada's Resource Interpreter for EnhancedStatefulSet, as pure functions.
 //!
 //! Each function gives the answer the Lua in `config/karmada/resource-interpreter-customization.yaml`
-//! gives for the same operation (`tests/karmada_parity.rs` runs both on the fixtures in
-//! `config/karmada/testdata`), so a Karmada installation may use either the declarative
-//! customization or `ests webhook`'s `POST /interpret`:
+//! gives for the same operation (`ests-webhook`'s `tests/karmada_parity.rs` runs both on the
+//! fixtures in `config/karmada/testdata`), so a Karmada installation may use either the
+//! declarative customization or `ests webhook`'s `POST /interpret`, which serves these. Pure,
+//! so that the kubectl plugin (a template's Secrets, for `kubectl ests move`) uses them
+//! without linking a server.
 //!
 //! | operation | answer |
 //! | --- | --- |
@@ -17,8 +19,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::quantity::parse_milli;
 use base64::Engine;
-use ests_core::quantity::parse_milli;
 use serde_json::{Map, Value, json};
 
 /// Annotation Karmada stamps on member objects: the template generation they come from.

@@ -1,5 +1,6 @@
-//! HTTPS for the webhook: rustls (TLS 1.2 and 1.3 only, the process's one crypto provider)
-//! with a certificate that is reloaded from disk without a restart.
+//! HTTPS for the webhook and the scheduler extender: rustls (TLS 1.2 and 1.3 only, the
+//! process's one crypto provider) with a certificate that is reloaded from disk without a
+//! restart.
 //!
 //! A mounted Secret is updated by swapping a symlink (`..data`), which file watches miss, so
 //! the files are polled: every interval both are read, and when their bytes changed and
