@@ -314,10 +314,57 @@ struct Sim {
     /// Pods of this revision never become Ready.
     bad_revision: Option<String>,
     now: i64,
+    /// Pods named after an identity that the set does not control: orphans (None), adopted
+    /// when a reconcile starts as `claim_pods` does, unless the adoption fails and ends the
+    /// reconcile; and pods released because their labels stopped matching (Some(steps left
+    /// before their owner deletes them)). A create of such a name fails (AlreadyExists).
+    foreign: BTreeMap<i32, (ObservedPod, Option<u8>)>,
+    /// Releases the world may still make.
+    releases_left: u8,
+    /// The set's resourceVersion, bumped by every status write.
+    version: u64,
+    /// A second writer (or a cache that lags) plans from this older copy of the set's
+    /// `replacing` and version; its status write, conditional on the version, fails, and
+    /// nothing it planned is done.
+    second_writer: Option<(BTreeMap<i32, Replacing>, u64)>,
 }
 
 impl Sim {
     fn step(&mut self, dice: &[u8]) -> Plan {
+        // Claim first: orphans are adopted; one whose adoption fails ends the reconcile.
+        let orphans: Vec<i32> = self
+            .foreign
+            .iter()
+            .filter(|(_, (_, release))| release.is_none())
+            .map(|(o, _)| *o)
+            .collect();
+        for ordinal in orphans {
+            if dice
+                .get(ordinal as usize % dice.len().max(1))
+                .copied()
+                .unwrap_or(0)
+                % 4
+                == 0
+            {
+                return self.nothing_done(dice);
+            }
+            if let Some((pod, _)) = self.foreign.remove(&ordinal) {
+                self.pods.insert(ordinal, pod);
+            }
+        }
+        // Which copy of the set plans: the current one, or the second writer's older one.
+        let (replacing, read_version) = match &self.second_writer {
+            Some((replacing, version)) if dice.first().is_some_and(|d| d % 3 == 0) => {
+                (replacing.clone(), *version)
+            }
+            _ => (self.set.replacing.clone(), self.version),
+        };
+        if read_version != self.version {
+            // Its status write is refused (the resourceVersion moved on): nothing is done.
+            return self.nothing_done(dice);
+        }
+        let mut planning = self.set.clone();
+        planning.replacing = replacing;
         // What the planner sees: the pods, and ghosts where no pod is.
         let mut view = self.pods.clone();
         for (ordinal, (ghost, _)) in &self.ghosts {
@@ -330,7 +377,7 @@ impl Sim {
             } => max_unavailable,
             Strategy::OnDelete => i32::MAX,
         };
-        let before = plan(&self.set, &pods, self.now);
+        let before = plan(&planning, &pods, self.now);
         // The budget is checked against the truth, not against what the planner saw.
         let unavailable_before = self
             .set
@@ -426,10 +473,20 @@ impl Sim {
             }
         }
 
-        // Carry the plan out.
+        // Carry the plan out: the status first (a write at the version read), then the pods.
+        if let Some(stale) = self.second_writer.as_mut()
+            && dice.get(1).is_some_and(|d| d % 2 == 0)
+        {
+            // The second copy catches up now and then.
+            *stale = (self.set.replacing.clone(), self.version);
+        }
         self.set.replacing = before.replacing.clone();
+        self.version += 1;
         for action in &before.actions {
             match action {
+                Action::Create { ordinal, .. } if self.foreign.contains_key(ordinal) => {
+                    // AlreadyExists: the name is taken by a pod the set does not control.
+                }
                 Action::Create { ordinal, revision } => {
                     let mut pod = ObservedPod::pending(
                         format!("web-{ordinal}"),
@@ -455,7 +512,26 @@ impl Sim {
                 }
             }
         }
-        // The world moves: terminating pods go, pending pods may come up.
+        self.advance(dice);
+        before
+    }
+
+    /// A reconcile that did nothing; the world moves on. What the current set would plan is
+    /// returned (not carried out), so that a caller waiting for a finished rollout keeps going.
+    fn nothing_done(&mut self, dice: &[u8]) -> Plan {
+        self.advance(dice);
+        let pods: Vec<_> = self.pods.values().cloned().collect();
+        plan(&self.set, &pods, self.now)
+    }
+
+    /// Every identity's name is the set's own (no orphan or released pod holds one).
+    fn settled(&self) -> bool {
+        self.foreign.is_empty()
+    }
+
+    /// The world moves: terminating pods go, pending pods may come up, pods are released and
+    /// their owners delete them.
+    fn advance(&mut self, dice: &[u8]) {
         self.now += 5;
         let mut i = 0;
         let mut next = || {
@@ -500,7 +576,28 @@ impl Sim {
                 pod.container_error = (next() % 2 == 0).then(|| "CrashLoopBackOff".to_string());
             }
         }
-        before
+        self.foreign.retain(|_, (_, release)| match release {
+            Some(steps) => {
+                *steps = steps.saturating_sub(1);
+                *steps > 0
+            }
+            None => true,
+        });
+        if self.releases_left > 0 && next() % 7 == 0 {
+            let running: Vec<i32> = self
+                .pods
+                .iter()
+                .filter(|(_, p)| !p.terminating)
+                .map(|(o, _)| *o)
+                .collect();
+            if let Some(&ordinal) = running.get(usize::from(next()) % running.len().max(1))
+                && let Some(pod) = self.pods.remove(&ordinal)
+            {
+                self.releases_left -= 1;
+                self.ghosts.remove(&ordinal);
+                self.foreign.insert(ordinal, (pod, Some(1 + next() % 4)));
+            }
+        }
     }
 }
 
@@ -516,7 +613,7 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
         proptest::collection::vec(any::<u8>(), 64..256),
         0i32..3,
         any::<bool>(),
-        0u8..3,
+        (0u8..3, any::<bool>(), any::<bool>()),
     )
         .prop_map(
             |(
@@ -530,7 +627,7 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
                 dice,
                 extra,
                 lag,
-                leave,
+                (leave, churn, second_writer),
             )| {
                 let identities: Vec<i32> = (start..start + replicas).collect();
                 // A node migration asks some pods to leave: alone (every other one), or
@@ -580,13 +677,24 @@ fn arb_sim() -> impl proptest::strategy::Strategy<Value = (Sim, Vec<u8>)> {
                     update_revision: "v2".into(),
                     replacing: BTreeMap::new(),
                 };
+                let mut pods: BTreeMap<i32, ObservedPod> = pods;
+                // Churn: the first identity's pod starts as an orphan (a set re-created after
+                // `--cascade=orphan`), and pods are released on the way.
+                let mut foreign = BTreeMap::new();
+                if churn && let Some(pod) = pods.remove(&start) {
+                    foreign.insert(start, (pod, None));
+                }
                 let sim = Sim {
-                    set,
+                    set: set.clone(),
                     pods,
                     ghosts: BTreeMap::new(),
                     lag,
                     bad_revision: broken.then(|| "v2".to_string()),
                     now: 1000,
+                    foreign,
+                    releases_left: if churn { 3 } else { 0 },
+                    version: 0,
+                    second_writer: second_writer.then(|| (set.replacing.clone(), 0)),
                 };
                 (sim, dice)
             },
@@ -605,7 +713,7 @@ proptest! {
             let plan = sim.step(&dice[offset..]);
             let scaled_in = sim.pods.keys().all(|o| sim.set.identities.contains(o));
             let left = sim.pods.values().all(|p| p.leave.is_none());
-            if plan.counts.rollout_complete && plan.actions.is_empty() && scaled_in && left && sim.bad_revision.is_none() {
+            if plan.counts.rollout_complete && plan.actions.is_empty() && scaled_in && left && sim.settled() && sim.bad_revision.is_none() {
                 break;
             }
         }
@@ -666,7 +774,7 @@ proptest! {
         sim.set.update_revision = "v3".into();
         for step in 0..600 {
             let plan = sim.step(&dice[step % dice.len()..]);
-            if plan.counts.rollout_complete && plan.actions.is_empty() {
+            if plan.counts.rollout_complete && plan.actions.is_empty() && sim.settled() {
                 break;
             }
             sim.now += 30;
