@@ -1,14 +1,18 @@
 //! The controller under failure: killed mid-rollout and restarted, the bound still holds and
 //! the rollout finishes; with two replicas, leadership moves when the leader dies, and a
-//! leader that cannot renew its Lease stops (its process exits) before the other takes over.
+//! leader that cannot renew its Lease stops (its process exits) before the other takes over,
+//! and no migration hook of the old leader runs once the new one leads.
 
 mod support;
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ests_api::NodeMigration;
+use ests_testenv::nodes::{NodeSpec, create_nodes, delete_nodes, kill_node, not_ready_timeout};
 use ests_testenv::{ApiProxy, InvariantChecker, LogsOnFailure, PodMonitor, cluster_lock, wait_for};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use support::*;
 
@@ -125,17 +129,42 @@ async fn a_leader_that_cannot_renew_its_lease_exits_before_another_takes_over() 
     // Its own Lease: the other tests' leaders may have left theirs held.
     let lease = "ests-controller-step-down";
     let lease_flag = format!("--lease-name={lease}");
-    let flags = [
-        "--leader-election=true",
-        "--lease-duration=4s",
-        "--renew-deadline=2s",
-        "--retry-period=500ms",
-        "--lease-namespace=ests-system",
-        lease_flag.as_str(),
-    ];
+    // A fencing hook that notes who ran it and when, and says no: the leader's migration
+    // manager asks it again every few seconds, so a second runner would show.
+    let hooks = env.plane.dir.join("lease-hooks");
+    std::fs::create_dir_all(&hooks)?;
+    let hook = hooks.join("fence.sh");
+    let hook_log = hooks.join("invocations");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\n# fence.sh REPLICA fence SOURCE TARGET\necho \"$1 $(date +%s.%N)\" >> \"{}\"\nexit 1\n",
+            hook_log.display()
+        ),
+    )?;
+    let fence = |replica: &str| format!("--fence-command=sh {} {replica}", hook.display());
+    let flags = |replica: &str| {
+        vec![
+            "--leader-election=true".to_string(),
+            "--lease-duration=4s".into(),
+            "--renew-deadline=2s".into(),
+            "--retry-period=500ms".into(),
+            "--lease-namespace=ests-system".into(),
+            lease_flag.clone(),
+            fence(replica),
+        ]
+    };
     let proxy = ApiProxy::start(env.plane, CONTROLLER_USER, CONTROLLER_GROUPS).await?;
     let (proxied, direct) = ("proxied-leader", "direct-follower");
-    start_ests_with(env.plane, proxied, "controller", &proxy.kubeconfig, &flags)?;
+    let proxied_flags = flags(proxied);
+    let proxied_flags: Vec<&str> = proxied_flags.iter().map(String::as_str).collect();
+    start_ests_with(
+        env.plane,
+        proxied,
+        "controller",
+        &proxy.kubeconfig,
+        &proxied_flags,
+    )?;
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), "ests-system");
     wait_for(format!("{proxied} leads"), T, || async {
         Ok(lease_holder(&leases, lease)
@@ -144,7 +173,57 @@ async fn a_leader_that_cannot_renew_its_lease_exits_before_another_takes_over() 
             .map(|_| ()))
     })
     .await?;
-    start_controller(env.plane, direct, &flags).await?;
+    let direct_flags = flags(direct);
+    let direct_flags: Vec<&str> = direct_flags.iter().map(String::as_str).collect();
+    start_controller(env.plane, direct, &direct_flags).await?;
+
+    // A dead node whose migration waits for fencing: the leader runs the hook over and over.
+    let (dead, spare) = ("lease-dead", "lease-spare");
+    let node = |name: &str| NodeSpec::new(name).capacity("8", "32Gi", "20");
+    create_nodes(&env.client, &[node(dead), node(spare)]).await?;
+    kill_node(&env.client, dead).await?;
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    wait_for(
+        format!("{dead} NotReady"),
+        not_ready_timeout() + T,
+        || async {
+            let node = nodes.get(dead).await?;
+            let ready = node
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            Ok((!ready).then_some(()))
+        },
+    )
+    .await?;
+    let migrations: Api<NodeMigration> = Api::all(env.client.clone());
+    let migration: NodeMigration = serde_json::from_value(json!({
+        "apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "NodeMigration",
+        "metadata": {"name": "lease-dead-move"},
+        "spec": {"sourceNode": dead, "targetNode": spare}
+    }))?;
+    migrations
+        .create(&PostParams::default(), &migration)
+        .await?;
+    let invocations = || -> anyhow::Result<Vec<(String, SystemTime)>> {
+        let text = std::fs::read_to_string(&hook_log).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                let (who, at) = line
+                    .split_once(' ')
+                    .ok_or_else(|| anyhow::anyhow!("bad hook log line {line:?}"))?;
+                let at: f64 = at.parse()?;
+                Ok((who.to_string(), UNIX_EPOCH + Duration::from_secs_f64(at)))
+            })
+            .collect()
+    };
+    wait_for(format!("{proxied} runs the fencing hook"), T, || async {
+        Ok(invocations()?
+            .iter()
+            .any(|(who, _)| who == proxied)
+            .then_some(()))
+    })
+    .await?;
 
     let ns = "lease-step-down";
     let sets = namespace(&env, ns).await?;
@@ -155,11 +234,12 @@ async fn a_leader_that_cannot_renew_its_lease_exits_before_another_takes_over() 
     set["spec"]["minReadySeconds"] = json!(2);
     apply(&env, ns, &set).await?;
     wait_status(&sets, name, "8 available", T, |s| s.available_replicas == 8).await?;
-    let monitor = PodMonitor::start(
+    let monitor = PodMonitor::start_with_min_ready(
         env.client.clone(),
         ns,
         &format!("app={name}"),
         names(name, 0..8),
+        2,
     )
     .await?;
     patch(&sets, name, new_template(Some("app"), "app:v2", json!({}))).await?;
@@ -222,6 +302,33 @@ async fn a_leader_that_cannot_renew_its_lease_exits_before_another_takes_over() 
         "maxUnavailable 1 held across the hand-over: max unavailable {}",
         monitor.max_unavailable()
     );
+    // One hook runner at a time: the old leader ran none once the new one led, and the new
+    // one none before.
+    wait_for(format!("{direct} runs the fencing hook"), T, || async {
+        Ok(invocations()?
+            .iter()
+            .any(|(who, _)| who == direct)
+            .then_some(()))
+    })
+    .await?;
+    let runs = invocations()?;
+    for (who, at) in &runs {
+        match who.as_str() {
+            w if w == proxied => assert!(
+                *at < acquired,
+                "{proxied} ran the fencing hook at {at:?}, after {direct} took the lease at {acquired:?}: {runs:?}"
+            ),
+            w if w == direct => assert!(
+                *at >= acquired,
+                "{direct} ran the fencing hook at {at:?}, before it took the lease at {acquired:?}: {runs:?}"
+            ),
+            other => anyhow::bail!("unknown hook runner {other}"),
+        }
+    }
+    migrations
+        .delete("lease-dead-move", &DeleteParams::default())
+        .await?;
+    delete_nodes(&env.client, &[dead, spare]).await?;
     // Stopped in good order (SIGTERM), a leader hands the Lease over at once.
     env.plane.stop_process(direct)?;
     assert_eq!(
