@@ -4,14 +4,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use ests_api::{MigrationPhase, NodeMigration, NodeMigrationSpec};
 use ests_migration::Settings;
 use ests_migration::auto::AutoSettings;
 use ests_migration::hooks::Hook;
-use futures::StreamExt;
-use kube::api::{Api, ObjectMeta, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::Client;
+use kubectl_ests::migrate_node::MigrateRequest;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct MigrationArgs {
@@ -22,7 +19,7 @@ pub struct MigrationArgs {
     /// Command that fences a NotReady node (powers it off, cuts it off): run as
     /// `COMMAND fence SOURCE TARGET` with ESTS_SOURCE_NODE, ESTS_TARGET_NODE, ESTS_MIGRATION
     /// and ESTS_CIDRS set; exit status 0 means fenced. Without it, only an operator's
-    /// spec.confirmFenced fences. Use curl here for an HTTP endpoint.
+    /// spec.confirmFenced fences.
     #[arg(long, env = "ESTS_FENCE_COMMAND", value_parser = Hook::parse)]
     pub fence_command: Option<Hook>,
 
@@ -89,92 +86,18 @@ pub struct MigrateNodeArgs {
     pub timeout_seconds: u64,
 }
 
+/// `ests migrate-node`: the same function as `kubectl ests migrate-node`.
 pub async fn migrate_node(args: MigrateNodeArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let api: Api<NodeMigration> = Api::all(client.clone());
-    let name = format!("migrate-{}", args.source);
-    let migration = NodeMigration {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            ..ObjectMeta::default()
-        },
-        spec: NodeMigrationSpec {
-            source_node: args.source.clone(),
-            target_node: args.target.clone(),
-            reason: args.reason.clone(),
-            confirm_fenced: args.confirm_fenced,
-        },
-        status: None,
+    let request = MigrateRequest {
+        source: args.source,
+        target: args.target,
+        confirm_fenced: args.confirm_fenced,
+        reason: args.reason,
+        wait: args.wait,
+        timeout: Duration::from_secs(args.timeout_seconds),
     };
-    match api.create(&PostParams::default(), &migration).await {
-        Ok(_) => println!("nodemigration/{name} created"),
-        Err(kube::Error::Api(s)) if s.is_already_exists() => {
-            println!("nodemigration/{name} exists already; following it")
-        }
-        Err(e) => return Err(e).with_context(|| format!("creating NodeMigration {name}")),
-    }
-    if !args.wait {
-        return Ok(());
-    }
-    let follow = async {
-        let mut last = String::new();
-        let mut stream = watcher::watcher(
-            api.clone(),
-            watcher::Config::default().fields(&format!("metadata.name={name}")),
-        )
-        .applied_objects()
-        .boxed();
-        while let Some(m) = stream.next().await {
-            let m = m.context("watching the migration")?;
-            let line = progress(&m);
-            if line != last {
-                println!("{line}");
-                last = line;
-            }
-            match m.status.as_ref().map(|s| s.phase) {
-                Some(MigrationPhase::Completed) => return Ok(()),
-                Some(MigrationPhase::Refused) => {
-                    anyhow::bail!("nodemigration/{} refused", m.name_any())
-                }
-                _ => {}
-            }
-        }
-        anyhow::bail!("the watch of nodemigration/{name} ended")
-    };
-    tokio::time::timeout(Duration::from_secs(args.timeout_seconds), follow)
-        .await
-        .with_context(|| {
-            format!(
-                "nodemigration/{name} did not complete in {}s",
-                args.timeout_seconds
-            )
-        })?
-}
-
-/// One line of progress: phase, target, pods on the target, what is awaited.
-fn progress(m: &NodeMigration) -> String {
-    let Some(s) = &m.status else {
-        return "Pending".into();
-    };
-    let running = s.pods.iter().filter(|p| p.running_on_target).count();
-    let waiting = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Completed")
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
-    format!(
-        "{:?}: {} -> {}, {running}/{} static-IP pods on the target{}",
-        s.phase,
-        m.spec.source_node,
-        s.target_node.as_deref().unwrap_or("?"),
-        s.pods.len(),
-        if waiting.is_empty() {
-            String::new()
-        } else {
-            format!(" — {waiting}")
-        }
-    )
+    kubectl_ests::migrate_node::run(client, &request, &mut std::io::stdout()).await
 }

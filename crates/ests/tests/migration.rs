@@ -904,3 +904,63 @@ async fn a_node_that_goes_not_ready_during_maintenance_is_fenced_before_anything
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn kubectl_ests_migrate_node_moves_a_ready_node_and_follows_it_to_the_end()
+-> anyhow::Result<()> {
+    use clap::Parser;
+    let env = migration_env().await?;
+    let _logs = LogsOnFailure(env.plane);
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    let ns = "mig-plugin";
+    create_nodes(&env.client, &[node("mig-p", "plugin", "50")]).await?;
+    namespace(&env, ns).await?;
+    apply(&env, ns, &static_set("app", 2, "plugin", None)).await?;
+    let before = wait_for("2 pods Running", T, || async {
+        let pods = running_pods(&env, ns, "").await?;
+        Ok((pods.len() == 2 && bound_records(&env, ns).await?.len() == 2).then_some(pods))
+    })
+    .await?;
+    create_nodes(&env.client, &[node("mig-q", "plugin", "50")]).await?;
+    let kubeconfig = env.plane.kubeconfig.display().to_string();
+    let cli = kubectl_ests::Cli::try_parse_from([
+        "kubectl-ests",
+        "--kubeconfig",
+        &kubeconfig,
+        "migrate-node",
+        "mig-p",
+        "--to",
+        "mig-q",
+        "--reason",
+        "kernel upgrade",
+        "--wait",
+        "--timeout",
+        "150s",
+    ])?;
+    let mut out = Vec::new();
+    let result = kubectl_ests::cli::run_with(cli, &mut out, false).await;
+    let printed = String::from_utf8_lossy(&out).into_owned();
+    result.map_err(|e| e.context(format!("kubectl ests migrate-node printed:\n{printed}")))?;
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("nodemigration/migrate-mig-p created"),
+        "{printed}"
+    );
+    assert!(
+        lines.last().is_some_and(
+            |l| l.starts_with("Completed: mig-p -> mig-q, 2/2 static-IP pods on the target")
+        ),
+        "progress ends with the completion: {printed}"
+    );
+    let after = running_pods(&env, ns, "").await?;
+    for (name, (_, _, ip)) in &before {
+        let (_, node, now_ip) = &after[name];
+        assert_eq!(
+            (node.as_str(), now_ip),
+            ("mig-q", ip),
+            "{name} moved with its address"
+        );
+    }
+    checker.finish()
+}

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cluster::{Target, connect};
 use crate::duration;
+use crate::migrate_node::{self, MigrateRequest};
 use crate::move_cmd::{MoveRequest, run_move};
 use crate::moving::MoveOptions;
 use crate::ranges::{self, MemberSpec};
@@ -54,8 +55,33 @@ pub enum Command {
     /// Print the Karmada OverridePolicy that gives each member cluster a non-overlapping
     /// ordinal range (spec.ordinals.start) for a set under divided placement.
     KarmadaRanges(RangesArgs),
-    // `migrate-node` (move every pod of a set off a node through the NodeMigration API) is
-    // added with that API (issue 9).
+    /// Move a node's static-IP pods and IP blocks to another node (a NodeMigration): a Ready
+    /// node is cordoned and emptied within each set's maxUnavailable; a NotReady one is
+    /// fenced first. With --wait, follow it like `rollout status`.
+    MigrateNode(MigrateNodeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateNodeArgs {
+    /// The node to move away from.
+    pub source: String,
+    /// The node to move to [default: a node labelled jke.jdcloud.com/replacement-for=SOURCE].
+    #[arg(long = "to", value_name = "TARGET")]
+    pub target: Option<String>,
+    /// Confirm that SOURCE is powered off or cut off, so its pods may be released without
+    /// the fencing hook. Never for a node that may still run its pods.
+    #[arg(long)]
+    pub confirm_fenced: bool,
+    /// Why (shown in events).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Follow the migration and print its progress until it completes; exits non-zero if it
+    /// is refused or the timeout passes.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait, give up after this long, e.g. 90s, 5m, 1h; 0 waits forever.
+    #[arg(long, default_value = "30m", value_parser = duration::parse)]
+    pub timeout: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -254,6 +280,18 @@ pub async fn run_with(cli: Cli, out: &mut dyn Write, tty: bool) -> anyhow::Resul
             run_move(&source, &destination, request, out).await
         }
         Command::KarmadaRanges(a) => karmada_ranges(&target, a, out).await,
+        Command::MigrateNode(a) => {
+            let cluster = connect(&target).await?;
+            let request = MigrateRequest {
+                source: a.source.clone(),
+                target: a.target.clone(),
+                confirm_fenced: a.confirm_fenced,
+                reason: a.reason.clone(),
+                wait: a.wait,
+                timeout: a.timeout,
+            };
+            migrate_node::run(cluster.client, &request, out).await
+        }
     }
 }
 

@@ -4,14 +4,15 @@
 //! far is it), [`history`] (which revision an undo goes to), [`scale_in`] (reserve ordinals
 //! and lower replicas), [`ranges`] (non-overlapping ordinal ranges for Karmada members) and
 //! [`moving`] (the steps that move the boundary ordinal between clusters). The modules
-//! [`rollout`], [`move_cmd`] and [`cluster`] are the thin kube I/O around them, and [`cli`]
-//! the flags.
+//! [`rollout`], [`move_cmd`], [`migrate_node`] and [`cluster`] are the thin kube I/O around
+//! them, and [`cli`] the flags.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod cluster;
 pub mod duration;
 pub mod history;
+pub mod migrate_node;
 pub mod move_cmd;
 pub mod moving;
 pub mod progress;
