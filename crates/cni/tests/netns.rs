@@ -55,6 +55,37 @@ fn ip_cmd(args: &[&str]) -> Result<String, String> {
 
 static NAMES: AtomicUsize = AtomicUsize::new(0);
 
+/// The host's forwarding switches, which bridge (`isGateway`) and ptp turn on and never
+/// back off: saved when the first [`Host`] of this process is made, put back when the last
+/// goes. (Test binaries run one at a time; the real node's harness saves its own.)
+const FORWARDING: [&str; 2] = [
+    "/proc/sys/net/ipv4/ip_forward",
+    "/proc/sys/net/ipv6/conf/all/forwarding",
+];
+static SAVED_FORWARDING: std::sync::Mutex<(usize, Vec<(&str, String)>)> =
+    std::sync::Mutex::new((0, Vec::new()));
+
+fn hold_forwarding() {
+    let mut saved = SAVED_FORWARDING.lock().unwrap_or_else(|e| e.into_inner());
+    if saved.0 == 0 {
+        saved.1 = FORWARDING
+            .iter()
+            .filter_map(|p| Some((*p, std::fs::read_to_string(p).ok()?)))
+            .collect();
+    }
+    saved.0 += 1;
+}
+
+fn release_forwarding() {
+    let mut saved = SAVED_FORWARDING.lock().unwrap_or_else(|e| e.into_inner());
+    saved.0 = saved.0.saturating_sub(1);
+    if saved.0 == 0 {
+        for (path, value) in saved.1.drain(..) {
+            let _ = std::fs::write(path, value);
+        }
+    }
+}
+
 /// What one test made on the host: namespaces, a bridge, libcni's cache files for its
 /// network, a CNI_PATH and config directory. All removed when dropped, whatever happened.
 struct Host {
@@ -79,6 +110,7 @@ impl Host {
             return None;
         }
         let _ = ip_cmd(&["netns", "del", &probe]);
+        hold_forwarding();
         let host = Self {
             net: format!("ests-test-{kind}-{id}"),
             // Interface names have at most 15 characters.
@@ -162,6 +194,7 @@ impl Drop for Host {
                 }
             }
         }
+        release_forwarding();
     }
 }
 
@@ -182,24 +215,15 @@ fn bridge_with_ests_cni_gives_kept_addresses_only_to_their_pods() {
     {
         let mut s = agent.state();
         // web-0's record (record mode) keeps .7, Bound to the pod's previous incarnation.
-        s.records.insert(
-            ("ns".into(), "web-0".into()),
-            record(
-                "ns",
-                "web-0",
-                "rec-0",
-                json!({"ips": [{"ip": "10.213.10.7"}], "node": "node-a"}),
-                json!({"phase": "Bound", "podUID": "w0-a"}),
-            ),
-        );
-        s.pods.insert(
-            ("ns".into(), "web-0".into()),
-            static_pod("ns", "web-0", "w0-a", "rec-0"),
-        );
-        s.pods.insert(
-            ("ns".into(), "plain".into()),
-            ordinary_pod("ns", "plain", "p1"),
-        );
+        s.put_record(record(
+            "ns",
+            "web-0",
+            "rec-0",
+            json!({"ips": [{"ip": "10.213.10.7"}], "node": "node-a"}),
+            json!({"phase": "Bound", "podUID": "w0-a"}),
+        ));
+        s.put_pod(static_pod("ns", "web-0", "w0-a", "rec-0"));
+        s.put_pod(ordinary_pod("ns", "plain", "p1"));
     }
     host.write_conflist(json!({
         "type": "bridge", "bridge": host.bridge, "isGateway": true, "ipMasq": false,
@@ -258,10 +282,9 @@ fn bridge_with_ests_cni_gives_kept_addresses_only_to_their_pods() {
     let mut burst = Vec::new();
     for i in 0..6 {
         let name = format!("b{i}");
-        agent.state().pods.insert(
-            ("ns".into(), name.clone()),
-            ordinary_pod("ns", &name, &format!("u{i}")),
-        );
+        agent
+            .state()
+            .put_pod(ordinary_pod("ns", &name, &format!("u{i}")));
         let ns = host.netns(&name);
         ok(
             &host.cnitool("add", &ns, &pod_args(&name, &format!("u{i}"))),
@@ -273,10 +296,9 @@ fn bridge_with_ests_cni_gives_kept_addresses_only_to_their_pods() {
     }
 
     // web-0 re-created (new UID, new sandbox): the same address.
-    agent.state().pods.insert(
-        ("ns".into(), "web-0".into()),
-        static_pod("ns", "web-0", "w0-b", "rec-0"),
-    );
+    agent
+        .state()
+        .put_pod(static_pod("ns", "web-0", "w0-b", "rec-0"));
     let web_b = host.netns("web0b");
     ok(
         &host.cnitool("add", &web_b, &pod_args("web-0", "w0-b")),
@@ -312,39 +334,27 @@ fn ptp_with_ests_cni_and_a_refused_pod() {
     {
         let mut s = agent.state();
         s.blocks = vec!["10.213.12.0/26".parse().expect("cidr")];
-        s.pods.insert(
-            ("ns".into(), "plain".into()),
-            ordinary_pod("ns", "plain", "p1"),
-        );
+        s.put_pod(ordinary_pod("ns", "plain", "p1"));
         // web-1 (IP range mode) was bound to an address of a block this node does not own.
-        s.records.insert(
-            ("ns".into(), "web-1".into()),
-            record(
-                "ns",
-                "web-1",
-                "rec-1",
-                json!({"pool": "blue", "ips": [{"ip": "10.213.13.5"}], "node": "node-a"}),
-                json!({"phase": "Bound", "podUID": "w1"}),
-            ),
-        );
-        s.pods.insert(
-            ("ns".into(), "web-1".into()),
-            static_pod("ns", "web-1", "w1", "rec-1"),
-        );
+        s.put_record(record(
+            "ns",
+            "web-1",
+            "rec-1",
+            json!({"pool": "blue", "ips": [{"ip": "10.213.13.5"}], "node": "node-a"}),
+            json!({"phase": "Bound", "podUID": "w1"}),
+        ));
+        s.put_pod(static_pod("ns", "web-1", "w1", "rec-1"));
         // web-2 (IP range mode) first start: the bind wrote .9 of this node's block.
-        s.records.insert(
-            ("ns".into(), "web-2".into()),
-            record(
-                "ns",
-                "web-2",
-                "rec-2",
-                json!({"pool": "blue"}),
-                json!({"phase": "Pending"}),
-            ),
-        );
+        s.put_record(record(
+            "ns",
+            "web-2",
+            "rec-2",
+            json!({"pool": "blue"}),
+            json!({"phase": "Pending"}),
+        ));
         let mut web2 = static_pod("ns", "web-2", "w2", "rec-2");
         web2.annotated_ips = vec!["10.213.12.9".parse().expect("ip")];
-        s.pods.insert(("ns".into(), "web-2".into()), web2);
+        s.put_pod(web2);
     }
     host.write_conflist(json!({
         "type": "ptp", "ipMasq": false,
@@ -416,10 +426,7 @@ fn the_agent_absent_makes_the_runtime_try_again() {
     assert_ne!(out.code, Some(0), "DEL without the agent: {out:?}");
     // The agent comes up: DEL, then ADD again, succeed.
     let agent = FakeAgent::start_at("node-a", &["10.213.14.0/24"], socket, dir);
-    agent.state().pods.insert(
-        ("ns".into(), "plain".into()),
-        ordinary_pod("ns", "plain", "p1"),
-    );
+    agent.state().put_pod(ordinary_pod("ns", "plain", "p1"));
     ok(&host.cnitool("del", &ns, &pod_args("plain", "p1")), "DEL");
     // The bridge the failed ADD made is left without ports and with an all-zero MAC,
     // which the reference bridge plugin then fails to set back on it (EINVAL): made afresh.

@@ -144,10 +144,7 @@ fn bad_input_gets_the_specs_error_codes() {
 #[test]
 fn add_answers_in_each_versions_layout_and_repeats() {
     let agent = FakeAgent::start("node-a", &["10.213.0.0/24"]);
-    agent.state().pods.insert(
-        ("ns".into(), "plain".into()),
-        ordinary_pod("ns", "plain", "u1"),
-    );
+    agent.state().put_pod(ordinary_pod("ns", "plain", "u1"));
     let socket = agent.socket.to_str().expect("utf-8").to_string();
     for (i, version) in ALL_VERSIONS.iter().enumerate() {
         let container = format!("c{i}");
@@ -181,10 +178,7 @@ fn add_answers_in_each_versions_layout_and_repeats() {
 #[test]
 fn del_check_gc_and_status_follow_the_spec() {
     let agent = FakeAgent::start("node-a", &["10.213.1.0/24"]);
-    agent.state().pods.insert(
-        ("ns".into(), "plain".into()),
-        ordinary_pod("ns", "plain", "u1"),
-    );
+    agent.state().put_pod(ordinary_pod("ns", "plain", "u1"));
     let conf = config("1.1.0", agent.socket.to_str().expect("utf-8"));
     for c in ["c1", "c2", "c3"] {
         assert_eq!(cni("ADD", c, POD_ARGS, &conf).code, Some(0));
@@ -242,34 +236,22 @@ fn refusals_reach_the_runtime_with_their_reason() {
         let mut state = agent.state();
         state.blocks = vec!["10.40.0.0/26".parse().expect("cidr")];
         // web-0's record keeps its address on another node; web-1 waits for the bind.
-        state.records.insert(
-            ("ns".into(), "web-0".into()),
-            record(
-                "ns",
-                "web-0",
-                "rec-0",
-                json!({"pool": "blue", "ips": [{"ip": "10.40.0.5"}], "node": "node-b"}),
-                json!({"phase": "Bound", "podUID": "old"}),
-            ),
-        );
-        state.records.insert(
-            ("ns".into(), "web-1".into()),
-            record(
-                "ns",
-                "web-1",
-                "rec-1",
-                json!({"pool": "blue"}),
-                json!({"phase": "Pending"}),
-            ),
-        );
-        state.pods.insert(
-            ("ns".into(), "web-0".into()),
-            static_pod("ns", "web-0", "p0", "rec-0"),
-        );
-        state.pods.insert(
-            ("ns".into(), "web-1".into()),
-            static_pod("ns", "web-1", "p1", "rec-1"),
-        );
+        state.put_record(record(
+            "ns",
+            "web-0",
+            "rec-0",
+            json!({"pool": "blue", "ips": [{"ip": "10.40.0.5"}], "node": "node-b"}),
+            json!({"phase": "Bound", "podUID": "old"}),
+        ));
+        state.put_record(record(
+            "ns",
+            "web-1",
+            "rec-1",
+            json!({"pool": "blue"}),
+            json!({"phase": "Pending"}),
+        ));
+        state.put_pod(static_pod("ns", "web-0", "p0", "rec-0"));
+        state.put_pod(static_pod("ns", "web-1", "p1", "rec-1"));
     }
     let conf = config("1.1.0", agent.socket.to_str().expect("utf-8"));
     let out = cni(

@@ -69,6 +69,18 @@ pub struct State {
 }
 
 impl State {
+    /// Puts `record` in the record cache, under its namespace and name.
+    pub fn put_record(&mut self, record: StaticIP) {
+        let id = (record.namespace().unwrap_or_default(), record.name_any());
+        self.records.insert(id, record);
+    }
+
+    /// Puts `pod` in the pod cache, under its namespace and name.
+    pub fn put_pod(&mut self, pod: CniPod) {
+        self.pods
+            .insert((pod.namespace.clone(), pod.name.clone()), pod);
+    }
+
     fn kept_by(&self, ip: &IpAddr) -> Option<String> {
         self.records
             .values()

@@ -2,6 +2,8 @@ use super::*;
 use proptest::prelude::*;
 use serde_json::json;
 
+use crate::static_ip::tests::record;
+
 const NODE: &str = "node-a";
 
 fn ip(s: &str) -> IpAddr {
@@ -17,25 +19,6 @@ fn key(container: &str) -> AttachmentKey {
         container_id: container.into(),
         ifname: "eth0".into(),
     }
-}
-
-/// The StaticIP `ns/web-0` of set `web` (UID set-1), with extra spec fields and a status.
-fn record(spec: serde_json::Value, status: serde_json::Value) -> StaticIP {
-    let mut base = json!({
-        "workload": {"apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "EnhancedStatefulSet", "name": "web", "uid": "set-1"},
-        "podName": "web-0"
-    });
-    if let (Some(base), Some(extra)) = (base.as_object_mut(), spec.as_object()) {
-        base.extend(extra.clone());
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "jke.jdcloud.com/v1alpha1",
-        "kind": "StaticIP",
-        "metadata": {"name": "web-0", "namespace": "ns", "uid": "rec-1"},
-        "spec": base,
-        "status": status
-    }))
-    .expect("record")
 }
 
 fn bound() -> serde_json::Value {
@@ -119,6 +102,17 @@ impl World {
     }
 }
 
+/// A new attachment of the one address `ip` in `network`, from `source`.
+fn one(ip_: &str, network: &str, source: Source) -> Add {
+    Add::New {
+        addresses: vec![Address {
+            ip: ip(ip_),
+            network: net(network),
+        }],
+        source,
+    }
+}
+
 fn addresses(decision: &Add) -> Vec<IpAddr> {
     match decision {
         Add::New { addresses, .. } | Add::Existing(addresses) => {
@@ -144,16 +138,7 @@ fn bound_record_mode_pod_gets_its_records_address() {
     ));
     w.kept.insert(ip("10.244.1.7"), "ns/web-0".into());
     let decision = w.add(&key("c1"), &static_pod(&["10.244.1.7"]));
-    assert_eq!(
-        decision,
-        Add::New {
-            addresses: vec![Address {
-                ip: ip("10.244.1.7"),
-                network: net("10.244.1.0/24")
-            }],
-            source: Source::Record
-        }
-    );
+    assert_eq!(decision, one("10.244.1.7", "10.244.1.0/24", Source::Record));
 }
 
 #[test]
@@ -164,16 +149,7 @@ fn bound_range_mode_pod_gets_its_address_in_its_block() {
         bound(),
     ));
     let decision = w.add(&key("c1"), &static_pod(&[]));
-    assert_eq!(
-        decision,
-        Add::New {
-            addresses: vec![Address {
-                ip: ip("10.20.0.5"),
-                network: net("10.20.0.0/26")
-            }],
-            source: Source::Record
-        }
-    );
+    assert_eq!(decision, one("10.20.0.5", "10.20.0.0/26", Source::Record));
 }
 
 #[test]
@@ -294,16 +270,7 @@ fn first_range_mode_start_takes_the_binds_address() {
     let mut w = World::new();
     w.record = Some(record(json!({"pool": "blue"}), json!({"phase": "Pending"})));
     let decision = w.add(&key("c1"), &static_pod(&["10.20.0.9"]));
-    assert_eq!(
-        decision,
-        Add::New {
-            addresses: vec![Address {
-                ip: ip("10.20.0.9"),
-                network: net("10.20.0.0/26")
-            }],
-            source: Source::Bind
-        }
-    );
+    assert_eq!(decision, one("10.20.0.9", "10.20.0.0/26", Source::Bind));
 }
 
 #[test]
@@ -320,13 +287,7 @@ fn record_mode_first_start_takes_a_free_pod_range_address() {
     let decision = w.add(&key("c1"), &static_pod(&[]));
     assert_eq!(
         decision,
-        Add::New {
-            addresses: vec![Address {
-                ip: ip("10.244.1.4"),
-                network: net("10.244.1.0/24")
-            }],
-            source: Source::PodRange
-        }
+        one("10.244.1.4", "10.244.1.0/24", Source::PodRange)
     );
 }
 
