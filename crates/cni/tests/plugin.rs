@@ -306,3 +306,24 @@ fn an_agent_answering_garbage_is_an_agent_error() {
     assert_eq!(out.error_code(), 102, "{out:?}");
     server.join().expect("server");
 }
+
+#[test]
+fn dual_stack_answers_both_families_or_neither() {
+    let agent = FakeAgent::start("node-a", &["10.213.3.0/30", "fd00:213:3::/120"]);
+    agent.state().put_pod(ordinary_pod("ns", "plain", "u1"));
+    let socket = agent.socket.to_str().expect("utf-8").to_string();
+    let out = cni("ADD", "c1", POD_ARGS, &config("0.4.0", &socket));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let ips = out.json()["ips"].clone();
+    assert_eq!(
+        ips,
+        json!([
+            {"version": "4", "address": "10.213.3.2/30", "gateway": "10.213.3.1"},
+            {"version": "6", "address": "fd00:213:3::2/120", "gateway": "fd00:213:3::1"}
+        ])
+    );
+    // The /30 has no second pod address: the next pod gets neither family, and may retry.
+    let out = cni("ADD", "c2", POD_ARGS, &config("1.1.0", &socket));
+    assert_eq!(out.error_code(), 11, "{out:?}");
+    assert_eq!(agent.state().attachments.len(), 1);
+}
