@@ -6,6 +6,7 @@
 pub mod address_claims;
 pub mod adoption;
 pub mod allocator;
+pub mod cni;
 pub mod extender;
 pub mod identity;
 pub mod karmada;

@@ -662,4 +662,4 @@ pub fn outlives_set(policy: ReleasePolicy) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -14,7 +14,9 @@ fn set(annotations: serde_json::Value) -> EnhancedStatefulSet {
     .expect("set")
 }
 
-fn record(spec: serde_json::Value, status: serde_json::Value) -> StaticIP {
+/// The record `ns/web-0` of set `web` (UID set-1) with extra spec fields and a status;
+/// also the CNI decision's tests' record.
+pub(crate) fn record(spec: serde_json::Value, status: serde_json::Value) -> StaticIP {
     let mut base = json!({
         "workload": {"apiVersion": "jke.jdcloud.com/v1alpha1", "kind": "EnhancedStatefulSet", "name": "web", "uid": "set-1"},
         "podName": "web-0"
