@@ -35,7 +35,8 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the EnhancedStatefulSet controller (and, unless turned off, the StaticIP manager).
-    Controller(controller::ControllerArgs),
+    // Boxed: its flags (with the migration hooks) are far larger than the other commands'.
+    Controller(Box<controller::ControllerArgs>),
     /// Run the StaticIP manager on its own: records learn, keep and release their pods'
     /// addresses; IP range mode allocates from per-node blocks.
     StaticIp(static_ip::StaticIpArgs),
@@ -78,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Controller(args) => controller::run(args).await,
+        Command::Controller(args) => controller::run(*args).await,
         Command::StaticIp(args) => static_ip::run(args).await,
         Command::Webhook(args) => webhook::run(args).await,
         Command::Extender(args) => extender::run(args).await,

@@ -16,24 +16,38 @@ pub struct MigrationArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "ESTS_NODE_MIGRATION")]
     pub node_migration: bool,
 
-    /// Command that fences a NotReady node (powers it off, cuts it off): run as
+    /// Hook that fences a NotReady node (powers it off, cuts it off). A command, run as
     /// `COMMAND fence SOURCE TARGET` with ESTS_SOURCE_NODE, ESTS_TARGET_NODE, ESTS_MIGRATION
-    /// and ESTS_CIDRS set; exit status 0 means fenced. Without it, only an operator's
-    /// spec.confirmFenced fences.
+    /// and ESTS_CIDRS set, exit status 0 meaning fenced; or an https:// URL, sent a POST of
+    /// {"verb","migration","sourceNode","targetNode","cidrs"}, 2xx meaning fenced (see
+    /// --hook-bearer-token-file, --hook-ca-file). Given up after 60 s, asked again 5 s after a
+    /// no. Without it, only an operator's spec.confirmFenced fences.
     #[arg(long, env = "ESTS_FENCE_COMMAND", value_parser = Hook::parse)]
     pub fence_command: Option<Hook>,
 
-    /// Command that moves the source's IP blocks' routes to the target, run as
-    /// `COMMAND network SOURCE TARGET` (ESTS_CIDRS lists the CIDRs); exit 0 means moved. It
-    /// must succeed before any address moves. Default: nothing to move.
+    /// Hook that moves the source's IP blocks' routes to the target: a command run as
+    /// `COMMAND network SOURCE TARGET` (ESTS_CIDRS lists the CIDRs), exit 0 meaning moved, or
+    /// an https:// URL as for --fence-command (verb "network"). It must succeed before any
+    /// address moves. Default: nothing to move.
     #[arg(long, env = "ESTS_NETWORK_COMMAND", value_parser = Hook::parse)]
     pub network_command: Option<Hook>,
 
-    /// Command that names (and may create) a replacement node when the migration names none
-    /// and no node is labelled jke.jdcloud.com/replacement-for=SOURCE: run as
-    /// `COMMAND provision SOURCE`; its output is the node's name. Default: none.
+    /// Hook that names (and may create) a replacement node when the migration names none and
+    /// no node is labelled jke.jdcloud.com/replacement-for=SOURCE: a command run as
+    /// `COMMAND provision SOURCE`, or an https:// URL as for --fence-command (verb
+    /// "provision"); its output (the answer's body) is the node's name. Default: none.
     #[arg(long, env = "ESTS_PROVISION_COMMAND", value_parser = Hook::parse)]
     pub provision_command: Option<Hook>,
+
+    /// File holding the bearer token the URL hooks send (a mounted Secret; read at every
+    /// call, so a rotated token is used at once).
+    #[arg(long, env = "ESTS_HOOK_BEARER_TOKEN_FILE", value_name = "PATH")]
+    pub hook_bearer_token_file: Option<std::path::PathBuf>,
+
+    /// PEM CA bundle the URL hooks' servers must chain to (then the public web roots are not
+    /// trusted). Default: the public web roots.
+    #[arg(long, env = "ESTS_HOOK_CA_FILE", value_name = "PATH")]
+    pub hook_ca_file: Option<std::path::PathBuf>,
 
     /// Automatic mode: migrate a node that has been NotReady for this many seconds (the
     /// migration still waits for fencing). Off by default.
@@ -47,10 +61,18 @@ pub struct MigrationArgs {
 
 impl MigrationArgs {
     pub fn settings(&self) -> Settings {
+        let hook = |h: &Option<Hook>| {
+            h.clone().map(|h| {
+                h.with_http_auth(
+                    self.hook_bearer_token_file.clone(),
+                    self.hook_ca_file.clone(),
+                )
+            })
+        };
         Settings {
-            fence: self.fence_command.clone(),
-            network: self.network_command.clone(),
-            provision: self.provision_command.clone(),
+            fence: hook(&self.fence_command),
+            network: hook(&self.network_command),
+            provision: hook(&self.provision_command),
             auto: self.auto_migrate_after_seconds.map(|s| AutoSettings {
                 after: Duration::from_secs(s),
                 max_active: self.max_migrations.max(1),
