@@ -20,6 +20,7 @@ use ests_api::{
 };
 use ests_core::migration::{Action as Step, plan};
 use ests_core::rollout::Leave;
+use ests_runtime::Reflectors;
 use ests_staticip::records::set_condition;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
@@ -107,7 +108,7 @@ impl Metrics {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
-    /// For the Eviction API (see [`ests_cache::eviction_client`]): the next pass retries.
+    /// For the Eviction API (see [`ests_runtime::watch::eviction_client`]): the next pass retries.
     pub evictions: Client,
     pub settings: Settings,
     pub metrics: Metrics,
@@ -118,7 +119,7 @@ pub struct Context {
     pub blocks: Store<IPBlock>,
     pub sets: Store<EnhancedStatefulSet>,
     pub migrations: Store<NodeMigration>,
-    listed: ests_cache::Listed,
+    listed: ests_runtime::watch::Listed,
     /// When each hook last ran: one that said no (or failed) runs again after
     /// [`HOOK_RETRY`], not on every event of the source's pods.
     hooks_run: std::sync::Mutex<hooks::Pacer>,
@@ -127,31 +128,33 @@ pub struct Context {
 /// How soon a hook that said no, or failed, is run again for one migration.
 const HOOK_RETRY: Duration = Duration::from_secs(5);
 
-/// Runs the manager (and automatic mode if configured) until `shutdown` resolves.
+/// Runs the manager (and automatic mode if configured) until `shutdown` resolves, with the
+/// watches of `reflectors` (shared with whatever else runs in the process).
 pub async fn run(
+    reflectors: &Reflectors,
     client: Client,
     settings: Settings,
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let (nodes, node_events) = ests_cache::reflect::<Node>(&client);
-    let (pods, pod_events) = ests_cache::reflect::<Pod>(&client);
-    let (records, record_events) = ests_cache::reflect::<StaticIP>(&client);
-    let (migrations, migration_events) = ests_cache::reflect::<NodeMigration>(&client);
-    let blocks = ests_cache::store::<IPBlock>(&client);
-    let sets = ests_cache::store::<EnhancedStatefulSet>(&client);
-    let listed = ests_cache::Listed::spawn(
+    let (nodes, node_events) = reflectors.subscribe::<Node>();
+    let (pods, pod_events) = reflectors.subscribe::<Pod>();
+    let (records, record_events) = reflectors.subscribe::<StaticIP>();
+    let (migrations, migration_events) = reflectors.subscribe::<NodeMigration>();
+    let blocks = reflectors.store::<IPBlock>();
+    let sets = reflectors.store::<EnhancedStatefulSet>();
+    let listed = ests_runtime::watch::Listed::spawn(
         "migration",
         vec![
-            ests_cache::wait_for(&nodes),
-            ests_cache::wait_for(&pods),
-            ests_cache::wait_for(&records),
-            ests_cache::wait_for(&blocks),
-            ests_cache::wait_for(&sets),
-            ests_cache::wait_for(&migrations),
+            ests_runtime::watch::wait_for(&nodes),
+            ests_runtime::watch::wait_for(&pods),
+            ests_runtime::watch::wait_for(&records),
+            ests_runtime::watch::wait_for(&blocks),
+            ests_runtime::watch::wait_for(&sets),
+            ests_runtime::watch::wait_for(&migrations),
         ],
     );
-    let evictions = ests_cache::eviction_client()
+    let evictions = ests_runtime::watch::eviction_client()
         .await
         .map_err(|e| anyhow::anyhow!("building the eviction client: {e}"))?;
     let ctx = Arc::new(Context {
@@ -190,10 +193,10 @@ pub async fn run(
         }
     };
     let (a1, a2, a3) = (all.clone(), all.clone(), all);
-    Controller::for_stream(migration_events, migrations)
-        .watches_stream(node_events, move |_| a1())
-        .watches_stream(pod_events, move |_| a2())
-        .watches_stream(record_events, move |_| a3())
+    Controller::for_shared_stream(migration_events, migrations)
+        .watches_shared_stream(node_events, move |_| a1())
+        .watches_shared_stream(pod_events, move |_| a2())
+        .watches_shared_stream(record_events, move |_| a3())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

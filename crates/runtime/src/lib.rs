@@ -1,6 +1,8 @@
-//! What every ests server shares, so that each component wires it once instead of writing
-//! it again:
+//! What every ests component shares, so that each wires it once instead of writing it
+//! again:
 //!
+//! - [`watch`]: one watch per kind per process ([`Reflectors`]), its cache shared by every
+//!   controller and index of the process, and waiting for caches to list ([`Listed`]);
 //! - [`tls`]: HTTPS on rustls with a certificate reloaded from disk (the webhook and the
 //!   scheduler extender);
 //! - [`http`]: typed JSON answers ([`Answer`]) and counting them in a component's metrics.
@@ -8,5 +10,7 @@
 
 pub mod http;
 pub mod tls;
+pub mod watch;
 
 pub use http::Answer;
+pub use watch::{Listed, Reflectors};

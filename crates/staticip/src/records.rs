@@ -42,8 +42,7 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
     // Decisions read the pod, set, pool and block caches: not before they are filled.
     ctx.caches_listed().await;
     let pod = ctx
-        .pods
-        .get(&ObjectRef::new(&record.spec.pod_name).within(&ns))
+        .pod(&ns, &record.spec.pod_name)
         .map(|p| PodFacts::of(&p));
     let identity = identity(&ctx, &record);
     let now = Timestamp::now().as_second();
