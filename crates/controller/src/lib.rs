@@ -18,7 +18,7 @@ pub mod status;
 use std::sync::Arc;
 
 use ests_api::{EnhancedStatefulSet, StaticIP};
-use ests_runtime::Reflectors;
+use ests_runtime::{KubeError, Reflectors};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -36,21 +36,22 @@ pub const FIELD_MANAGER: &str = "ests-controller";
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{context}: {source}")]
-    Kube {
-        context: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Kube(#[from] KubeError),
     #[error("{0}")]
     Invalid(String),
 }
 
 impl Error {
     fn kube(context: impl Into<String>, source: kube::Error) -> Self {
-        Self::Kube {
-            context: context.into(),
-            source,
+        Self::Kube(KubeError::new(context.into(), source))
+    }
+
+    /// What went wrong, as a metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Kube(e) => e.label(),
+            Self::Invalid(_) => "invalid-set",
         }
     }
 }

@@ -57,7 +57,7 @@ pub async fn reconcile(set: Arc<EnhancedStatefulSet>, ctx: Arc<Context>) -> Resu
         .observe(started.elapsed().as_secs_f64());
     ctx.metrics
         .reconciles
-        .with_label_values(&[if result.is_ok() { "success" } else { "error" }])
+        .with_label_values(&[result.as_ref().map_or_else(Error::label, |_| "success")])
         .inc();
     result
 }

@@ -20,7 +20,7 @@ use ests_api::{
 };
 use ests_core::migration::{Action as Step, plan};
 use ests_core::rollout::Leave;
-use ests_runtime::Reflectors;
+use ests_runtime::{KubeError, Reflectors};
 use ests_staticip::records::set_condition;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
@@ -39,17 +39,22 @@ use crate::hooks::{Hook, HookFacts};
 /// Why a reconcile failed (it is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{context}: {source}")]
-    Kube {
-        context: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+impl Error {
+    /// What went wrong, as a metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Kube(e) => e.label(),
+        }
+    }
 }
 
 fn kube_err(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let context = context.into();
-    move |source| Error::Kube { context, source }
+    move |source| Error::Kube(KubeError::new(context, source))
 }
 
 /// How the manager is configured.
@@ -85,7 +90,7 @@ impl Metrics {
             actions: IntCounterVec::new(
                 Opts::new(
                     "ests_migration_actions_total",
-                    "Migration actions carried out, by action and result",
+                    "Migration actions carried out, by action and result (ok, or what went wrong)",
                 ),
                 &["action", "result"],
             )?,
@@ -259,7 +264,7 @@ async fn reconcile(cached: Arc<NodeMigration>, ctx: Arc<Context>) -> Result<Acti
         let result = act(&ctx, &m, &observed, step, &mut status).await;
         ctx.metrics
             .actions
-            .with_label_values(&[label, if result.is_ok() { "ok" } else { "error" }])
+            .with_label_values(&[label, result.as_ref().map_or_else(Error::label, |_| "ok")])
             .inc();
         if let Err(e) = result {
             // Keep what was done so far in the status; the next reconcile plans again.

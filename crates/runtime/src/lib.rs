@@ -5,12 +5,16 @@
 //!   controller and index of the process, and waiting for caches to list ([`Listed`]);
 //! - [`tls`]: HTTPS on rustls with a certificate reloaded from disk (the webhook and the
 //!   scheduler extender);
+//! - [`error`]: a failed Kubernetes API call with what it was for and a metric label
+//!   ([`KubeError`]);
 //! - [`http`]: typed JSON answers ([`Answer`]) and counting them in a component's metrics.
 #![forbid(unsafe_code)]
 
+pub mod error;
 pub mod http;
 pub mod tls;
 pub mod watch;
 
+pub use error::KubeError;
 pub use http::Answer;
 pub use watch::{Listed, Reflectors};

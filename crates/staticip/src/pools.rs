@@ -126,7 +126,11 @@ async fn write_finalizers(
     }
 }
 
-pub fn error_policy(pool: Arc<StaticIPPool>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(pool: Arc<StaticIPPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&["pool", error.label()])
+        .inc();
     tracing::warn!(pool = %pool.name_any(), %error, "pool protection failed");
     Action::requeue(Duration::from_secs(5))
 }

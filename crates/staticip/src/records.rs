@@ -219,7 +219,11 @@ fn decide_among_caches(
     decide(record, pod, identity, &around, now)
 }
 
-pub fn error_policy(record: Arc<StaticIP>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(record: Arc<StaticIP>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&["record", error.label()])
+        .inc();
     tracing::warn!(namespace = record.namespace().unwrap_or_default(), record = %record.name_any(), %error, "reconcile failed");
     Action::requeue(RETRY)
 }

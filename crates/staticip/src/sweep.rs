@@ -190,7 +190,11 @@ pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action,
     Ok(Action::requeue(RESYNC))
 }
 
-pub fn error_policy(block: Arc<IPBlock>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(block: Arc<IPBlock>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&["block", error.label()])
+        .inc();
     tracing::warn!(block = %block.name_any(), %error, "sweep failed");
     Action::requeue(Duration::from_secs(5))
 }
