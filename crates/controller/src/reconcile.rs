@@ -280,14 +280,16 @@ async fn invalid(
     new_status
         .conditions
         .retain(|c| c.type_ != status::INVALID_SPEC);
-    new_status.conditions.push(status::condition(
-        &previous,
-        status::INVALID_SPEC,
-        true,
-        "InvalidSpec",
-        message.clone(),
-        set.metadata.generation,
-    ));
+    new_status
+        .conditions
+        .push(ests_runtime::conditions::condition(
+            &previous,
+            status::INVALID_SPEC,
+            true,
+            "InvalidSpec",
+            message.clone(),
+            set.metadata.generation,
+        ));
     if !status::apply(ctx, set, &new_status).await? {
         return Ok(Action::requeue(STALE));
     }

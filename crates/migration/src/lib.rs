@@ -20,8 +20,8 @@ use ests_api::{
 };
 use ests_core::migration::{Action as Step, plan};
 use ests_core::rollout::Leave;
+use ests_runtime::conditions::set_condition;
 use ests_runtime::{KubeError, Reflectors};
-use ests_staticip::records::set_condition;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

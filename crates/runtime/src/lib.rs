@@ -5,11 +5,13 @@
 //!   controller and index of the process, and waiting for caches to list ([`Listed`]);
 //! - [`tls`]: HTTPS on rustls with a certificate reloaded from disk (the webhook and the
 //!   scheduler extender);
+//! - [`conditions`]: status conditions whose transition time moves only with their status;
 //! - [`error`]: a failed Kubernetes API call with what it was for and a metric label
 //!   ([`KubeError`]);
 //! - [`http`]: typed JSON answers ([`Answer`]) and counting them in a component's metrics.
 #![forbid(unsafe_code)]
 
+pub mod conditions;
 pub mod error;
 pub mod http;
 pub mod tls;

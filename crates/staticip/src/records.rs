@@ -16,6 +16,7 @@ use ests_core::static_ip::{
     CONDITION_BOUND, CONDITION_POD_PRESENT, Decision, Identity, PodFacts, Surroundings, decide,
     record_ips,
 };
+use ests_runtime::conditions::set_condition;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -575,34 +576,6 @@ fn conditions_of(record: &StaticIP) -> Vec<Condition> {
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default()
-}
-
-/// Sets a condition, keeping its transition time when its status does not change.
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-) {
-    let status = if ok { "True" } else { "False" };
-    let last_transition_time = conditions
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or_else(
-            || Time(Timestamp::now()),
-            |c| c.last_transition_time.clone(),
-        );
-    conditions.retain(|c| c.type_ != type_);
-    conditions.push(Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: None,
-        last_transition_time,
-    });
-    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
 }
 
 async fn write_status(
