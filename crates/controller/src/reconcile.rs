@@ -70,11 +70,9 @@ pub fn error_policy(set: Arc<EnhancedStatefulSet>, error: &Error, _ctx: Arc<Cont
 async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Action, Error> {
     if set.metadata.deletion_timestamp.is_some() {
         // Garbage collection removes the pods and the records the policy does not keep;
-        // PVCs follow the retention policy's owners.
-        if records::has_finalizer(set) {
-            records::release_set(ctx, set).await?;
-        }
-        return Ok(Action::await_change());
+        // PVCs follow the retention policy's owners. The records finalizer, if the set
+        // carries it, comes off once the records that outlive the set are orphaned.
+        return records::finalizer(ctx, set).await;
     }
     let ns = set.namespace().unwrap_or_default();
     let name = set.name_any();
@@ -112,11 +110,8 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
     // The finalizer goes on before the first record is created, so that no record the
     // policy keeps can be taken by garbage collection with the set.
     match (&ip_settings, records::has_finalizer(set)) {
-        (Some(_), false) => {
-            records::set_finalizer(ctx, set, true).await?;
-            return Ok(Action::await_change());
-        }
-        (None, true) => records::set_finalizer(ctx, set, false).await?,
+        (Some(_), false) => return records::finalizer(ctx, set).await,
+        (None, true) => records::drop_finalizer(ctx, set).await?,
         _ => {}
     }
 

@@ -8,11 +8,13 @@
 //! - [`conditions`]: status conditions whose transition time moves only with their status;
 //! - [`error`]: a failed Kubernetes API call with what it was for and a metric label
 //!   ([`KubeError`]);
+//! - [`finalizers`]: the finalizer writes kube-runtime's `finalizer` helper cannot make;
 //! - [`http`]: typed JSON answers ([`Answer`]) and counting them in a component's metrics.
 #![forbid(unsafe_code)]
 
 pub mod conditions;
 pub mod error;
+pub mod finalizers;
 pub mod http;
 pub mod tls;
 pub mod watch;
