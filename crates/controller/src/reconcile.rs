@@ -47,6 +47,8 @@ fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// One reconcile, in a span naming its object: every log line of it says which set.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = "set", namespace = %set.namespace().unwrap_or_default(), set = %set.name_any()))]
 pub async fn reconcile(set: Arc<EnhancedStatefulSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.caches_listed().await;
     let started = Instant::now();
@@ -185,7 +187,7 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
     // Nothing is done on a stale set: its `replacing` may lack identities taken down by an
     // earlier reconcile, and the plan made from it could exceed the budget.
     if !status::apply(ctx, set, &new_status).await? {
-        tracing::debug!(namespace = %ns, name = %name, "the cached set is stale; waiting for the newer one");
+        tracing::debug!("the cached set is stale; waiting for the newer one");
         return Ok(Action::requeue(STALE));
     }
     let labels = [ns.as_str(), name.as_str()];

@@ -54,7 +54,7 @@ pub async fn ensure(
             claim(&mut fresh, now);
             match api.create(&PostParams::default(), &fresh).await {
                 Ok(created) => {
-                    tracing::info!(namespace = %ns, record = pod_name, "created StaticIP record");
+                    tracing::info!(record = pod_name, "created StaticIP record");
                     return Ok(RecordState::Ready(Box::new(created)));
                 }
                 // The cache is behind: judge the record that is there.
@@ -95,7 +95,7 @@ pub async fn ensure(
             .await
         {
             Ok(claimed) => {
-                tracing::debug!(namespace = %ns, record = pod_name, "claimed StaticIP record");
+                tracing::debug!(record = pod_name, "claimed StaticIP record");
                 return Ok(RecordState::Ready(Box::new(claimed)));
             }
             Err(kube::Error::Api(s)) if s.is_conflict() => {
@@ -140,7 +140,7 @@ async fn adopt(
         .await
     {
         Ok(adopted) => {
-            tracing::info!(record = %name, set = %set.name_any(), "adopted StaticIP record");
+            tracing::info!(record = %name, "adopted StaticIP record");
             Ok(RecordState::Ready(Box::new(adopted)))
         }
         Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => Ok(RecordState::Wait(
@@ -240,7 +240,7 @@ pub async fn release_set(ctx: &Context, set: &EnhancedStatefulSet) -> Result<(),
         api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await
             .map_err(|e| Error::kube(format!("orphaning StaticIP {name}"), e))?;
-        tracing::info!(namespace = %ns, record = %name, policy = ?record.spec.release_policy, "orphaned StaticIP record: it outlives its set");
+        tracing::info!(record = %name, policy = ?record.spec.release_policy, "orphaned StaticIP record: it outlives its set");
     }
     Ok(())
 }

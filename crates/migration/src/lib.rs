@@ -231,6 +231,8 @@ async fn publish(ctx: &Context, m: &NodeMigration, type_: EventType, reason: &st
     }
 }
 
+/// One reconcile, in a span naming its object: every log line of it says which cached.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = "migration", migration = %cached.name_any()))]
 async fn reconcile(cached: Arc<NodeMigration>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.listed.wait().await;
     let name = cached.name_any();
@@ -246,7 +248,7 @@ async fn reconcile(cached: Arc<NodeMigration>, ctx: Arc<Context>) -> Result<Acti
     };
     let observed = observe::observe(&ctx, &m).await?;
     let plan = plan(&observed.facts);
-    tracing::debug!(migration = %name, ?plan, "plan");
+    tracing::debug!(?plan, "plan");
     let mut status = m.status.clone().unwrap_or_default();
     if let Some(node) = &observed.provisioned {
         status.target_node = Some(node.clone());

@@ -20,6 +20,8 @@ use crate::{Context, Error};
 /// How often a deleted pool whose addresses are held is looked at again.
 const WAIT: Duration = Duration::from_secs(5);
 
+/// One reconcile, in a span naming its object: every log line of it says which pool.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = "pool", pool = %pool.name_any()))]
 pub async fn reconcile(pool: Arc<StaticIPPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = pool.name_any();
     let client = ctx.ipam.client.clone();
@@ -48,7 +50,11 @@ pub async fn reconcile(pool: Arc<StaticIPPool>, ctx: Arc<Context>) -> Result<Act
         PoolStep::None => Ok(Action::await_change()),
         PoolStep::Protect => protect(&pools, &pool, true).await,
         PoolStep::Wait { held, blocks } => {
-            tracing::info!(pool = %name, held, blocks, "StaticIPPool deleted; waiting until no record holds an address of it");
+            tracing::info!(
+                held,
+                blocks,
+                "StaticIPPool deleted; waiting until no record holds an address of it"
+            );
             Ok(Action::requeue(WAIT))
         }
         PoolStep::DeleteBlocks(names) => {
@@ -64,7 +70,7 @@ pub async fn reconcile(pool: Arc<StaticIPPool>, ctx: Arc<Context>) -> Result<Act
                 };
                 match api.delete(&block_name, &params).await {
                     Ok(_) => {
-                        tracing::info!(pool = %name, block = %block_name, "deleted a free IPBlock of a deleted StaticIPPool")
+                        tracing::info!(block = %block_name, "deleted a free IPBlock of a deleted StaticIPPool")
                     }
                     // Changed (an allocation) or gone since it was read: judged again.
                     Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {}
@@ -79,7 +85,7 @@ pub async fn reconcile(pool: Arc<StaticIPPool>, ctx: Arc<Context>) -> Result<Act
             Ok(Action::requeue(Duration::from_secs(1)))
         }
         PoolStep::Release => {
-            tracing::info!(pool = %name, "StaticIPPool deleted and no address of it held; letting it go");
+            tracing::info!("StaticIPPool deleted and no address of it held; letting it go");
             protect(&pools, &pool, false).await
         }
     }

@@ -34,9 +34,10 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// Look again this soon when a release waits for a pod to go.
 const RETRY: Duration = Duration::from_secs(2);
 
+/// One reconcile, in a span naming its object: every log line of it says which record.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = "record", namespace = %record.namespace().unwrap_or_default(), record = %record.name_any()))]
 pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = record.namespace().unwrap_or_default();
-    let name = record.name_any();
     if record.metadata.deletion_timestamp.is_some() {
         return finalize(&ctx, &record).await;
     }
@@ -60,13 +61,13 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
         Decision::Reallocate { .. } => "reallocate",
         Decision::Wait { .. } => "wait",
     };
-    tracing::trace!(namespace = %ns, record = %name, ?decision, pod = ?pod, ?identity, "decision");
+    tracing::trace!(?decision, pod = ?pod, ?identity, "decision");
     if label != "wait" {
         ctx.metrics
             .record_decisions
             .with_label_values(&[label])
             .inc();
-        tracing::debug!(namespace = %ns, record = %name, ?decision, "decided");
+        tracing::debug!(?decision, "decided");
     }
     let api: Api<StaticIP> = Api::namespaced(ctx.ipam.client.clone(), &ns);
     match decision {
@@ -105,7 +106,7 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
                 ips.join(", "),
                 show(&record.spec.ips)
             );
-            tracing::warn!(namespace = %ns, record = %name, %message, "address mismatch");
+            tracing::warn!(%message, "address mismatch");
             refuse_binding(&api, &record, &pod_uid, "IPMismatch", message).await?;
         }
         Decision::AddressTaken {
@@ -117,7 +118,7 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
                 "pod {pod_uid} runs with {ip}, which StaticIP {holder} keeps: the CNI reused a kept address; \
                  this identity gets no static address from that pod (re-create it for a new one)"
             );
-            tracing::warn!(namespace = %ns, record = %name, %message, "address taken");
+            tracing::warn!(%message, "address taken");
             refuse_binding(&api, &record, &pod_uid, "AddressTaken", message).await?;
         }
         Decision::PodGone => {
@@ -156,7 +157,7 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
                     "node {node} was deleted: the identity's next pod is scheduled afresh, with {}",
                     show(&record.spec.ips)
                 );
-                tracing::info!(namespace = %ns, record = %name, %message, "unpinned");
+                tracing::info!(%message, "unpinned");
                 let mut conditions = conditions_of(&record);
                 set_condition(
                     &mut conditions,
@@ -304,7 +305,7 @@ async fn bind(
     reason: &str,
     message: String,
 ) -> Result<(), Error> {
-    tracing::info!(namespace = record.namespace().unwrap_or_default(), record = %record.name_any(), %message, "bound");
+    tracing::info!(%message, "bound");
     let conditions = with_pod_present(record, true, reason, message);
     write_status(
         api,
@@ -370,7 +371,7 @@ async fn allocate(
     match ctx.ipam.assign_to_record(record, node).await {
         Ok(Assignment::Written(written)) => {
             let addresses = &written.spec.ips;
-            tracing::info!(namespace = record.namespace().unwrap_or_default(), record = %name, ips = %show(addresses), %node, "allocated");
+            tracing::info!(ips = %show(addresses), %node, "allocated");
             let mut conditions = conditions_of(&written);
             set_condition(
                 &mut conditions,
@@ -412,9 +413,8 @@ async fn release(
     why: &str,
 ) -> Result<Action, Error> {
     let ns = record.namespace().unwrap_or_default();
-    let name = record.name_any();
     if let Some(pod) = live_pod(ctx, &ns, &record.spec.pod_name).await? {
-        tracing::info!(namespace = %ns, record = %name, pod = %pod.uid().unwrap_or_default(), "release postponed: a pod of the identity exists");
+        tracing::info!(pod = %pod.uid().unwrap_or_default(), "release postponed: a pod of the identity exists");
         return Ok(Action::requeue(RETRY));
     }
     delete_record(ctx, api, record, why).await
@@ -428,7 +428,6 @@ async fn delete_record(
     record: &StaticIP,
     why: &str,
 ) -> Result<Action, Error> {
-    let ns = record.namespace().unwrap_or_default();
     let name = record.name_any();
     let params = DeleteParams {
         preconditions: Some(Preconditions {
@@ -439,7 +438,7 @@ async fn delete_record(
     };
     match api.delete(&name, &params).await {
         Ok(_) => {
-            tracing::info!(namespace = %ns, record = %name, ips = %show(&record.spec.ips), %why, "released StaticIP record");
+            tracing::info!(ips = %show(&record.spec.ips), %why, "released StaticIP record");
             Ok(Action::await_change())
         }
         Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
@@ -483,7 +482,7 @@ async fn finalize(ctx: &Context, record: &StaticIP) -> Result<Action, Error> {
             .map_err(|e| {
                 Error::Allocation(format!("freeing the addresses of StaticIP {name}: {e}"))
             })?;
-        tracing::info!(namespace = %ns, record = %name, freed, "freed block addresses");
+        tracing::info!(freed, "freed block addresses");
     }
     let finalizers: Vec<String> = record
         .finalizers()
@@ -527,7 +526,7 @@ async fn delete_stranded_pod(
     };
     match pods.delete(name, &params).await {
         Ok(_) => {
-            tracing::info!(namespace = %ns, pod = %name, %uid, %node, "deleted a pod pinned to a deleted node");
+            tracing::info!(pod = %name, %uid, %node, "deleted a pod pinned to a deleted node");
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => Ok(()),

@@ -49,6 +49,8 @@ fn verdict(record: Option<&StaticIP>, ip: IpAddr, holder: &Holder) -> Verdict {
     }
 }
 
+/// One reconcile, in a span naming its object: every log line of it says which block.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = "block", block = %block.name_any()))]
 pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Judging holders needs the record cache filled.
     ctx.caches_listed().await;
@@ -91,7 +93,7 @@ pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action,
         }
         match release_in(&store, &name, ip, &holder).await {
             Ok(()) => {
-                tracing::info!(block = %name, %ip, holder = %format!("{}/{} ({})", holder.namespace, holder.name, holder.uid), "freed a leaked address");
+                tracing::info!(%ip, holder = %format!("{}/{} ({})", holder.namespace, holder.name, holder.uid), "freed a leaked address");
                 ctx.metrics
                     .releases
                     .with_label_values(&[pool.as_str(), "leaked"])
@@ -119,7 +121,7 @@ pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action,
         let api: Api<IPBlock> = Api::all(ctx.ipam.client.clone());
         match api.replace(&name, &PostParams::default(), &freed).await {
             Ok(_) => {
-                tracing::info!(block = %name, %node, "gave the empty block of a deleted node back to its pool");
+                tracing::info!(%node, "gave the empty block of a deleted node back to its pool");
             }
             Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
                 ctx.metrics.conflicts.with_label_values(&["IPBlock"]).inc();
