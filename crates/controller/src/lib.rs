@@ -18,7 +18,7 @@ pub mod status;
 use std::sync::Arc;
 
 use ests_api::{EnhancedStatefulSet, StaticIP};
-use ests_runtime::{KubeError, Reflectors};
+use ests_runtime::Reflectors;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -33,28 +33,11 @@ pub use metrics::Metrics;
 /// Field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "ests-controller";
 
-/// Why a reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Kube(#[from] KubeError),
-    #[error("{0}")]
-    Invalid(String),
-}
+/// Why a reconcile failed (the runtime's one reconcile error).
+pub type Error = ests_runtime::ReconcileError;
 
-impl Error {
-    fn kube(context: impl Into<String>, source: kube::Error) -> Self {
-        Self::Kube(KubeError::new(context.into(), source))
-    }
-
-    /// What went wrong, as a metric label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Kube(e) => e.label(),
-            Self::Invalid(_) => "invalid-set",
-        }
-    }
-}
+/// The label of a set whose spec cannot be carried out.
+pub const INVALID: &str = "invalid-set";
 
 /// What every reconcile shares.
 pub struct Context {
@@ -108,16 +91,7 @@ pub async fn run(
     // A record's changes (Bound at last) matter to its set: a held pod may go now.
     let (records, record_events) = reflectors.subscribe::<StaticIP>();
 
-    let listed = ests_runtime::watch::Listed::spawn(
-        "controller",
-        vec![
-            ests_runtime::watch::wait_for(&sets),
-            ests_runtime::watch::wait_for(&pods),
-            ests_runtime::watch::wait_for(&revisions),
-            ests_runtime::watch::wait_for(&claims),
-            ests_runtime::watch::wait_for(&records),
-        ],
-    );
+    let listed = reflectors.listed("controller");
     let evictions = ests_runtime::watch::eviction_client()
         .await
         .map_err(|e| anyhow::anyhow!("building the eviction client: {e}"))?;

@@ -371,9 +371,10 @@ async fn create_pod(
     // The pod runs what its revision holds; without that revision it is not created (a pod
     // labelled with one revision and running another template would never be updated).
     let Some(template) = revisions.template(&set.spec.template, revision) else {
-        return Err(Error::Invalid(format!(
-            "revision {revision} of {ns}/{set_name} not found; pod {name} not created"
-        )));
+        return Err(Error::other(
+            crate::INVALID,
+            format!("revision {revision} of {ns}/{set_name} not found; pod {name} not created"),
+        ));
     };
 
     // Claims first, so the pod never starts without its storage.

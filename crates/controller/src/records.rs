@@ -195,7 +195,7 @@ pub async fn finalizer(ctx: &Context, set: &EnhancedStatefulSet) -> Result<Actio
             ),
             e,
         ),
-        other => Error::Invalid(format!("the finalizer of {name}: {other}")),
+        other => Error::other(crate::INVALID, format!("the finalizer of {name}: {other}")),
     })
 }
 

@@ -121,9 +121,10 @@ pub async fn write(
 ) -> Result<bool, Error> {
     let name = set.name_any();
     let Some(version) = set.resource_version() else {
-        return Err(Error::Invalid(format!(
-            "the set {name} as read has no resourceVersion; its status is not written"
-        )));
+        return Err(Error::other(
+            crate::INVALID,
+            format!("the set {name} as read has no resourceVersion; its status is not written"),
+        ));
     };
     let patch = json!({
         "apiVersion": "jke.jdcloud.com/v1alpha1",

@@ -20,8 +20,8 @@ use ests_api::{
 };
 use ests_core::migration::{Action as Step, plan};
 use ests_core::rollout::Leave;
+use ests_runtime::Reflectors;
 use ests_runtime::conditions::set_condition;
-use ests_runtime::{KubeError, Reflectors};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -37,24 +37,11 @@ use serde_json::json;
 use crate::hooks::{Hook, HookFacts};
 
 /// Why a reconcile failed (it is retried).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Kube(#[from] KubeError),
-}
-
-impl Error {
-    /// What went wrong, as a metric label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Kube(e) => e.label(),
-        }
-    }
-}
+pub type Error = ests_runtime::ReconcileError;
 
 fn kube_err(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let context = context.into();
-    move |source| Error::Kube(KubeError::new(context, source))
+    move |source| Error::kube(context, source)
 }
 
 /// How the manager is configured.
@@ -148,17 +135,7 @@ pub async fn run(
     let (migrations, migration_events) = reflectors.subscribe::<NodeMigration>();
     let blocks = reflectors.store::<IPBlock>();
     let sets = reflectors.store::<EnhancedStatefulSet>();
-    let listed = ests_runtime::watch::Listed::spawn(
-        "migration",
-        vec![
-            ests_runtime::watch::wait_for(&nodes),
-            ests_runtime::watch::wait_for(&pods),
-            ests_runtime::watch::wait_for(&records),
-            ests_runtime::watch::wait_for(&blocks),
-            ests_runtime::watch::wait_for(&sets),
-            ests_runtime::watch::wait_for(&migrations),
-        ],
-    );
+    let listed = reflectors.listed("migration");
     let evictions = ests_runtime::watch::eviction_client()
         .await
         .map_err(|e| anyhow::anyhow!("building the eviction client: {e}"))?;

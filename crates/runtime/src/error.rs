@@ -38,6 +38,43 @@ impl KubeError {
     }
 }
 
+/// Why a reconcile failed: an API call, or something else the controller names (the label
+/// it is counted under, and what to tell). The set controller, the StaticIP manager and node
+/// migration all fail with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error("{message}")]
+    Other {
+        label: &'static str,
+        message: String,
+    },
+}
+
+impl ReconcileError {
+    /// The API call for `context` failed with `source`.
+    pub fn kube(context: impl Into<Cow<'static, str>>, source: kube::Error) -> Self {
+        Self::Kube(KubeError::new(context, source))
+    }
+
+    /// A failure other than an API call's, counted as `label` (a fixed string).
+    pub fn other(label: &'static str, message: impl Into<String>) -> Self {
+        Self::Other {
+            label,
+            message: message.into(),
+        }
+    }
+
+    /// What went wrong, as a metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Kube(e) => e.label(),
+            Self::Other { label, .. } => label,
+        }
+    }
+}
+
 /// What went wrong in a Kubernetes API call, as a metric label: the API server's refusal
 /// by its status (`conflict`, `not-found`, …), or why no answer came.
 pub fn label(error: &kube::Error) -> &'static str {
@@ -87,5 +124,11 @@ mod tests {
         let e = KubeError::new("creating pod ns/web-0", api(422, "Invalid"));
         assert_eq!(e.label(), "invalid");
         assert!(e.to_string().starts_with("creating pod ns/web-0: "));
+        let e = ReconcileError::from(e);
+        assert_eq!(e.label(), "invalid");
+        assert_eq!(
+            ReconcileError::other("allocation", "full").label(),
+            "allocation"
+        );
     }
 }

@@ -19,6 +19,6 @@ pub mod http;
 pub mod tls;
 pub mod watch;
 
-pub use error::KubeError;
+pub use error::{KubeError, ReconcileError};
 pub use http::Answer;
 pub use watch::{Listed, Reflectors};

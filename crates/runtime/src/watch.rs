@@ -124,8 +124,12 @@ pub type Changes<K> = futures::stream::BoxStream<'static, Arc<K>>;
 pub struct Reflectors {
     client: kube::Client,
     kinds: Arc<Mutex<HashMap<TypeId, Box<dyn Any + Send>>>>,
+    /// For each kind started, the waiting for its cache to list (see [`Reflectors::listed`]).
+    waits: Arc<Mutex<Vec<WaitFor>>>,
     configs: Arc<HashMap<TypeId, watcher::Config>>,
 }
+
+type WaitFor = Box<dyn Fn() -> Wait + Send>;
 
 /// One kind's cache and the subscribers its watch tells of changes.
 struct Kind<K: Watched> {
@@ -162,6 +166,7 @@ impl Reflectors {
         Self {
             client,
             kinds: Default::default(),
+            waits: Default::default(),
             configs: Default::default(),
         }
     }
@@ -198,6 +203,14 @@ impl Reflectors {
         (kind.store, rx.boxed())
     }
 
+    /// Turns true once every kind asked for so far has listed: a component asks once it
+    /// has taken all its caches (it may then also wait for another component's kinds, which
+    /// list at the same time).
+    pub fn listed(&self, what: &'static str) -> Listed {
+        let waits = lock(&self.waits).iter().map(|wait| wait()).collect();
+        Listed::spawn(what, waits)
+    }
+
     /// The watch of `K`, started now if it was not yet.
     fn kind<K: Watched>(&self) -> Kind<K> {
         let mut kinds = lock(&self.kinds);
@@ -225,6 +238,8 @@ impl Reflectors {
             config,
             kind.fanout.clone(),
         ));
+        let store = kind.store.clone();
+        lock(&self.waits).push(Box::new(move || wait_for(&store)));
         kinds.insert(TypeId::of::<K>(), Box::new(kind.clone()));
         kind
     }

@@ -23,7 +23,7 @@ pub mod sweep;
 use std::sync::Arc;
 
 use ests_api::{EnhancedStatefulSet, IPBlock, StaticIP, StaticIPPool, keys};
-use ests_runtime::{KubeError, Reflectors};
+use ests_runtime::Reflectors;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -33,28 +33,11 @@ use kube::{Api, Client, ResourceExt};
 pub use ipam::Ipam;
 pub use metrics::Metrics;
 
-/// Why a reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Kube(#[from] KubeError),
-    #[error("{0}")]
-    Allocation(String),
-}
+/// Why a reconcile failed (the runtime's one reconcile error).
+pub type Error = ests_runtime::ReconcileError;
 
-impl Error {
-    fn kube(context: impl Into<String>, source: kube::Error) -> Self {
-        Self::Kube(KubeError::new(context.into(), source))
-    }
-
-    /// What went wrong, as a metric label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Kube(e) => e.label(),
-            Self::Allocation(_) => "allocation",
-        }
-    }
-}
+/// The label of addresses that could not be allocated or freed.
+pub const ALLOCATION: &str = "allocation";
 
 /// What every reconcile shares.
 pub struct Context {
@@ -138,17 +121,7 @@ pub async fn run(
     let (nodes, node_stream) = reflectors.subscribe::<Node>();
     let (_, node_stream_for_blocks) = reflectors.subscribe::<Node>();
 
-    let listed = ests_runtime::watch::Listed::spawn(
-        "static-ip manager",
-        vec![
-            ests_runtime::watch::wait_for(&records),
-            ests_runtime::watch::wait_for(&pods),
-            ests_runtime::watch::wait_for(&sets),
-            ests_runtime::watch::wait_for(&pools),
-            ests_runtime::watch::wait_for(&blocks),
-            ests_runtime::watch::wait_for(&nodes),
-        ],
-    );
+    let listed = reflectors.listed("static-ip manager");
     let ctx = Arc::new(Context {
         listed,
         ipam: Ipam {

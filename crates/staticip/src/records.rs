@@ -396,9 +396,10 @@ async fn allocate(
                 e.to_string(),
             );
             write_status(api, record, json!({"conditions": conditions})).await?;
-            Err(Error::Allocation(format!(
-                "StaticIP {name} on node {node}: {e}"
-            )))
+            Err(Error::other(
+                crate::ALLOCATION,
+                format!("StaticIP {name} on node {node}: {e}"),
+            ))
         }
     }
 }
@@ -480,7 +481,10 @@ async fn finalize(ctx: &Context, record: &StaticIP) -> Result<Action, Error> {
             .release(record, "record-released")
             .await
             .map_err(|e| {
-                Error::Allocation(format!("freeing the addresses of StaticIP {name}: {e}"))
+                Error::other(
+                    crate::ALLOCATION,
+                    format!("freeing the addresses of StaticIP {name}: {e}"),
+                )
             })?;
         tracing::info!(freed, "freed block addresses");
     }

@@ -101,9 +101,10 @@ pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action,
             }
             Err(AllocError::NotHolder { .. }) => {}
             Err(e) => {
-                return Err(Error::Allocation(format!(
-                    "freeing {ip} on IPBlock {name}: {e}"
-                )));
+                return Err(Error::other(
+                    crate::ALLOCATION,
+                    format!("freeing {ip} on IPBlock {name}: {e}"),
+                ));
             }
         }
     }
@@ -138,7 +139,7 @@ pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action,
     // Counts and metrics, from the block as last read.
     let block_state = store
         .to_block(&block)
-        .map_err(|e| Error::Allocation(format!("IPBlock {name}: {e}")))?;
+        .map_err(|e| Error::other(crate::ALLOCATION, format!("IPBlock {name}: {e}")))?;
     let capacity = i64::try_from(block_state.capacity()).unwrap_or(i64::MAX);
     let allocated = i64::try_from(block_state.allocated()).unwrap_or(i64::MAX);
     ctx.metrics
