@@ -115,7 +115,7 @@ where
         let mut references = object.owner_references().to_vec();
         references.extend(owner_reference(set));
         if let Some(adopted) = set_owners(&api, &*object, references).await? {
-            tracing::info!(namespace = %ns, set = %set.name_any(), kind = %K::kind(&()), name = %object.name_any(), "adopted an orphan");
+            tracing::info!(kind = %K::kind(&()), name = %object.name_any(), "adopted an orphan");
             owned.push(Arc::new(adopted));
         }
     }
@@ -127,7 +127,7 @@ where
             .cloned()
             .collect();
         if set_owners(&api, &*object, references).await?.is_some() {
-            tracing::info!(namespace = %ns, set = %set.name_any(), kind = %K::kind(&()), name = %object.name_any(), "released: its labels no longer match the selector");
+            tracing::info!(kind = %K::kind(&()), name = %object.name_any(), "released: its labels no longer match the selector");
             released.push(object);
         }
     }

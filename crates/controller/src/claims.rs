@@ -130,7 +130,7 @@ pub async fn hand_over(
             .await
         {
             Ok(_) => {
-                tracing::info!(namespace = %ns, claim = %name, pod = %pod.name_any(), scaled_in, "claim owners follow the retention policy");
+                tracing::info!(claim = %name, pod = %pod.name_any(), scaled_in, "claim owners follow the retention policy");
             }
             // Changed since the cache saw it, or gone: the next reconcile looks again.
             Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {}

@@ -18,13 +18,14 @@ pub mod status;
 use std::sync::Arc;
 
 use ests_api::{EnhancedStatefulSet, StaticIP};
+use ests_runtime::Reflectors;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, controller};
+use kube::{Client, ResourceExt};
 
 pub use expectations::Expectations;
 pub use metrics::Metrics;
@@ -32,27 +33,11 @@ pub use metrics::Metrics;
 /// Field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "ests-controller";
 
-/// Why a reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{context}: {source}")]
-    Kube {
-        context: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("{0}")]
-    Invalid(String),
-}
+/// Why a reconcile failed (the runtime's one reconcile error).
+pub type Error = ests_runtime::ReconcileError;
 
-impl Error {
-    fn kube(context: impl Into<String>, source: kube::Error) -> Self {
-        Self::Kube {
-            context: context.into(),
-            source,
-        }
-    }
-}
+/// The label of a set whose spec cannot be carried out.
+pub const INVALID: &str = "invalid-set";
 
 /// What every reconcile shares.
 pub struct Context {
@@ -62,14 +47,14 @@ pub struct Context {
     pub claims: Store<PersistentVolumeClaim>,
     pub records: Store<StaticIP>,
     pub expectations: Expectations,
-    /// For evictions asked by node migrations (see [`ests_cache::eviction_client`]).
+    /// For evictions asked by node migrations (see [`ests_runtime::watch::eviction_client`]).
     pub evictions: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
     /// See [`Settings::extender_binds`].
     pub extender_binds: bool,
     /// Turns true once every cache above has listed.
-    listed: ests_cache::Listed,
+    listed: ests_runtime::watch::Listed,
 }
 
 impl Context {
@@ -90,60 +75,24 @@ pub struct Settings {
     pub extender_binds: bool,
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves, with the watches of `reflectors` (shared
+/// with whatever else runs in the process).
 pub async fn run(
+    reflectors: &Reflectors,
     client: Client,
     settings: Settings,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let config = watcher::Config::default();
-    let (pods, pod_writer) = reflector::store();
-    let pod_events = reflector::reflector(
-        pod_writer,
-        watcher::watcher(Api::<Pod>::all(client.clone()), config.clone()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (revisions, revision_writer) = reflector::store();
-    let revision_events = reflector::reflector(
-        revision_writer,
-        watcher::watcher(
-            Api::<ControllerRevision>::all(client.clone()),
-            config.clone(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (claims, claim_writer) = reflector::store();
-    let claim_events = reflector::reflector(
-        claim_writer,
-        watcher::watcher(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
-            config.clone(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (sets, set_events) = reflectors.subscribe::<EnhancedStatefulSet>();
+    let (pods, pod_events) = reflectors.subscribe::<Pod>();
+    let (revisions, revision_events) = reflectors.subscribe::<ControllerRevision>();
+    let (claims, claim_events) = reflectors.subscribe::<PersistentVolumeClaim>();
     // A record's changes (Bound at last) matter to its set: a held pod may go now.
-    let (records, record_writer) = reflector::store();
-    let record_events = reflector::reflector(
-        record_writer,
-        watcher::watcher(Api::<StaticIP>::all(client.clone()), config.clone()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (records, record_events) = reflectors.subscribe::<StaticIP>();
 
-    let listed = ests_cache::Listed::spawn(
-        "controller",
-        vec![
-            ests_cache::wait_for(&pods),
-            ests_cache::wait_for(&revisions),
-            ests_cache::wait_for(&claims),
-            ests_cache::wait_for(&records),
-        ],
-    );
-    let evictions = ests_cache::eviction_client()
+    let listed = reflectors.listed("controller");
+    let evictions = ests_runtime::watch::eviction_client()
         .await
         .map_err(|e| anyhow::anyhow!("building the eviction client: {e}"))?;
     let ctx = Arc::new(Context {
@@ -159,15 +108,15 @@ pub async fn run(
         metrics,
         extender_binds: settings.extender_binds,
     });
-    Controller::new(Api::<EnhancedStatefulSet>::all(client), config)
-        .watches_stream(pod_events, |pod: Pod| set_of(&pod))
+    Controller::for_shared_stream(set_events, sets)
+        .watches_shared_stream(pod_events, |pod: Arc<Pod>| set_of(&pod))
         // A claim deleted under a Pending pod is made again; one deleted while its pod
         // waits lets the pod go on.
-        .watches_stream(claim_events, |claim: PersistentVolumeClaim| {
+        .watches_shared_stream(claim_events, |claim: Arc<PersistentVolumeClaim>| {
             sets_of_claim(&claim)
         })
-        .owns_stream(revision_events)
-        .owns_stream(record_events)
+        .owns_shared_stream(revision_events)
+        .owns_shared_stream(record_events)
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)

@@ -24,7 +24,7 @@ impl Metrics {
             reconciles: IntCounterVec::new(
                 Opts::new(
                     "ests_controller_reconcile_total",
-                    "Reconciles of EnhancedStatefulSets by result",
+                    "Reconciles of EnhancedStatefulSets by result: success, or what went wrong (conflict, not-found, invalid-set, ...)",
                 ),
                 &["result"],
             )?,

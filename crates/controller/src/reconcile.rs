@@ -47,6 +47,8 @@ fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// One reconcile, in a span naming its object: every log line of it says which set.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = "set", namespace = %set.namespace().unwrap_or_default(), set = %set.name_any()))]
 pub async fn reconcile(set: Arc<EnhancedStatefulSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.caches_listed().await;
     let started = Instant::now();
@@ -57,7 +59,7 @@ pub async fn reconcile(set: Arc<EnhancedStatefulSet>, ctx: Arc<Context>) -> Resu
         .observe(started.elapsed().as_secs_f64());
     ctx.metrics
         .reconciles
-        .with_label_values(&[if result.is_ok() { "success" } else { "error" }])
+        .with_label_values(&[result.as_ref().map_or_else(Error::label, |_| "success")])
         .inc();
     result
 }
@@ -70,11 +72,9 @@ pub fn error_policy(set: Arc<EnhancedStatefulSet>, error: &Error, _ctx: Arc<Cont
 async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Action, Error> {
     if set.metadata.deletion_timestamp.is_some() {
         // Garbage collection removes the pods and the records the policy does not keep;
-        // PVCs follow the retention policy's owners.
-        if records::has_finalizer(set) {
-            records::release_set(ctx, set).await?;
-        }
-        return Ok(Action::await_change());
+        // PVCs follow the retention policy's owners. The records finalizer, if the set
+        // carries it, comes off once the records that outlive the set are orphaned.
+        return records::finalizer(ctx, set).await;
     }
     let ns = set.namespace().unwrap_or_default();
     let name = set.name_any();
@@ -112,11 +112,8 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
     // The finalizer goes on before the first record is created, so that no record the
     // policy keeps can be taken by garbage collection with the set.
     match (&ip_settings, records::has_finalizer(set)) {
-        (Some(_), false) => {
-            records::set_finalizer(ctx, set, true).await?;
-            return Ok(Action::await_change());
-        }
-        (None, true) => records::set_finalizer(ctx, set, false).await?,
+        (Some(_), false) => return records::finalizer(ctx, set).await,
+        (None, true) => records::drop_finalizer(ctx, set).await?,
         _ => {}
     }
 
@@ -190,7 +187,7 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
     // Nothing is done on a stale set: its `replacing` may lack identities taken down by an
     // earlier reconcile, and the plan made from it could exceed the budget.
     if !status::apply(ctx, set, &new_status).await? {
-        tracing::debug!(namespace = %ns, name = %name, "the cached set is stale; waiting for the newer one");
+        tracing::debug!("the cached set is stale; waiting for the newer one");
         return Ok(Action::requeue(STALE));
     }
     let labels = [ns.as_str(), name.as_str()];
@@ -280,14 +277,16 @@ async fn invalid(
     new_status
         .conditions
         .retain(|c| c.type_ != status::INVALID_SPEC);
-    new_status.conditions.push(status::condition(
-        &previous,
-        status::INVALID_SPEC,
-        true,
-        "InvalidSpec",
-        message.clone(),
-        set.metadata.generation,
-    ));
+    new_status
+        .conditions
+        .push(ests_runtime::conditions::condition(
+            &previous,
+            status::INVALID_SPEC,
+            true,
+            "InvalidSpec",
+            message.clone(),
+            set.metadata.generation,
+        ));
     if !status::apply(ctx, set, &new_status).await? {
         return Ok(Action::requeue(STALE));
     }
@@ -372,9 +371,10 @@ async fn create_pod(
     // The pod runs what its revision holds; without that revision it is not created (a pod
     // labelled with one revision and running another template would never be updated).
     let Some(template) = revisions.template(&set.spec.template, revision) else {
-        return Err(Error::Invalid(format!(
-            "revision {revision} of {ns}/{set_name} not found; pod {name} not created"
-        )));
+        return Err(Error::other(
+            crate::INVALID,
+            format!("revision {revision} of {ns}/{set_name} not found; pod {name} not created"),
+        ));
     };
 
     // Claims first, so the pod never starts without its storage.

@@ -5,13 +5,18 @@
 //! What a record holds and when it is released is the StaticIP manager's job
 //! (`ests-staticip`); the decisions both use are in `ests_core::static_ip`.
 
+use std::sync::Arc;
+
 use ests_api::{EnhancedStatefulSet, StaticIP, keys};
 use ests_core::static_ip::{
     IpSettings, Ownership, claim, claim_is_fresh, claim_value, new_record, outlives_set, ownership,
     workload_of,
 };
+use ests_runtime::finalizers;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -49,7 +54,7 @@ pub async fn ensure(
             claim(&mut fresh, now);
             match api.create(&PostParams::default(), &fresh).await {
                 Ok(created) => {
-                    tracing::info!(namespace = %ns, record = pod_name, "created StaticIP record");
+                    tracing::info!(record = pod_name, "created StaticIP record");
                     return Ok(RecordState::Ready(Box::new(created)));
                 }
                 // The cache is behind: judge the record that is there.
@@ -90,7 +95,7 @@ pub async fn ensure(
             .await
         {
             Ok(claimed) => {
-                tracing::debug!(namespace = %ns, record = pod_name, "claimed StaticIP record");
+                tracing::debug!(record = pod_name, "claimed StaticIP record");
                 return Ok(RecordState::Ready(Box::new(claimed)));
             }
             Err(kube::Error::Api(s)) if s.is_conflict() => {
@@ -135,7 +140,7 @@ async fn adopt(
         .await
     {
         Ok(adopted) => {
-            tracing::info!(record = %name, set = %set.name_any(), "adopted StaticIP record");
+            tracing::info!(record = %name, "adopted StaticIP record");
             Ok(RecordState::Ready(Box::new(adopted)))
         }
         Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => Ok(RecordState::Wait(
@@ -147,46 +152,65 @@ async fn adopt(
 
 /// Whether the set carries the records finalizer.
 pub fn has_finalizer(set: &EnhancedStatefulSet) -> bool {
-    set.finalizers()
-        .iter()
-        .any(|f| f == keys::SET_RECORDS_FINALIZER)
+    finalizers::has(set, keys::SET_RECORDS_FINALIZER)
 }
 
-/// Adds or removes the records finalizer; the write carries the resourceVersion read.
-pub async fn set_finalizer(
-    ctx: &Context,
-    set: &EnhancedStatefulSet,
-    present: bool,
-) -> Result<(), Error> {
-    let mut finalizers: Vec<String> = set
-        .finalizers()
-        .iter()
-        .filter(|f| *f != keys::SET_RECORDS_FINALIZER)
-        .cloned()
-        .collect();
-    if present {
-        finalizers.push(keys::SET_RECORDS_FINALIZER.into());
-    }
+/// The records finalizer by kube-runtime's helper: on a live set it is added (the set is
+/// reconciled again on the write's event); on a deleted set that carries it the records
+/// that outlive the set are orphaned ([`release_set`]) and then it comes off.
+pub async fn finalizer(ctx: &Context, set: &EnhancedStatefulSet) -> Result<Action, Error> {
     let name = set.name_any();
     let api: Api<EnhancedStatefulSet> =
         Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {
-        "resourceVersion": set.resource_version(),
-        "finalizers": finalizers,
-    }});
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
-        // Someone wrote the set in between: the next reconcile sees it and tries again.
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => Ok(()),
-        Err(e) => Err(Error::kube(format!("updating the finalizers of {name}"), e)),
-    }
+    kube::runtime::finalizer(
+        &api,
+        keys::SET_RECORDS_FINALIZER,
+        Arc::new(set.clone()),
+        |event| async move {
+            match event {
+                // Only reached with the finalizer on a live set, which the caller never
+                // asks for: the reconcile goes on without the helper.
+                FinalizerEvent::Apply(_) => Ok(Action::await_change()),
+                FinalizerEvent::Cleanup(set) => {
+                    release_set(ctx, &set).await?;
+                    Ok(Action::await_change())
+                }
+            }
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) => Error::kube(
+            format!(
+                "adding the finalizer {} of {name}",
+                keys::SET_RECORDS_FINALIZER
+            ),
+            e,
+        ),
+        finalizer::Error::RemoveFinalizer(e) => Error::kube(
+            format!(
+                "removing the finalizer {} of {name}",
+                keys::SET_RECORDS_FINALIZER
+            ),
+            e,
+        ),
+        other => Error::other(crate::INVALID, format!("the finalizer of {name}: {other}")),
+    })
+}
+
+/// Takes the records finalizer off a live set without static IPs (kube-runtime's helper
+/// only removes it from deleted objects).
+pub async fn drop_finalizer(ctx: &Context, set: &EnhancedStatefulSet) -> Result<(), Error> {
+    let api: Api<EnhancedStatefulSet> =
+        Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());
+    // Someone wrote the set in between: the next reconcile sees it and tries again.
+    finalizers::set(&api, set, keys::SET_RECORDS_FINALIZER, false).await?;
+    Ok(())
 }
 
 /// Before the set goes: orphans every record its policy keeps (the rest go with the set,
-/// through garbage collection), then lets the set go. Reads records from the API, not the
+/// through garbage collection); [`finalizer`] then lets the set go. Reads records from the API, not the
 /// cache, so a record created just before the delete is not missed.
 pub async fn release_set(ctx: &Context, set: &EnhancedStatefulSet) -> Result<(), Error> {
     let ns = set.namespace().unwrap_or_default();
@@ -216,7 +240,7 @@ pub async fn release_set(ctx: &Context, set: &EnhancedStatefulSet) -> Result<(),
         api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await
             .map_err(|e| Error::kube(format!("orphaning StaticIP {name}"), e))?;
-        tracing::info!(namespace = %ns, record = %name, policy = ?record.spec.release_policy, "orphaned StaticIP record: it outlives its set");
+        tracing::info!(record = %name, policy = ?record.spec.release_policy, "orphaned StaticIP record: it outlives its set");
     }
-    set_finalizer(ctx, set, false).await
+    Ok(())
 }

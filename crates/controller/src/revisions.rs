@@ -132,9 +132,10 @@ pub async fn sync(
                     }
                     collision_count += 1;
                     if collision_count > 100 {
-                        return Err(Error::Invalid(format!(
-                            "revision name collisions for {set_name}"
-                        )));
+                        return Err(Error::other(
+                            crate::INVALID,
+                            format!("revision name collisions for {set_name}"),
+                        ));
                     }
                 }
                 Err(e) => return Err(Error::kube(format!("creating revision {name}"), e)),

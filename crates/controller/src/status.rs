@@ -3,7 +3,7 @@
 
 use ests_api::{EnhancedStatefulSet, EnhancedStatefulSetStatus, Replacement, ReplacementReason};
 use ests_core::rollout::{Plan, ReplaceReason};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use ests_runtime::conditions::condition;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -13,31 +13,6 @@ use crate::{Context, Error, FIELD_MANAGER};
 pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
 pub const UPDATED: &str = "Updated";
 pub const INVALID_SPEC: &str = "InvalidSpec";
-
-/// A condition, keeping the previous transition time when its status did not change.
-pub fn condition(
-    previous: &[Condition],
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    }
-}
 
 /// The status a plan describes.
 pub fn from_plan(
@@ -146,9 +121,10 @@ pub async fn write(
 ) -> Result<bool, Error> {
     let name = set.name_any();
     let Some(version) = set.resource_version() else {
-        return Err(Error::Invalid(format!(
-            "the set {name} as read has no resourceVersion; its status is not written"
-        )));
+        return Err(Error::other(
+            crate::INVALID,
+            format!("the set {name} as read has no resourceVersion; its status is not written"),
+        ));
     };
     let patch = json!({
         "apiVersion": "jke.jdcloud.com/v1alpha1",

@@ -2,7 +2,9 @@
 //! kube-controller-manager, on the same control plane and KWOK nodes, in one run.
 //!
 //! Run with `cargo bench -p ests --bench rollout` (optionally `-- --replicas 1000`). It prints
-//! each rollout's time, the ratios, and the API writes per replaced pod.
+//! each rollout's time, the ratios, the API writes per replaced pod, and the watches and
+//! memory (RSS) of the ests controller (set controller, StaticIP manager and node migration
+//! in one process, as `ests controller` runs by default).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -94,6 +96,47 @@ async fn writes(client: &Client) -> anyhow::Result<BTreeMap<String, f64>> {
         *out.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
     }
     Ok(out)
+}
+
+/// Watches open on kube-apiserver, by resource, from its `apiserver_longrunning_requests`
+/// gauge (every client's; the difference across starting one process is that process's).
+async fn open_watches(client: &Client) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| {
+        l.starts_with("apiserver_longrunning_requests{") && l.contains("verb=\"WATCH\"")
+    }) {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let resource = labels
+            .split("resource=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("")
+            .to_string();
+        *out.entry(resource).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(out)
+}
+
+/// A process's resident memory now and at its peak, in MiB, from `/proc/<pid>/status`.
+fn memory_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<f64> {
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?
+            .parse()
+            .with_context(|| format!("{name} of pid {pid}"))?;
+        Ok(kib / 1024.0)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 struct Outcome {
@@ -220,6 +263,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     let kubeconfig = kubeconfig.display().to_string();
+    let watches_before = open_watches(&client).await?;
     plane.run_process(
         "ests-controller",
         std::path::Path::new(env!("CARGO_BIN_EXE_ests")),
@@ -230,6 +274,42 @@ async fn main() -> anyhow::Result<()> {
         ],
         &[("KUBECONFIG", kubeconfig.as_str()), ("ESTS_LOG", "warn")],
     )?;
+
+    let pid = plane
+        .pid("ests-controller")
+        .context("the ests controller is not running")?;
+    // The controller's watches are open once it has listed; give it time to start them all
+    // (the StaticIP manager and migration start theirs beside the set controller's).
+    let mut controller_watches = BTreeMap::new();
+    let mut unchanged = 0;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now: BTreeMap<String, f64> = open_watches(&client)
+            .await?
+            .iter()
+            .map(|(k, v)| (k.clone(), v - watches_before.get(k).copied().unwrap_or(0.0)))
+            .filter(|(_, v)| *v > 0.0)
+            .collect();
+        unchanged = if now == controller_watches {
+            unchanged + 1
+        } else {
+            0
+        };
+        controller_watches = now;
+        if unchanged >= 5 && !controller_watches.is_empty() {
+            break;
+        }
+    }
+    let (rss, _) = memory_mib(pid)?;
+    println!(
+        "ests controller: {} watches open ({}); RSS {rss:.1} MiB before any set",
+        controller_watches.values().sum::<f64>(),
+        controller_watches
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     let mut results = BTreeMap::new();
     for (kind, max_unavailable, label) in [
@@ -258,6 +338,10 @@ async fn main() -> anyhow::Result<()> {
             per_pod(&outcome, replicas)
         );
         results.insert(label, outcome.seconds);
+        if matches!(kind, Kind::Ests) {
+            let (rss, peak) = memory_mib(pid)?;
+            println!("  ests controller RSS {rss:.1} MiB, peak so far {peak:.1} MiB");
+        }
     }
     let ratio = |a: &str, b: &str| results[b] / results[a];
     println!(

@@ -71,11 +71,20 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         "ests-controller",
         ready,
         |shutdown| async move {
+            // One watch per kind for everything this process runs.
+            let reflectors = ests_runtime::Reflectors::new(client.clone());
+            let reflectors = &reflectors;
             let shared = futures::FutureExt::shared(shutdown);
             let manager = async {
                 if with_manager {
-                    static_ip::run_manager(client.clone(), concurrency, ip_metrics, shared.clone())
-                        .await
+                    static_ip::run_manager(
+                        reflectors,
+                        client.clone(),
+                        concurrency,
+                        ip_metrics,
+                        shared.clone(),
+                    )
+                    .await
                 } else {
                     Ok(())
                 }
@@ -84,6 +93,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 match migration {
                     Some(settings) => {
                         ests_migration::run(
+                            reflectors,
                             client.clone(),
                             settings,
                             migration_metrics,
@@ -95,7 +105,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 }
             };
             let (a, b, c) = tokio::join!(
-                ests_controller::run(client.clone(), settings, metrics, shared.clone()),
+                ests_controller::run(
+                    reflectors,
+                    client.clone(),
+                    settings,
+                    metrics,
+                    shared.clone()
+                ),
                 manager,
                 migrations,
             );

@@ -77,15 +77,16 @@ pub async fn run(args: ExtenderArgs) -> anyhow::Result<()> {
     let binder = if args.bind {
         // Allocation reads pools and blocks from caches of its own and writes by
         // compare-and-swap; the index's copies only serve the predicates.
+        let reflectors = ests_runtime::Reflectors::new(client.clone());
         let ipam = Ipam {
             client: client.clone(),
-            pools: ests_cache::store(&client),
-            blocks: ests_cache::store(&client),
+            pools: reflectors.store(),
+            blocks: reflectors.store(),
             metrics: ests_staticip::Metrics::register(&registry)
                 .context("registering allocation metrics")?,
         };
-        waits.push(ests_cache::wait_for(&ipam.pools));
-        waits.push(ests_cache::wait_for(&ipam.blocks));
+        waits.push(ests_runtime::watch::wait_for(&ipam.pools));
+        waits.push(ests_runtime::watch::wait_for(&ipam.blocks));
         let cni = if args.cni_annotations.is_empty() {
             vec![CniAnnotation::calico()]
         } else {
@@ -101,7 +102,7 @@ pub async fn run(args: ExtenderArgs) -> anyhow::Result<()> {
     };
     let indexed = ests_extender::watch::follow(&client, &index, &metrics);
     waits.push(Box::pin(async move { indexed.wait().await }));
-    let listed = ests_cache::Listed::spawn("extender", waits);
+    let listed = ests_runtime::watch::Listed::spawn("extender", waits);
     {
         let (listed, ready) = (listed.clone(), ready.clone());
         tokio::spawn(async move {

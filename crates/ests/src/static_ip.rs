@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 
 use crate::leader::{self, LeaderArgs};
@@ -41,19 +42,28 @@ pub async fn run(args: StaticIpArgs) -> anyhow::Result<()> {
         &args.leader,
         "ests-static-ip",
         ready,
-        |shutdown| run_manager(client, concurrency, metrics, shutdown),
+        |shutdown| async move {
+            // Alone in its process the manager needs only static-IP pods.
+            let reflectors = ests_runtime::Reflectors::new(client.clone()).configure::<Pod>(
+                kube::runtime::watcher::Config::default()
+                    .labels(&format!("{}=true", ests_api::keys::STATIC_IP_POD_LABEL)),
+            );
+            run_manager(&reflectors, client, concurrency, metrics, shutdown).await
+        },
     )
     .await
 }
 
 /// Runs the manager until `shutdown`.
 pub async fn run_manager(
+    reflectors: &ests_runtime::Reflectors,
     client: Client,
     concurrency: u16,
     metrics: ests_staticip::Metrics,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     ests_staticip::run(
+        reflectors,
         client,
         ests_staticip::Settings { concurrency },
         metrics,

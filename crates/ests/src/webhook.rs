@@ -130,9 +130,12 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     let pools_listed = Arc::new(AtomicBool::new(false));
     {
         let (listed, ready, pools_listed) = (
-            ests_cache::Listed::spawn(
+            ests_runtime::watch::Listed::spawn(
                 "webhook",
-                vec![ests_cache::wait_for(&records), ests_cache::wait_for(&pools)],
+                vec![
+                    ests_runtime::watch::wait_for(&records),
+                    ests_runtime::watch::wait_for(&pools),
+                ],
             ),
             ready.clone(),
             pools_listed.clone(),

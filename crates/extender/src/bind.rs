@@ -45,12 +45,8 @@ pub enum BindError {
     },
     #[error("the StaticIP of pod {0} kept changing while it was being bound")]
     Contended(String),
-    #[error("{context}: {source}")]
-    Kube {
-        context: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Kube(#[from] ests_runtime::KubeError),
 }
 
 /// How many times a bind re-reads a record that changed under it.
@@ -87,7 +83,9 @@ impl Binder {
         let shown = format!("{ns}/{name}");
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let records: Api<StaticIP> = Api::namespaced(self.client.clone(), ns);
-        let kube = |context: String| move |source| BindError::Kube { context, source };
+        let kube = |context: String| {
+            move |source| BindError::Kube(ests_runtime::KubeError::new(context, source))
+        };
         let mut settled = false;
         for _ in 0..ATTEMPTS {
             let pod = pods

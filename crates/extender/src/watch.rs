@@ -38,7 +38,11 @@ pub fn read<T>(index: &SharedIndex, f: impl FnOnce(&Index) -> T) -> T {
 }
 
 /// Starts one watch per kind; the answer resolves once every kind has been listed.
-pub fn follow(client: &Client, index: &SharedIndex, metrics: &Metrics) -> ests_cache::Listed {
+pub fn follow(
+    client: &Client,
+    index: &SharedIndex,
+    metrics: &Metrics,
+) -> ests_runtime::watch::Listed {
     let all = watcher::Config::default;
     // Terminated pods use nothing; the API server leaves them out (and sends a deletion
     // when a pod terminates).
@@ -82,7 +86,7 @@ pub fn follow(client: &Client, index: &SharedIndex, metrics: &Metrics) -> ests_c
             |p: &StaticIPPool| name(p),
         ),
     ];
-    ests_cache::Listed::spawn("extender", waits)
+    ests_runtime::watch::Listed::spawn("extender", waits)
 }
 
 /// Starts the watch of one kind; the answer resolves once it has listed.
@@ -92,7 +96,7 @@ fn spawn<K>(
     config: watcher::Config,
     apply: fn(&mut Index, &K),
     key_of: fn(&K) -> String,
-) -> ests_cache::Wait
+) -> ests_runtime::watch::Wait
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + 'static,
 {

@@ -20,7 +20,8 @@ use ests_api::{
 };
 use ests_core::migration::{Action as Step, plan};
 use ests_core::rollout::Leave;
-use ests_staticip::records::set_condition;
+use ests_runtime::Reflectors;
+use ests_runtime::conditions::set_condition;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -36,19 +37,11 @@ use serde_json::json;
 use crate::hooks::{Hook, HookFacts};
 
 /// Why a reconcile failed (it is retried).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{context}: {source}")]
-    Kube {
-        context: String,
-        #[source]
-        source: kube::Error,
-    },
-}
+pub type Error = ests_runtime::ReconcileError;
 
 fn kube_err(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let context = context.into();
-    move |source| Error::Kube { context, source }
+    move |source| Error::kube(context, source)
 }
 
 /// How the manager is configured.
@@ -84,7 +77,7 @@ impl Metrics {
             actions: IntCounterVec::new(
                 Opts::new(
                     "ests_migration_actions_total",
-                    "Migration actions carried out, by action and result",
+                    "Migration actions carried out, by action and result (ok, or what went wrong)",
                 ),
                 &["action", "result"],
             )?,
@@ -107,7 +100,7 @@ impl Metrics {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
-    /// For the Eviction API (see [`ests_cache::eviction_client`]): the next pass retries.
+    /// For the Eviction API (see [`ests_runtime::watch::eviction_client`]): the next pass retries.
     pub evictions: Client,
     pub settings: Settings,
     pub metrics: Metrics,
@@ -118,7 +111,7 @@ pub struct Context {
     pub blocks: Store<IPBlock>,
     pub sets: Store<EnhancedStatefulSet>,
     pub migrations: Store<NodeMigration>,
-    listed: ests_cache::Listed,
+    listed: ests_runtime::watch::Listed,
     /// When each hook last ran: one that said no (or failed) runs again after
     /// [`HOOK_RETRY`], not on every event of the source's pods.
     hooks_run: std::sync::Mutex<hooks::Pacer>,
@@ -127,31 +120,23 @@ pub struct Context {
 /// How soon a hook that said no, or failed, is run again for one migration.
 const HOOK_RETRY: Duration = Duration::from_secs(5);
 
-/// Runs the manager (and automatic mode if configured) until `shutdown` resolves.
+/// Runs the manager (and automatic mode if configured) until `shutdown` resolves, with the
+/// watches of `reflectors` (shared with whatever else runs in the process).
 pub async fn run(
+    reflectors: &Reflectors,
     client: Client,
     settings: Settings,
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let (nodes, node_events) = ests_cache::reflect::<Node>(&client);
-    let (pods, pod_events) = ests_cache::reflect::<Pod>(&client);
-    let (records, record_events) = ests_cache::reflect::<StaticIP>(&client);
-    let (migrations, migration_events) = ests_cache::reflect::<NodeMigration>(&client);
-    let blocks = ests_cache::store::<IPBlock>(&client);
-    let sets = ests_cache::store::<EnhancedStatefulSet>(&client);
-    let listed = ests_cache::Listed::spawn(
-        "migration",
-        vec![
-            ests_cache::wait_for(&nodes),
-            ests_cache::wait_for(&pods),
-            ests_cache::wait_for(&records),
-            ests_cache::wait_for(&blocks),
-            ests_cache::wait_for(&sets),
-            ests_cache::wait_for(&migrations),
-        ],
-    );
-    let evictions = ests_cache::eviction_client()
+    let (nodes, node_events) = reflectors.subscribe::<Node>();
+    let (pods, pod_events) = reflectors.subscribe::<Pod>();
+    let (records, record_events) = reflectors.subscribe::<StaticIP>();
+    let (migrations, migration_events) = reflectors.subscribe::<NodeMigration>();
+    let blocks = reflectors.store::<IPBlock>();
+    let sets = reflectors.store::<EnhancedStatefulSet>();
+    let listed = reflectors.listed("migration");
+    let evictions = ests_runtime::watch::eviction_client()
         .await
         .map_err(|e| anyhow::anyhow!("building the eviction client: {e}"))?;
     let ctx = Arc::new(Context {
@@ -190,10 +175,10 @@ pub async fn run(
         }
     };
     let (a1, a2, a3) = (all.clone(), all.clone(), all);
-    Controller::for_stream(migration_events, migrations)
-        .watches_stream(node_events, move |_| a1())
-        .watches_stream(pod_events, move |_| a2())
-        .watches_stream(record_events, move |_| a3())
+    Controller::for_shared_stream(migration_events, migrations)
+        .watches_shared_stream(node_events, move |_| a1())
+        .watches_shared_stream(pod_events, move |_| a2())
+        .watches_shared_stream(record_events, move |_| a3())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -223,6 +208,8 @@ async fn publish(ctx: &Context, m: &NodeMigration, type_: EventType, reason: &st
     }
 }
 
+/// One reconcile, in a span naming its object: every log line of it says which cached.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = "migration", migration = %cached.name_any()))]
 async fn reconcile(cached: Arc<NodeMigration>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.listed.wait().await;
     let name = cached.name_any();
@@ -238,7 +225,7 @@ async fn reconcile(cached: Arc<NodeMigration>, ctx: Arc<Context>) -> Result<Acti
     };
     let observed = observe::observe(&ctx, &m).await?;
     let plan = plan(&observed.facts);
-    tracing::debug!(migration = %name, ?plan, "plan");
+    tracing::debug!(?plan, "plan");
     let mut status = m.status.clone().unwrap_or_default();
     if let Some(node) = &observed.provisioned {
         status.target_node = Some(node.clone());
@@ -256,7 +243,7 @@ async fn reconcile(cached: Arc<NodeMigration>, ctx: Arc<Context>) -> Result<Acti
         let result = act(&ctx, &m, &observed, step, &mut status).await;
         ctx.metrics
             .actions
-            .with_label_values(&[label, if result.is_ok() { "ok" } else { "error" }])
+            .with_label_values(&[label, result.as_ref().map_or_else(Error::label, |_| "ok")])
             .inc();
         if let Err(e) = result {
             // Keep what was done so far in the status; the next reconcile plans again.

@@ -1,12 +1,24 @@
-//! What every ests server shares, so that each component wires it once instead of writing
-//! it again:
+//! What every ests component shares, so that each wires it once instead of writing it
+//! again:
 //!
+//! - [`watch`]: one watch per kind per process ([`Reflectors`]), its cache shared by every
+//!   controller and index of the process, and waiting for caches to list ([`Listed`]);
 //! - [`tls`]: HTTPS on rustls with a certificate reloaded from disk (the webhook and the
 //!   scheduler extender);
+//! - [`conditions`]: status conditions whose transition time moves only with their status;
+//! - [`error`]: a failed Kubernetes API call with what it was for and a metric label
+//!   ([`KubeError`]);
+//! - [`finalizers`]: the finalizer writes kube-runtime's `finalizer` helper cannot make;
 //! - [`http`]: typed JSON answers ([`Answer`]) and counting them in a component's metrics.
 #![forbid(unsafe_code)]
 
+pub mod conditions;
+pub mod error;
+pub mod finalizers;
 pub mod http;
 pub mod tls;
+pub mod watch;
 
+pub use error::{KubeError, ReconcileError};
 pub use http::Answer;
+pub use watch::{Listed, Reflectors};

@@ -37,12 +37,8 @@ pub enum IpamError {
     Going(String),
     #[error(transparent)]
     Alloc(#[from] AllocError),
-    #[error("{context}: {source}")]
-    Kube {
-        context: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Kube(#[from] ests_runtime::KubeError),
 }
 
 /// How many new blocks one allocation may try to claim before giving up (others claim
@@ -211,17 +207,18 @@ impl Ipam {
                 s.is_conflict()
             }
             Err(source) => {
-                return Err(IpamError::Kube {
-                    context: format!("writing the addresses of StaticIP {name}"),
+                return Err(IpamError::Kube(ests_runtime::KubeError::new(
+                    format!("writing the addresses of StaticIP {name}"),
                     source,
-                });
+                )));
             }
         };
         let fresh = if lost {
-            api.get_opt(&name).await.map_err(|source| IpamError::Kube {
-                context: format!("reading StaticIP {name}"),
-                source,
-            })?
+            api.get_opt(&name)
+                .await
+                .map_err(ests_runtime::KubeError::doing(format!(
+                    "reading StaticIP {name}"
+                )))?
         } else {
             None
         };
@@ -361,10 +358,10 @@ impl Ipam {
                 Ok(block) => block,
                 Err(kube::Error::Api(s)) if s.is_not_found() => continue,
                 Err(source) => {
-                    return Err(IpamError::Kube {
-                        context: format!("reading IPBlock {name}"),
+                    return Err(IpamError::Kube(ests_runtime::KubeError::new(
+                        format!("reading IPBlock {name}"),
                         source,
-                    });
+                    )));
                 }
             };
             if block.spec.node.is_some() {
@@ -377,10 +374,10 @@ impl Ipam {
                     self.metrics.conflicts.with_label_values(&["IPBlock"]).inc();
                 }
                 Err(source) => {
-                    return Err(IpamError::Kube {
-                        context: format!("claiming IPBlock {name}"),
+                    return Err(IpamError::Kube(ests_runtime::KubeError::new(
+                        format!("claiming IPBlock {name}"),
                         source,
-                    });
+                    )));
                 }
             }
         }
@@ -428,10 +425,10 @@ impl Ipam {
                         self.metrics.conflicts.with_label_values(&["IPBlock"]).inc();
                     }
                     Err(source) => {
-                        return Err(IpamError::Kube {
-                            context: format!("creating IPBlock {name}"),
+                        return Err(IpamError::Kube(ests_runtime::KubeError::new(
+                            format!("creating IPBlock {name}"),
                             source,
-                        });
+                        )));
                     }
                 }
             }

@@ -23,37 +23,21 @@ pub mod sweep;
 use std::sync::Arc;
 
 use ests_api::{EnhancedStatefulSet, IPBlock, StaticIP, StaticIPPool, keys};
+use ests_runtime::Reflectors;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, controller};
 use kube::{Api, Client, ResourceExt};
 
 pub use ipam::Ipam;
 pub use metrics::Metrics;
 
-/// Why a reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{context}: {source}")]
-    Kube {
-        context: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("{0}")]
-    Allocation(String),
-}
+/// Why a reconcile failed (the runtime's one reconcile error).
+pub type Error = ests_runtime::ReconcileError;
 
-impl Error {
-    fn kube(context: impl Into<String>, source: kube::Error) -> Self {
-        Self::Kube {
-            context: context.into(),
-            source,
-        }
-    }
-}
+/// The label of addresses that could not be allocated or freed.
+pub const ALLOCATION: &str = "allocation";
 
 /// What every reconcile shares.
 pub struct Context {
@@ -61,15 +45,23 @@ pub struct Context {
     pub records: Store<StaticIP>,
     pub pods: Store<Pod>,
     pub sets: Store<EnhancedStatefulSet>,
-    /// Which Node objects exist (names only): a record or block whose node is gone is
-    /// placed afresh or given back.
-    pub nodes: Store<PartialObjectMeta<Node>>,
+    /// Which Node objects exist: a record or block whose node is gone is placed afresh or
+    /// given back.
+    pub nodes: Store<Node>,
     pub metrics: Metrics,
     /// Turns true once every cache above has listed.
-    listed: ests_cache::Listed,
+    listed: ests_runtime::watch::Listed,
 }
 
 impl Context {
+    /// The static-IP pod `ns/name` from the cache (a pod without the static-IP label is
+    /// none of the manager's business, as if it did not exist).
+    pub fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods
+            .get(&ObjectRef::new(name).within(ns))
+            .filter(|pod| is_static_ip_pod(pod))
+    }
+
     /// Resolves once every cache has listed (at once after that).
     pub async fn caches_listed(&self) {
         self.listed.wait().await;
@@ -93,6 +85,13 @@ impl Context {
     }
 }
 
+/// Whether `pod` carries the label of static-IP pods.
+fn is_static_ip_pod(pod: &Pod) -> bool {
+    pod.labels()
+        .get(keys::STATIC_IP_POD_LABEL)
+        .is_some_and(|v| v == "true")
+}
+
 /// Settings of the manager.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -100,90 +99,29 @@ pub struct Settings {
     pub concurrency: u16,
 }
 
-/// Runs the manager until `shutdown` resolves.
+/// Runs the manager until `shutdown` resolves, with the watches of `reflectors` (shared
+/// with whatever else runs in the process).
 pub async fn run(
+    reflectors: &Reflectors,
     client: Client,
     settings: Settings,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let config = watcher::Config::default();
-    let (records, record_writer) = reflector::store();
-    let record_stream = reflector::reflector(
-        record_writer,
-        watcher::watcher(Api::<StaticIP>::all(client.clone()), config.clone()),
-    )
-    .default_backoff()
-    .touched_objects();
-    // Only static-IP pods: the others are none of the manager's business.
-    let (pods, pod_writer) = reflector::store();
-    let pod_stream = reflector::reflector(
-        pod_writer,
-        watcher::watcher(
-            Api::<Pod>::all(client.clone()),
-            config
-                .clone()
-                .labels(&format!("{}=true", keys::STATIC_IP_POD_LABEL)),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (sets, set_writer) = reflector::store();
-    let set_stream = reflector::reflector(
-        set_writer,
-        watcher::watcher(
-            Api::<EnhancedStatefulSet>::all(client.clone()),
-            config.clone(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (blocks, block_writer) = reflector::store();
-    let block_stream = reflector::reflector(
-        block_writer,
-        watcher::watcher(Api::<IPBlock>::all(client.clone()), config.clone()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (pools, pool_writer) = reflector::store();
-    let pool_stream = reflector::reflector(
-        pool_writer,
-        watcher::watcher(Api::<StaticIPPool>::all(client.clone()), config.clone()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (records, record_stream) = reflectors.subscribe::<StaticIP>();
+    // Only static-IP pods are the manager's business; the process's pod watch may hold
+    // every pod (the set controller's needs), so the others are passed over in
+    // [`Context::pod`].
+    let (pods, pod_stream) = reflectors.subscribe::<Pod>();
+    let (sets, set_stream) = reflectors.subscribe::<EnhancedStatefulSet>();
+    let (blocks, block_stream) = reflectors.subscribe::<IPBlock>();
+    let (pools, pool_stream) = reflectors.subscribe::<StaticIPPool>();
+    // Node deletions move records and give blocks back (the record controller and the block
+    // sweeper each hear of them).
+    let (nodes, node_stream) = reflectors.subscribe::<Node>();
+    let (_, node_stream_for_blocks) = reflectors.subscribe::<Node>();
 
-    // Node deletions move records and give blocks back: names are all that is needed.
-    let (nodes, node_writer) = reflector::store();
-    let node_stream = reflector::reflector(
-        node_writer,
-        watcher(
-            Api::<PartialObjectMeta<Node>>::all(client.clone()),
-            config.clone(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    // The block sweeper hears of node deletions on a watch of its own (a node list is
-    // small, and one stream cannot feed two controllers).
-    let node_stream_for_blocks = watcher(
-        Api::<PartialObjectMeta<Node>>::all(client.clone()),
-        config.clone(),
-    )
-    .default_backoff()
-    .touched_objects();
-
-    let listed = ests_cache::Listed::spawn(
-        "static-ip manager",
-        vec![
-            ests_cache::wait_for(&records),
-            ests_cache::wait_for(&pods),
-            ests_cache::wait_for(&sets),
-            ests_cache::wait_for(&pools),
-            ests_cache::wait_for(&blocks),
-            ests_cache::wait_for(&nodes),
-        ],
-    );
+    let listed = reflectors.listed("static-ip manager");
     let ctx = Arc::new(Context {
         listed,
         ipam: Ipam {
@@ -199,6 +137,7 @@ pub async fn run(
         metrics,
     });
 
+    let by_pod = records.clone();
     let by_set = records.clone();
     let by_node = records.clone();
     let blocks_by_node = blocks.clone();
@@ -206,13 +145,15 @@ pub async fn run(
         let shared = futures::FutureExt::shared(Box::pin(shutdown));
         (shared.clone(), shared.clone(), shared)
     };
-    let record_controller = Controller::for_stream(record_stream, records)
-        // A pod's changes concern the record named like it.
-        .watches_stream(pod_stream, |pod: Pod| {
-            Some(ObjectRef::new(&pod.name_any()).within(&pod.namespace()?))
+    let record_controller = Controller::for_shared_stream(record_stream, records)
+        // A pod's changes concern the record named like it, if there is one (any pod's: one
+        // that loses the static-IP label matters to its record too).
+        .watches_shared_stream(pod_stream, move |pod: Arc<Pod>| {
+            let record = ObjectRef::new(&pod.name_any()).within(&pod.namespace()?);
+            by_pod.get(&record).is_some().then_some(record)
         })
         // A set's changes (scale-in, deletion) concern every record it owns.
-        .watches_stream(set_stream, move |set: EnhancedStatefulSet| {
+        .watches_shared_stream(set_stream, move |set: Arc<EnhancedStatefulSet>| {
             let uid = set.uid();
             by_set
                 .state()
@@ -226,7 +167,7 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         // A node's deletion concerns every record on it.
-        .watches_stream(node_stream, move |node| {
+        .watches_shared_stream(node_stream, move |node: Arc<Node>| {
             let name = node.name_any();
             by_node
                 .state()
@@ -243,9 +184,9 @@ pub async fn run(
                 tracing::debug!(error = %e, "record controller event");
             }
         });
-    let block_controller = Controller::for_stream(block_stream, blocks)
+    let block_controller = Controller::for_shared_stream(block_stream, blocks)
         // A deleted node's empty blocks go back to the pool.
-        .watches_stream(node_stream_for_blocks, move |node| {
+        .watches_shared_stream(node_stream_for_blocks, move |node: Arc<Node>| {
             let name = node.name_any();
             blocks_by_node
                 .state()
@@ -262,7 +203,7 @@ pub async fn run(
                 tracing::debug!(error = %e, "block sweeper event");
             }
         });
-    let pool_controller = Controller::for_stream(pool_stream, pools)
+    let pool_controller = Controller::for_shared_stream(pool_stream, pools)
         .graceful_shutdown_on(shutdown_pools)
         .run(pools::reconcile, pools::error_policy, ctx)
         .for_each(|result| async move {

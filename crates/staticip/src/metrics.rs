@@ -18,6 +18,8 @@ pub struct Metrics {
     pub conflicts: IntCounterVec,
     /// What the manager decided for records, by decision.
     pub record_decisions: IntCounterVec,
+    /// Failed reconciles, by controller (`record`, `block`, `pool`) and what went wrong.
+    pub reconcile_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -66,6 +68,13 @@ impl Metrics {
                 ),
                 &["decision"],
             )?,
+            reconcile_errors: IntCounterVec::new(
+                Opts::new(
+                    "ests_staticip_reconcile_errors_total",
+                    "Failed reconciles, by controller and what went wrong",
+                ),
+                &["controller", "error"],
+            )?,
         };
         registry.register(Box::new(m.pool_addresses.clone()))?;
         registry.register(Box::new(m.block_addresses.clone()))?;
@@ -73,6 +82,7 @@ impl Metrics {
         registry.register(Box::new(m.releases.clone()))?;
         registry.register(Box::new(m.conflicts.clone()))?;
         registry.register(Box::new(m.record_decisions.clone()))?;
+        registry.register(Box::new(m.reconcile_errors.clone()))?;
         Ok(m)
     }
 }

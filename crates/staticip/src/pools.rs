@@ -10,24 +10,23 @@ use std::time::Duration;
 
 use ests_api::{IPBlock, StaticIPPool, keys};
 use ests_core::allocator::{PoolStep, pool_step};
+use ests_runtime::finalizers;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use kube::runtime::controller::Action;
-use serde_json::json;
 
 use crate::{Context, Error};
 
 /// How often a deleted pool whose addresses are held is looked at again.
 const WAIT: Duration = Duration::from_secs(5);
 
+/// One reconcile, in a span naming its object: every log line of it says which pool.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = "pool", pool = %pool.name_any()))]
 pub async fn reconcile(pool: Arc<StaticIPPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = pool.name_any();
     let client = ctx.ipam.client.clone();
     let deleting = pool.metadata.deletion_timestamp.is_some();
-    let protected = pool
-        .finalizers()
-        .iter()
-        .any(|f| f == keys::POOL_PROTECTION_FINALIZER);
+    let protected = finalizers::has(pool.as_ref(), keys::POOL_PROTECTION_FINALIZER);
     // The blocks of a deleted pool are read from the API server, not the cache: its last
     // allocation must not be missed.
     let blocks: Vec<IPBlock> = if deleting && protected {
@@ -49,13 +48,13 @@ pub async fn reconcile(pool: Arc<StaticIPPool>, ctx: Arc<Context>) -> Result<Act
     let pools: Api<StaticIPPool> = Api::all(client.clone());
     match pool_step(deleting, protected, &held) {
         PoolStep::None => Ok(Action::await_change()),
-        PoolStep::Protect => {
-            let mut finalizers = pool.finalizers().to_vec();
-            finalizers.push(keys::POOL_PROTECTION_FINALIZER.to_string());
-            write_finalizers(&pools, &pool, finalizers, "adding").await
-        }
+        PoolStep::Protect => protect(&pools, &pool, true).await,
         PoolStep::Wait { held, blocks } => {
-            tracing::info!(pool = %name, held, blocks, "StaticIPPool deleted; waiting until no record holds an address of it");
+            tracing::info!(
+                held,
+                blocks,
+                "StaticIPPool deleted; waiting until no record holds an address of it"
+            );
             Ok(Action::requeue(WAIT))
         }
         PoolStep::DeleteBlocks(names) => {
@@ -71,7 +70,7 @@ pub async fn reconcile(pool: Arc<StaticIPPool>, ctx: Arc<Context>) -> Result<Act
                 };
                 match api.delete(&block_name, &params).await {
                     Ok(_) => {
-                        tracing::info!(pool = %name, block = %block_name, "deleted a free IPBlock of a deleted StaticIPPool")
+                        tracing::info!(block = %block_name, "deleted a free IPBlock of a deleted StaticIPPool")
                     }
                     // Changed (an allocation) or gone since it was read: judged again.
                     Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {}
@@ -86,47 +85,28 @@ pub async fn reconcile(pool: Arc<StaticIPPool>, ctx: Arc<Context>) -> Result<Act
             Ok(Action::requeue(Duration::from_secs(1)))
         }
         PoolStep::Release => {
-            let finalizers: Vec<String> = pool
-                .finalizers()
-                .iter()
-                .filter(|f| *f != keys::POOL_PROTECTION_FINALIZER)
-                .cloned()
-                .collect();
-            tracing::info!(pool = %name, "StaticIPPool deleted and no address of it held; letting it go");
-            write_finalizers(&pools, &pool, finalizers, "removing").await
+            tracing::info!("StaticIPPool deleted and no address of it held; letting it go");
+            protect(&pools, &pool, false).await
         }
     }
 }
 
-/// Writes the pool's finalizers at the resourceVersion they were judged at.
-async fn write_finalizers(
-    api: &Api<StaticIPPool>,
-    pool: &StaticIPPool,
-    finalizers: Vec<String>,
-    what: &str,
-) -> Result<Action, Error> {
-    let name = pool.name_any();
-    let patch =
-        json!({"metadata": {"resourceVersion": pool.resource_version(), "finalizers": finalizers}});
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
-        Ok(_) => Ok(Action::await_change()),
-        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
-            Ok(Action::requeue(Duration::from_secs(1)))
-        }
-        Err(e) => Err(Error::kube(
-            format!(
-                "{what} the finalizer {} of StaticIPPool {name}",
-                keys::POOL_PROTECTION_FINALIZER
-            ),
-            e,
-        )),
+/// Adds or removes the protection finalizer at the resourceVersion it was judged at (the
+/// pool waits on its finalizer while addresses are held, which kube-runtime's `finalizer`
+/// helper cannot express: see `ests_runtime::finalizers`).
+async fn protect(api: &Api<StaticIPPool>, pool: &StaticIPPool, on: bool) -> Result<Action, Error> {
+    if finalizers::set(api, pool, keys::POOL_PROTECTION_FINALIZER, on).await? {
+        Ok(Action::await_change())
+    } else {
+        Ok(Action::requeue(Duration::from_secs(1)))
     }
 }
 
-pub fn error_policy(pool: Arc<StaticIPPool>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(pool: Arc<StaticIPPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&["pool", error.label()])
+        .inc();
     tracing::warn!(pool = %pool.name_any(), %error, "pool protection failed");
     Action::requeue(Duration::from_secs(5))
 }

@@ -16,6 +16,7 @@ use ests_core::static_ip::{
     CONDITION_BOUND, CONDITION_POD_PRESENT, Decision, Identity, PodFacts, Surroundings, decide,
     record_ips,
 };
+use ests_runtime::conditions::set_condition;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -33,17 +34,17 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// Look again this soon when a release waits for a pod to go.
 const RETRY: Duration = Duration::from_secs(2);
 
+/// One reconcile, in a span naming its object: every log line of it says which record.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = "record", namespace = %record.namespace().unwrap_or_default(), record = %record.name_any()))]
 pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = record.namespace().unwrap_or_default();
-    let name = record.name_any();
     if record.metadata.deletion_timestamp.is_some() {
         return finalize(&ctx, &record).await;
     }
     // Decisions read the pod, set, pool and block caches: not before they are filled.
     ctx.caches_listed().await;
     let pod = ctx
-        .pods
-        .get(&ObjectRef::new(&record.spec.pod_name).within(&ns))
+        .pod(&ns, &record.spec.pod_name)
         .map(|p| PodFacts::of(&p));
     let identity = identity(&ctx, &record);
     let now = Timestamp::now().as_second();
@@ -60,13 +61,13 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
         Decision::Reallocate { .. } => "reallocate",
         Decision::Wait { .. } => "wait",
     };
-    tracing::trace!(namespace = %ns, record = %name, ?decision, pod = ?pod, ?identity, "decision");
+    tracing::trace!(?decision, pod = ?pod, ?identity, "decision");
     if label != "wait" {
         ctx.metrics
             .record_decisions
             .with_label_values(&[label])
             .inc();
-        tracing::debug!(namespace = %ns, record = %name, ?decision, "decided");
+        tracing::debug!(?decision, "decided");
     }
     let api: Api<StaticIP> = Api::namespaced(ctx.ipam.client.clone(), &ns);
     match decision {
@@ -105,7 +106,7 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
                 ips.join(", "),
                 show(&record.spec.ips)
             );
-            tracing::warn!(namespace = %ns, record = %name, %message, "address mismatch");
+            tracing::warn!(%message, "address mismatch");
             refuse_binding(&api, &record, &pod_uid, "IPMismatch", message).await?;
         }
         Decision::AddressTaken {
@@ -117,7 +118,7 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
                 "pod {pod_uid} runs with {ip}, which StaticIP {holder} keeps: the CNI reused a kept address; \
                  this identity gets no static address from that pod (re-create it for a new one)"
             );
-            tracing::warn!(namespace = %ns, record = %name, %message, "address taken");
+            tracing::warn!(%message, "address taken");
             refuse_binding(&api, &record, &pod_uid, "AddressTaken", message).await?;
         }
         Decision::PodGone => {
@@ -156,7 +157,7 @@ pub async fn reconcile(record: Arc<StaticIP>, ctx: Arc<Context>) -> Result<Actio
                     "node {node} was deleted: the identity's next pod is scheduled afresh, with {}",
                     show(&record.spec.ips)
                 );
-                tracing::info!(namespace = %ns, record = %name, %message, "unpinned");
+                tracing::info!(%message, "unpinned");
                 let mut conditions = conditions_of(&record);
                 set_condition(
                     &mut conditions,
@@ -220,7 +221,11 @@ fn decide_among_caches(
     decide(record, pod, identity, &around, now)
 }
 
-pub fn error_policy(record: Arc<StaticIP>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(record: Arc<StaticIP>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&["record", error.label()])
+        .inc();
     tracing::warn!(namespace = record.namespace().unwrap_or_default(), record = %record.name_any(), %error, "reconcile failed");
     Action::requeue(RETRY)
 }
@@ -300,7 +305,7 @@ async fn bind(
     reason: &str,
     message: String,
 ) -> Result<(), Error> {
-    tracing::info!(namespace = record.namespace().unwrap_or_default(), record = %record.name_any(), %message, "bound");
+    tracing::info!(%message, "bound");
     let conditions = with_pod_present(record, true, reason, message);
     write_status(
         api,
@@ -366,7 +371,7 @@ async fn allocate(
     match ctx.ipam.assign_to_record(record, node).await {
         Ok(Assignment::Written(written)) => {
             let addresses = &written.spec.ips;
-            tracing::info!(namespace = record.namespace().unwrap_or_default(), record = %name, ips = %show(addresses), %node, "allocated");
+            tracing::info!(ips = %show(addresses), %node, "allocated");
             let mut conditions = conditions_of(&written);
             set_condition(
                 &mut conditions,
@@ -391,9 +396,10 @@ async fn allocate(
                 e.to_string(),
             );
             write_status(api, record, json!({"conditions": conditions})).await?;
-            Err(Error::Allocation(format!(
-                "StaticIP {name} on node {node}: {e}"
-            )))
+            Err(Error::other(
+                crate::ALLOCATION,
+                format!("StaticIP {name} on node {node}: {e}"),
+            ))
         }
     }
 }
@@ -408,9 +414,8 @@ async fn release(
     why: &str,
 ) -> Result<Action, Error> {
     let ns = record.namespace().unwrap_or_default();
-    let name = record.name_any();
     if let Some(pod) = live_pod(ctx, &ns, &record.spec.pod_name).await? {
-        tracing::info!(namespace = %ns, record = %name, pod = %pod.uid().unwrap_or_default(), "release postponed: a pod of the identity exists");
+        tracing::info!(pod = %pod.uid().unwrap_or_default(), "release postponed: a pod of the identity exists");
         return Ok(Action::requeue(RETRY));
     }
     delete_record(ctx, api, record, why).await
@@ -424,7 +429,6 @@ async fn delete_record(
     record: &StaticIP,
     why: &str,
 ) -> Result<Action, Error> {
-    let ns = record.namespace().unwrap_or_default();
     let name = record.name_any();
     let params = DeleteParams {
         preconditions: Some(Preconditions {
@@ -435,7 +439,7 @@ async fn delete_record(
     };
     match api.delete(&name, &params).await {
         Ok(_) => {
-            tracing::info!(namespace = %ns, record = %name, ips = %show(&record.spec.ips), %why, "released StaticIP record");
+            tracing::info!(ips = %show(&record.spec.ips), %why, "released StaticIP record");
             Ok(Action::await_change())
         }
         Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
@@ -477,9 +481,12 @@ async fn finalize(ctx: &Context, record: &StaticIP) -> Result<Action, Error> {
             .release(record, "record-released")
             .await
             .map_err(|e| {
-                Error::Allocation(format!("freeing the addresses of StaticIP {name}: {e}"))
+                Error::other(
+                    crate::ALLOCATION,
+                    format!("freeing the addresses of StaticIP {name}: {e}"),
+                )
             })?;
-        tracing::info!(namespace = %ns, record = %name, freed, "freed block addresses");
+        tracing::info!(freed, "freed block addresses");
     }
     let finalizers: Vec<String> = record
         .finalizers()
@@ -523,7 +530,7 @@ async fn delete_stranded_pod(
     };
     match pods.delete(name, &params).await {
         Ok(_) => {
-            tracing::info!(namespace = %ns, pod = %name, %uid, %node, "deleted a pod pinned to a deleted node");
+            tracing::info!(pod = %name, %uid, %node, "deleted a pod pinned to a deleted node");
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => Ok(()),
@@ -572,34 +579,6 @@ fn conditions_of(record: &StaticIP) -> Vec<Condition> {
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default()
-}
-
-/// Sets a condition, keeping its transition time when its status does not change.
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-) {
-    let status = if ok { "True" } else { "False" };
-    let last_transition_time = conditions
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or_else(
-            || Time(Timestamp::now()),
-            |c| c.last_transition_time.clone(),
-        );
-    conditions.retain(|c| c.type_ != type_);
-    conditions.push(Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: None,
-        last_transition_time,
-    });
-    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
 }
 
 async fn write_status(

@@ -49,6 +49,8 @@ fn verdict(record: Option<&StaticIP>, ip: IpAddr, holder: &Holder) -> Verdict {
     }
 }
 
+/// One reconcile, in a span naming its object: every log line of it says which block.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = "block", block = %block.name_any()))]
 pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Judging holders needs the record cache filled.
     ctx.caches_listed().await;
@@ -91,7 +93,7 @@ pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action,
         }
         match release_in(&store, &name, ip, &holder).await {
             Ok(()) => {
-                tracing::info!(block = %name, %ip, holder = %format!("{}/{} ({})", holder.namespace, holder.name, holder.uid), "freed a leaked address");
+                tracing::info!(%ip, holder = %format!("{}/{} ({})", holder.namespace, holder.name, holder.uid), "freed a leaked address");
                 ctx.metrics
                     .releases
                     .with_label_values(&[pool.as_str(), "leaked"])
@@ -99,9 +101,10 @@ pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action,
             }
             Err(AllocError::NotHolder { .. }) => {}
             Err(e) => {
-                return Err(Error::Allocation(format!(
-                    "freeing {ip} on IPBlock {name}: {e}"
-                )));
+                return Err(Error::other(
+                    crate::ALLOCATION,
+                    format!("freeing {ip} on IPBlock {name}: {e}"),
+                ));
             }
         }
     }
@@ -119,7 +122,7 @@ pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action,
         let api: Api<IPBlock> = Api::all(ctx.ipam.client.clone());
         match api.replace(&name, &PostParams::default(), &freed).await {
             Ok(_) => {
-                tracing::info!(block = %name, %node, "gave the empty block of a deleted node back to its pool");
+                tracing::info!(%node, "gave the empty block of a deleted node back to its pool");
             }
             Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
                 ctx.metrics.conflicts.with_label_values(&["IPBlock"]).inc();
@@ -136,7 +139,7 @@ pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action,
     // Counts and metrics, from the block as last read.
     let block_state = store
         .to_block(&block)
-        .map_err(|e| Error::Allocation(format!("IPBlock {name}: {e}")))?;
+        .map_err(|e| Error::other(crate::ALLOCATION, format!("IPBlock {name}: {e}")))?;
     let capacity = i64::try_from(block_state.capacity()).unwrap_or(i64::MAX);
     let allocated = i64::try_from(block_state.allocated()).unwrap_or(i64::MAX);
     ctx.metrics
@@ -190,7 +193,11 @@ pub async fn reconcile(block: Arc<IPBlock>, ctx: Arc<Context>) -> Result<Action,
     Ok(Action::requeue(RESYNC))
 }
 
-pub fn error_policy(block: Arc<IPBlock>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(block: Arc<IPBlock>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&["block", error.label()])
+        .inc();
     tracing::warn!(block = %block.name_any(), %error, "sweep failed");
     Action::requeue(Duration::from_secs(5))
 }

@@ -6,12 +6,13 @@
 //! TLS ends at the proxy (with a serving certificate of the harness CA) so it can see each
 //! request's method and path; it sends the request on with its own client for the identity,
 //! so the API server authenticates the proxied process as that user. Responses, watches
-//! included, stream back as they come.
+//! included, stream back as they come. It counts the watches the process opens, by path.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context;
 use http_body_util::BodyExt;
@@ -34,8 +35,12 @@ pub struct ApiProxy {
     pub addr: SocketAddr,
     block_lease_writes: Arc<AtomicBool>,
     swallowed: Arc<AtomicU64>,
+    watches: Watches,
     task: JoinHandle<()>,
 }
+
+/// Watch requests by path (`/api/v1/pods`), selectors aside.
+type Watches = Arc<Mutex<BTreeMap<String, u64>>>;
 
 impl ApiProxy {
     /// Starts a proxy that forwards to `plane`'s API server as `user` in `groups` (a client
@@ -87,7 +92,12 @@ impl ApiProxy {
 
         let block_lease_writes = Arc::new(AtomicBool::new(false));
         let swallowed = Arc::new(AtomicU64::new(0));
-        let (block, count) = (block_lease_writes.clone(), swallowed.clone());
+        let watches = Watches::default();
+        let (block, count, watched) = (
+            block_lease_writes.clone(),
+            swallowed.clone(),
+            watches.clone(),
+        );
         let task = tokio::spawn(async move {
             // Each connection's task ends with the accept loop: aborting this task drops
             // the set, which aborts them.
@@ -97,12 +107,19 @@ impl ApiProxy {
                     continue;
                 };
                 let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
-                let (block, count) = (block.clone(), count.clone());
+                let (block, count, watched) = (block.clone(), count.clone(), watched.clone());
                 connections.spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service = service_fn(move |request| {
+                    let service = service_fn(move |request: http::Request<Incoming>| {
+                        if is_watch(request.uri()) {
+                            *watched
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .entry(request.uri().path().to_string())
+                                .or_default() += 1;
+                        }
                         forward(upstream.clone(), block.clone(), count.clone(), request)
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -118,6 +135,7 @@ impl ApiProxy {
             addr,
             block_lease_writes,
             swallowed,
+            watches,
             task,
         })
     }
@@ -131,6 +149,14 @@ impl ApiProxy {
     pub fn swallowed(&self) -> u64 {
         self.swallowed.load(Ordering::SeqCst)
     }
+
+    /// The watch requests made through the proxy so far, by path.
+    pub fn watches(&self) -> BTreeMap<String, u64> {
+        self.watches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Drop for ApiProxy {
@@ -143,6 +169,13 @@ impl Drop for ApiProxy {
 /// delete).
 fn is_lease_write(method: &http::Method, path: &str) -> bool {
     method != http::Method::GET && path.contains("/leases")
+}
+
+/// Whether a request opens a watch (`?watch=true`, as every client-go and kube-rs watch
+/// asks).
+fn is_watch(uri: &http::Uri) -> bool {
+    uri.query()
+        .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"))
 }
 
 async fn forward(
@@ -179,6 +212,16 @@ async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watches_are_told_by_their_query() {
+        let uri = |s: &str| s.parse::<http::Uri>().expect("uri");
+        assert!(is_watch(&uri(
+            "/api/v1/pods?labelSelector=a%3Db&watch=true&timeoutSeconds=290"
+        )));
+        assert!(!is_watch(&uri("/api/v1/pods?limit=500")));
+        assert!(!is_watch(&uri("/api/v1/pods")));
+    }
 
     #[test]
     fn only_lease_writes_are_swallowed() {
