@@ -39,8 +39,51 @@ pub struct ApiProxy {
     task: JoinHandle<()>,
 }
 
-/// Watch requests by path (`/api/v1/pods`), selectors aside.
-type Watches = Arc<Mutex<BTreeMap<String, u64>>>;
+/// Watches by path (`/api/v1/pods`), selectors aside.
+type Watches = Arc<Mutex<WatchCounts>>;
+
+#[derive(Debug, Default)]
+struct WatchCounts {
+    /// Watch requests made.
+    requested: BTreeMap<String, u64>,
+    /// Watches whose answer is still streaming.
+    open: BTreeMap<String, u64>,
+    /// The most open at once. A watch the API server ended and the client opened again
+    /// counts once here, where two watchers of one kind count twice.
+    most_open: BTreeMap<String, u64>,
+}
+
+/// One open watch: counted while its answer streams, uncounted when hyper drops the body.
+struct OpenWatch {
+    watches: Watches,
+    path: String,
+}
+
+impl OpenWatch {
+    fn new(watches: Watches, path: String) -> Self {
+        {
+            let mut w = watches.lock().unwrap_or_else(PoisonError::into_inner);
+            *w.requested.entry(path.clone()).or_default() += 1;
+            let open = {
+                let open = w.open.entry(path.clone()).or_default();
+                *open += 1;
+                *open
+            };
+            let most = w.most_open.entry(path.clone()).or_default();
+            *most = (*most).max(open);
+        }
+        Self { watches, path }
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        let mut w = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = w.open.get_mut(&self.path) {
+            *open = open.saturating_sub(1);
+        }
+    }
+}
 
 impl ApiProxy {
     /// Starts a proxy that forwards to `plane`'s API server as `user` in `groups` (a client
@@ -113,14 +156,22 @@ impl ApiProxy {
                         return;
                     };
                     let service = service_fn(move |request: http::Request<Incoming>| {
-                        if is_watch(request.uri()) {
-                            *watched
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .entry(request.uri().path().to_string())
-                                .or_default() += 1;
+                        let open = is_watch(request.uri()).then(|| {
+                            OpenWatch::new(watched.clone(), request.uri().path().to_string())
+                        });
+                        let answer =
+                            forward(upstream.clone(), block.clone(), count.clone(), request);
+                        async move {
+                            let response = answer.await?;
+                            // The watch stays counted as open until its body is dropped.
+                            Ok::<_, std::convert::Infallible>(response.map(move |body| {
+                                body.map_frame(move |frame| {
+                                    let _open = &open;
+                                    frame
+                                })
+                                .boxed_unsync()
+                            }))
                         }
-                        forward(upstream.clone(), block.clone(), count.clone(), request)
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
@@ -155,6 +206,17 @@ impl ApiProxy {
         self.watches
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .requested
+            .clone()
+    }
+
+    /// The most watches of each path open at once so far (a watch the API server ended and
+    /// the client opened again counts once).
+    pub fn most_open_watches(&self) -> BTreeMap<String, u64> {
+        self.watches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .most_open
             .clone()
     }
 }
