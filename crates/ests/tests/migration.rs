@@ -158,6 +158,44 @@ async fn migration(env: &Env, name: &str) -> anyhow::Result<Option<NodeMigration
         .await?)
 }
 
+/// Waits until migration `name` completes; a wait that fails shows what it was stuck on.
+async fn wait_completed(env: &Env, ns: &str, name: &str) -> anyhow::Result<NodeMigration> {
+    let done = wait_for("the migration completes", T, || async {
+        Ok(migration(env, name).await?.filter(|m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.phase == MigrationPhase::Completed)
+        }))
+    })
+    .await;
+    match done {
+        Ok(m) => Ok(m),
+        Err(e) => anyhow::bail!("{e}\n{}", diagnose(env, ns, name).await?),
+    }
+}
+
+/// Every pod of `before` (as [`running_pods`] gave them) runs on `target` now, with the
+/// address it had.
+async fn assert_moved_with_addresses(
+    env: &Env,
+    ns: &str,
+    before: &BTreeMap<String, (String, String, String)>,
+    target: &str,
+) -> anyhow::Result<()> {
+    let after = running_pods(env, ns, "").await?;
+    for (name, (_, _, ip)) in before {
+        let (_, node, now_ip) = after
+            .get(name)
+            .with_context(|| format!("{name} is not running: {after:?}"))?;
+        assert_eq!(
+            (node.as_str(), now_ip),
+            (target, ip),
+            "{name} moved with its address"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_dead_nodes_static_ip_pods_move_to_its_replacement_after_fencing() -> anyhow::Result<()> {
     let env = migration_env().await?;
@@ -300,14 +338,7 @@ async fn a_dead_nodes_static_ip_pods_move_to_its_replacement_after_fencing() -> 
             "{name} created at {created:?}, before fencing at {fenced_at:?}"
         );
     }
-    let done = wait_for("the migration completes", T, || async {
-        Ok(migration(&env, "auto-mig-a").await?.filter(|m| {
-            m.status
-                .as_ref()
-                .is_some_and(|s| s.phase == MigrationPhase::Completed)
-        }))
-    })
-    .await?;
+    let done = wait_completed(&env, ns, "auto-mig-a").await?;
     let status = done.status.expect("status");
     assert_eq!(status.target_node.as_deref(), Some("mig-b"));
     assert_eq!(status.pods.len(), on_a.len());
@@ -550,23 +581,8 @@ async fn a_ready_nodes_move_respects_its_pod_disruption_budget() -> anyhow::Resu
             &kube::api::Patch::Merge(json!({"spec": {"minAvailable": 1}})),
         )
         .await?;
-    wait_for("the migration completes", T, || async {
-        Ok(migration(&env, "move-mig-g").await?.filter(|m| {
-            m.status
-                .as_ref()
-                .is_some_and(|s| s.phase == MigrationPhase::Completed)
-        }))
-    })
-    .await?;
-    let after = running_pods(&env, ns, "").await?;
-    for (name, (_, _, ip)) in &before {
-        let (_, node, now_ip) = &after[name];
-        assert_eq!(
-            (node.as_str(), now_ip),
-            ("mig-h", ip),
-            "{name} moved with its address"
-        );
-    }
+    wait_completed(&env, ns, "move-mig-g").await?;
+    assert_moved_with_addresses(&env, ns, &before, "mig-h").await?;
     assert!(
         Api::<Node>::all(env.client.clone())
             .get_opt("mig-g")
@@ -678,26 +694,8 @@ async fn a_ready_nodes_blocks_move_only_once_their_pods_are_gone() -> anyhow::Re
             &kube::api::Patch::Merge(json!({"spec": {"minAvailable": 0}})),
         )
         .await?;
-    let done = wait_for("the migration completes", T, || async {
-        Ok(migration(&env, "move-mig-i").await?.filter(|m| {
-            m.status
-                .as_ref()
-                .is_some_and(|s| s.phase == MigrationPhase::Completed)
-        }))
-    })
-    .await;
-    if let Err(e) = done {
-        anyhow::bail!("{e}\n{}", diagnose(&env, ns, "move-mig-i").await?);
-    }
-    let after = running_pods(&env, ns, "").await?;
-    for (name, (_, _, ip)) in &before {
-        let (_, node, now_ip) = &after[name];
-        assert_eq!(
-            (node.as_str(), now_ip),
-            ("mig-j", ip),
-            "{name} moved with its address"
-        );
-    }
+    wait_completed(&env, ns, "move-mig-i").await?;
+    assert_moved_with_addresses(&env, ns, &before, "mig-j").await?;
     assert_eq!(
         blocks_of(&env, "mig-j").await?,
         blocks,
@@ -783,15 +781,7 @@ async fn a_rollout_and_a_maintenance_migration_together_stay_within_max_unavaila
         monitor.max_unavailable(),
         monitor.deleted()
     );
-    let after = running_pods(&env, ns, "").await?;
-    for (name, (_, _, ip)) in &before {
-        let (_, node, now_ip) = &after[name];
-        assert_eq!(
-            (node.as_str(), now_ip),
-            ("mig-l", ip),
-            "{name} moved with its address"
-        );
-    }
+    assert_moved_with_addresses(&env, ns, &before, "mig-l").await?;
     checker.finish()
 }
 
@@ -882,26 +872,8 @@ async fn a_node_that_goes_not_ready_during_maintenance_is_fenced_before_anything
     );
     // Fenced: the pods come back on the target with their addresses.
     std::fs::write(fence_dir(&env).join("fence-yes-mig-m"), "")?;
-    let done = wait_for("the migration completes", T, || async {
-        Ok(migration(&env, "move-mig-m").await?.filter(|m| {
-            m.status
-                .as_ref()
-                .is_some_and(|s| s.phase == MigrationPhase::Completed)
-        }))
-    })
-    .await;
-    if let Err(e) = done {
-        anyhow::bail!("{e}\n{}", diagnose(&env, ns, "move-mig-m").await?);
-    }
-    let after = running_pods(&env, ns, "").await?;
-    for (name, (_, _, ip)) in &before {
-        let (_, node, now_ip) = &after[name];
-        assert_eq!(
-            (node.as_str(), now_ip),
-            ("mig-n", ip),
-            "{name} moved with its address"
-        );
-    }
+    wait_completed(&env, ns, "move-mig-m").await?;
+    assert_moved_with_addresses(&env, ns, &before, "mig-n").await?;
     Ok(())
 }
 
@@ -953,14 +925,6 @@ async fn kubectl_ests_migrate_node_moves_a_ready_node_and_follows_it_to_the_end(
         ),
         "progress ends with the completion: {printed}"
     );
-    let after = running_pods(&env, ns, "").await?;
-    for (name, (_, _, ip)) in &before {
-        let (_, node, now_ip) = &after[name];
-        assert_eq!(
-            (node.as_str(), now_ip),
-            ("mig-q", ip),
-            "{name} moved with its address"
-        );
-    }
+    assert_moved_with_addresses(&env, ns, &before, "mig-q").await?;
     checker.finish()
 }
