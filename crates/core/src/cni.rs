@@ -38,14 +38,18 @@ use crate::pin::{pinned_node, static_ip_pod};
 use crate::static_ip::{going, record_ips};
 
 /// What the CNI keys an attachment by.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct AttachmentKey {
     pub container_id: String,
     pub ifname: String,
 }
 
 /// Which pod a sandbox belongs to, as the runtime says (`K8S_POD_*` in `CNI_ARGS`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct PodRef {
     pub namespace: String,
     pub name: String,
@@ -54,7 +58,9 @@ pub struct PodRef {
 
 /// An address handed out, with the network it is configured in (its prefix length, and
 /// where the plugin's result takes a gateway from).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Address {
     pub ip: IpAddr,
     /// The node's pod range, or the IP range mode block, the address lies in.
@@ -62,7 +68,7 @@ pub struct Address {
 }
 
 /// What the agent holds for one sandbox interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attachment {
     pub pod: PodRef,
     pub addresses: Vec<Address>,
@@ -142,9 +148,12 @@ pub struct NodeView<'a> {
 
 /// The CIDRs of the blocks `node` owns, out of IPBlock objects (a block whose CIDR does
 /// not parse is left out: nothing is handed out of it).
-pub fn owned_blocks(blocks: &[ests_api::IPBlock], node: &str) -> Vec<IpNet> {
+pub fn owned_blocks<'a>(
+    blocks: impl IntoIterator<Item = &'a ests_api::IPBlock>,
+    node: &str,
+) -> Vec<IpNet> {
     blocks
-        .iter()
+        .into_iter()
         .filter(|b| b.spec.node.as_deref() == Some(node))
         .filter_map(|b| b.spec.cidr.parse::<IpNet>().ok())
         .map(|c| c.trunc())

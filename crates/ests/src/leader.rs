@@ -15,7 +15,7 @@
 //! with their futures) and the process exits non-zero, as kube-controller-manager does, so
 //! that its Deployment restarts it as a follower with fresh caches.
 
-mod rules;
+pub mod rules;
 
 use std::pin::Pin;
 use std::sync::Arc;

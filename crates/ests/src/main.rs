@@ -6,6 +6,7 @@ mod extender;
 mod leader;
 mod manifests;
 mod migration;
+mod node;
 mod serve;
 mod static_ip;
 mod webhook;
@@ -49,6 +50,9 @@ enum Command {
     /// Move a node's static-IP pods, records and IP blocks to a replacement node: creates a
     /// NodeMigration (and with --wait follows it to the end).
     MigrateNode(migration::MigrateNodeArgs),
+    /// Run the node agent: gives the ests-cni plugin its node's pod addresses (a static-IP
+    /// pod's from its record, others' from the pod range, never an address a record keeps).
+    Node(node::NodeArgs),
     /// Print the CustomResourceDefinitions generated from the API types, or write them and
     /// the ValidatingAdmissionPolicies to a config directory.
     Crd(manifests::CrdArgs),
@@ -84,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Webhook(args) => webhook::run(args).await,
         Command::Extender(args) => extender::run(args).await,
         Command::MigrateNode(args) => migration::migrate_node(args).await,
+        Command::Node(args) => node::run(args).await,
         Command::Crd(args) => manifests::run(&args),
     }
 }

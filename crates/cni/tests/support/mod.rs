@@ -21,11 +21,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ests_api::StaticIP;
-use ests_cni::protocol::{
-    self, Command as Verb, Failure, FailureKind, IpEntry, PROTOCOL_VERSION, Request, Response,
-    Success,
-};
-use ests_core::cni::{self as decide, Add, AttachmentKey, CniPod, NodeView};
+use ests_cni::protocol::{self, Command as Verb, Failure, FailureKind, Request, Response};
+use ests_core::cni::{self as decide, AttachmentKey, CniPod};
 use ipnet::IpNet;
 use kube::ResourceExt;
 
@@ -81,25 +78,8 @@ impl State {
             .insert((pod.namespace.clone(), pod.name.clone()), pod);
     }
 
-    fn kept_by(&self, ip: &IpAddr) -> Option<String> {
-        self.records
-            .values()
-            .find(|r| ests_core::static_ip::record_ips(r).contains(ip))
-            .map(|r| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()))
-    }
-
+    /// Answers as the real agent does: with its handler, over this state's maps.
     fn handle(&mut self, request: Request) -> Response {
-        let fail = |kind, message: String| Response::Error(Failure { kind, message });
-        if request.version != PROTOCOL_VERSION {
-            return fail(
-                FailureKind::UnsupportedVersion,
-                format!("protocol version {} is not 1", request.version),
-            );
-        }
-        let key = |id: &protocol::AttachmentId| AttachmentKey {
-            container_id: id.container_id.clone(),
-            ifname: id.ifname.clone(),
-        };
         let name = match &request.command {
             Verb::Add(_) => "ADD",
             Verb::Del(_) => "DEL",
@@ -108,94 +88,27 @@ impl State {
             Verb::Gc { .. } => "GC",
         };
         *self.served.entry(name).or_default() += 1;
-        match request.command {
-            Verb::Add(attach) => {
-                let Some(pod_ref) = attach.pod else {
-                    return fail(FailureKind::BadRequest, "ADD names no pod".into());
-                };
-                let id = (pod_ref.namespace.clone(), pod_ref.name.clone());
-                // The real agent waits for its pod cache; the stand-in knows its pods.
-                let Some(pod) = self.pods.get(&id).filter(|p| p.uid == pod_ref.uid).cloned() else {
-                    return fail(
-                        FailureKind::TryAgainLater,
-                        format!(
-                            "pod {}/{} ({}) is not in the agent's cache yet",
-                            pod_ref.namespace, pod_ref.name, pod_ref.uid
-                        ),
-                    );
-                };
-                let k = key(&attach.id);
-                let kept = |ip: &IpAddr| self.kept_by(ip);
-                let decision = decide::add(
-                    &k,
-                    &pod,
-                    &NodeView {
-                        node: &self.node,
-                        record: self.records.get(&id),
-                        owned_blocks: &self.blocks,
-                        pod_ranges: &self.pod_ranges,
-                        kept_by: &kept,
-                        attachments: &self.attachments,
-                    },
-                );
-                if let Some(attachment) = decision.attachment(&pod) {
-                    self.attachments.insert(k, attachment);
-                }
-                match decision {
-                    Add::New { addresses, .. } | Add::Existing(addresses) => {
-                        Response::Ok(Success {
-                            ips: addresses
-                                .iter()
-                                .map(|a| IpEntry {
-                                    address: IpNet::new(a.ip, a.network.prefix_len())
-                                        .expect("prefix of the address's network"),
-                                    gateway: decide::gateway(a, &self.pod_ranges),
-                                })
-                                .collect(),
-                        })
-                    }
-                    Add::Refused(r) => fail(
-                        if r.retryable() {
-                            FailureKind::TryAgainLater
-                        } else {
-                            FailureKind::Refused
-                        },
-                        r.to_string(),
-                    ),
-                }
-            }
-            Verb::Del(attach) => {
-                let k = key(&attach.id);
-                let kept = |ip: &IpAddr| self.kept_by(ip);
-                if decide::del(&k, &self.attachments, &kept).forget {
-                    self.attachments.remove(&k);
-                }
-                Response::Ok(Success::default())
-            }
-            Verb::Check(attach) => {
-                let k = key(&attach.id);
-                let record = self.attachments.get(&k).and_then(|a| {
-                    self.records
-                        .get(&(a.pod.namespace.clone(), a.pod.name.clone()))
-                });
-                match decide::check(&k, &self.attachments, record) {
-                    Ok(()) => Response::Ok(Success::default()),
-                    Err(e) => fail(FailureKind::CheckFailed, e.to_string()),
-                }
-            }
-            Verb::Status { .. } if self.ready => Response::Ok(Success::default()),
-            Verb::Status { .. } => fail(
-                FailureKind::NotReady,
-                "the agent's caches have not synced".into(),
-            ),
-            Verb::Gc { valid, .. } => {
-                let valid: Vec<AttachmentKey> = valid.iter().map(key).collect();
-                for k in decide::gc(Some(&valid), &self.attachments) {
-                    self.attachments.remove(&k);
-                }
-                Response::Ok(Success::default())
-            }
-        }
+        let pods = &self.pods;
+        let records = &self.records;
+        let pod = |ns: &str, name: &str| pods.get(&(ns.to_string(), name.to_string())).cloned();
+        let record =
+            |ns: &str, name: &str| records.get(&(ns.to_string(), name.to_string())).cloned();
+        let kept_by = |ip: &IpAddr| {
+            records
+                .values()
+                .find(|r| ests_core::static_ip::record_ips(r).contains(ip))
+                .map(|r| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()))
+        };
+        let facts = ests_node::handler::Facts {
+            node: &self.node,
+            pod: &pod,
+            record: &record,
+            owned_blocks: &self.blocks,
+            pod_ranges: &self.pod_ranges,
+            kept_by: &kept_by,
+            ready: self.ready,
+        };
+        ests_node::handler::handle(&mut self.attachments, &facts, request).response
     }
 }
 

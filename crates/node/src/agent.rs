@@ -1,0 +1,329 @@
+//! The agent's process: its caches, its socket, its table.
+//!
+//! Watches (one per kind, through [`ests_runtime::Reflectors`]): the pods bound to this node
+//! (field selector `spec.nodeName`), this Node (for its pod ranges), every StaticIP (a record
+//! keeps its addresses wherever its pod runs, so no node may hand them out) and every
+//! IPBlock (which blocks this node owns). An ADD reads only these caches.
+//!
+//! Each connection on the socket carries one request ([`ests_cni::protocol`]). Requests are
+//! decided one at a time under the table's lock; an ADD that may pass once the caches catch
+//! up (the pod's watch event has not arrived yet, an old sandbox's DEL is still to come) is
+//! decided again until `add_wait` runs out, each time with the lock released in between,
+//! and only then answered `tryAgainLater` (the kubelet retries the sandbox).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ests_api::{IPBlock, StaticIP};
+use ests_cni::protocol::{Failure, FailureKind, MAX_MESSAGE_BYTES, Request, Response, WireError};
+use ests_core::cni::{CniPod, owned_blocks};
+use ests_core::static_ip::record_ips;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Mutex;
+
+use crate::handler::{self, Attachments, Facts, Outcome};
+use crate::metrics::Metrics;
+use crate::table::TableFile;
+
+/// How often an ADD that may pass soon is decided again while it waits.
+const RETRY_EVERY: Duration = Duration::from_millis(20);
+/// How long one connection may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The node this agent serves.
+    pub node: String,
+    /// The unix socket the plugin connects to.
+    pub socket: PathBuf,
+    /// Where the attachment table is kept (must survive the agent's restarts: a host
+    /// directory, not the container's).
+    pub state_dir: PathBuf,
+    /// Pod ranges to hand ordinary pods addresses from; empty: the Node's `spec.podCIDRs`.
+    pub pod_ranges: Vec<IpNet>,
+    /// How long an ADD may wait for the caches to catch up before it is answered
+    /// `tryAgainLater`.
+    pub add_wait: Duration,
+}
+
+/// The caches an answer reads.
+struct Caches {
+    node: String,
+    pods: Store<Pod>,
+    records: Store<StaticIP>,
+    blocks: Store<IPBlock>,
+    nodes: Store<Node>,
+    listed: ests_runtime::watch::Listed,
+    pod_ranges: Vec<IpNet>,
+}
+
+impl Caches {
+    fn pod_ranges(&self) -> Vec<IpNet> {
+        if !self.pod_ranges.is_empty() {
+            return self.pod_ranges.clone();
+        }
+        self.nodes
+            .get(&ObjectRef::new(&self.node))
+            .and_then(|n| n.spec.as_ref().and_then(|s| s.pod_cidrs.clone()))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| c.parse::<IpNet>().ok())
+            .collect()
+    }
+
+    /// Decides `request` against the caches as they are now.
+    fn decide(&self, table: &mut Attachments, request: Request) -> Outcome {
+        let pod_ranges = self.pod_ranges();
+        let blocks = self.blocks.state();
+        let owned = owned_blocks(blocks.iter().map(Arc::as_ref), &self.node);
+        let mut kept: HashMap<IpAddr, String> = HashMap::new();
+        for record in self.records.state() {
+            for ip in record_ips(&record) {
+                kept.insert(
+                    ip,
+                    format!(
+                        "{}/{}",
+                        record.namespace().unwrap_or_default(),
+                        record.name_any()
+                    ),
+                );
+            }
+        }
+        let pod = |ns: &str, name: &str| {
+            self.pods
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|p| CniPod::of(&p))
+        };
+        let record = |ns: &str, name: &str| {
+            self.records
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|r| (*r).clone())
+        };
+        let kept_by = |ip: &IpAddr| kept.get(ip).cloned();
+        let facts = Facts {
+            node: &self.node,
+            pod: &pod,
+            record: &record,
+            owned_blocks: &owned,
+            pod_ranges: &pod_ranges,
+            kept_by: &kept_by,
+            ready: self.listed.done() && !pod_ranges.is_empty(),
+        };
+        handler::handle(table, &facts, request)
+    }
+}
+
+/// The agent's shared state.
+struct Agent {
+    caches: Caches,
+    table: Mutex<Attachments>,
+    file: TableFile,
+    metrics: Metrics,
+    add_wait: Duration,
+}
+
+impl Agent {
+    async fn answer(&self, request: Request) -> Outcome {
+        let deadline = Instant::now() + self.add_wait;
+        loop {
+            let mut table = self.table.lock().await;
+            let mut outcome = self.caches.decide(&mut table, request.clone());
+            if outcome.retryable && Instant::now() < deadline {
+                drop(table);
+                tokio::time::sleep(RETRY_EVERY).await;
+                continue;
+            }
+            if outcome.changed {
+                // Saved before the plugin hears of it: an address is handed out only once
+                // it cannot be forgotten. A table that cannot be saved is put back as saved.
+                if let Err(e) = self.file.save(&table) {
+                    tracing::error!(error = %e, "saving the attachment table");
+                    if let Ok(saved) = self.file.load() {
+                        *table = saved;
+                    }
+                    outcome.response = Response::Error(Failure {
+                        kind: FailureKind::Internal,
+                        message: e.to_string(),
+                    });
+                }
+                let held: usize = table.values().map(|a| a.addresses.len()).sum();
+                self.metrics.attached.set(held as i64);
+            }
+            return outcome;
+        }
+    }
+
+    async fn serve(&self, mut stream: UnixStream) {
+        let started = Instant::now();
+        let request = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+            Ok(r) => r,
+            Err(_) => Err(WireError::Read(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no complete request in 10 s",
+            ))),
+        };
+        let (response, verb, result) = match request {
+            Ok(request) => {
+                let outcome = self.answer(request).await;
+                let result = outcome.result();
+                match &outcome.response {
+                    Response::Error(f) => {
+                        tracing::info!(verb = outcome.verb, kind = result, message = %f.message, "refused")
+                    }
+                    Response::Ok(s) if outcome.changed => {
+                        tracing::info!(verb = outcome.verb, ips = ?s.ips, "changed")
+                    }
+                    Response::Ok(_) => {}
+                }
+                (outcome.response, outcome.verb, result)
+            }
+            Err(e) => (
+                Response::Error(Failure {
+                    kind: FailureKind::BadRequest,
+                    message: e.to_string(),
+                }),
+                "unreadable",
+                "bad_request",
+            ),
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[verb, result])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[verb])
+            .observe(started.elapsed().as_secs_f64());
+        match serde_json::to_vec(&response) {
+            Ok(bytes) => {
+                if let Err(e) = stream.write_all(&bytes).await {
+                    tracing::warn!(error = %e, verb, "the plugin left before its answer");
+                }
+                let _ = stream.shutdown().await;
+            }
+            Err(e) => tracing::error!(error = %e, "encoding an answer"),
+        }
+    }
+}
+
+async fn read_request(stream: &mut UnixStream) -> Result<Request, WireError> {
+    let mut buf = Vec::new();
+    stream
+        .take(MAX_MESSAGE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(WireError::Read)?;
+    if buf.len() as u64 > MAX_MESSAGE_BYTES {
+        return Err(WireError::TooLong);
+    }
+    serde_json::from_slice(&buf).map_err(WireError::Parse)
+}
+
+/// Binds `socket`, replacing a file left by an agent that is gone (one that still answers
+/// is another agent: refused, never stolen from).
+async fn bind(socket: &std::path::Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if socket.exists() {
+        if UnixStream::connect(socket).await.is_ok() {
+            anyhow::bail!(
+                "another node agent is listening on {}; refusing to take its socket",
+                socket.display()
+            );
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing the stale socket {}", socket.display()))?;
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    // Only root (the runtime calling the plugin) may ask for addresses.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", socket.display()))?;
+    Ok(listener)
+}
+
+/// Runs the agent until `shutdown`; `ready` turns true once its caches have listed.
+pub async fn run(
+    client: kube::Client,
+    settings: Settings,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let file = TableFile::in_dir(&settings.state_dir)?;
+    let table = file.load()?;
+    tracing::info!(
+        attachments = table.len(),
+        path = %file.path().display(),
+        "loaded the attachment table"
+    );
+    metrics
+        .attached
+        .set(table.values().map(|a| a.addresses.len()).sum::<usize>() as i64);
+    let node = settings.node.clone();
+    let reflectors = ests_runtime::Reflectors::new(client)
+        .configure::<Pod>(watcher::Config::default().fields(&format!("spec.nodeName={node}")))
+        .configure::<Node>(watcher::Config::default().fields(&format!("metadata.name={node}")));
+    let caches = Caches {
+        pods: reflectors.store::<Pod>(),
+        records: reflectors.store::<StaticIP>(),
+        blocks: reflectors.store::<IPBlock>(),
+        nodes: reflectors.store::<Node>(),
+        listed: reflectors.listed("node agent caches"),
+        node,
+        pod_ranges: settings.pod_ranges.clone(),
+    };
+    let agent = Arc::new(Agent {
+        caches,
+        table: Mutex::new(table),
+        file,
+        metrics,
+        add_wait: settings.add_wait,
+    });
+    let listener = bind(&settings.socket).await?;
+    tracing::info!(socket = %settings.socket.display(), node = %settings.node, "serving the CNI plugin");
+    {
+        let agent = agent.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            agent.caches.listed.wait().await;
+            if agent.caches.pod_ranges().is_empty() {
+                tracing::warn!(
+                    node = %agent.caches.node,
+                    "the node has no spec.podCIDRs and no --pod-range was given: ordinary pods get no address"
+                );
+            }
+            ready.store(true, Ordering::SeqCst);
+            tracing::info!("caches listed");
+        });
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let agent = agent.clone();
+                    tokio::spawn(async move { agent.serve(stream).await });
+                }
+                Err(e) => tracing::warn!(error = %e, "accepting a connection"),
+            },
+        }
+    }
+    let _ = std::fs::remove_file(&settings.socket);
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! The agent's metrics.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// Requests by CNI verb and result (`ok` or the failure's kind).
+    pub requests: IntCounterVec,
+    /// Time from a request read to its answer, by CNI verb (ADD includes waiting for the
+    /// caches to catch up and saving the table).
+    pub duration: HistogramVec,
+    /// Addresses held by attachments.
+    pub attached: IntGauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "ests_node_cni_requests_total",
+                "CNI requests answered by the node agent, by verb and result",
+            ),
+            &["command", "result"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ests_node_cni_request_duration_seconds",
+                "Time the node agent took to answer a CNI request",
+            )
+            .buckets(vec![
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
+            &["command"],
+        )?;
+        let attached = IntGauge::new(
+            "ests_node_attached_addresses",
+            "Addresses held by the node agent's attachments",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(attached.clone()))?;
+        Ok(Self {
+            requests,
+            duration,
+            attached,
+        })
+    }
+}
