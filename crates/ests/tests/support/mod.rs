@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod real_node;
+
 use std::time::Duration;
 
 use ests_api::EnhancedStatefulSet;

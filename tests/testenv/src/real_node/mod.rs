@@ -370,6 +370,25 @@ impl RealNode {
         Ok(reference)
     }
 
+    /// Makes `conflist` the node's pod network from now on, with `plugin` (an executable)
+    /// linked into the node's CNI directory under its file name. The runtime loads the
+    /// first network config by name, so this one (`00-…`) takes over from the node's
+    /// own; it watches the directory, so pods created a moment later use it (wait for a pod
+    /// that shows it before relying on it). Files of the node's directory only: nothing on
+    /// the host changes.
+    pub fn install_cni(&self, plugin: &Path, conflist: &Value) -> anyhow::Result<()> {
+        let name = plugin
+            .file_name()
+            .with_context(|| format!("{} names no file", plugin.display()))?;
+        let link = self.dir.join("cni/bin").join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(plugin, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+        let path = self.dir.join("cni/net.d/00-ests.conflist");
+        std::fs::write(&path, serde_json::to_vec_pretty(conflist)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
     /// The host pid of a running container (`containerd://<id>` or the bare id from a pod's
     /// containerStatuses), from containerd's task list: to read its memory in `/proc`.
     pub async fn container_pid(&self, container_id: &str) -> anyhow::Result<u32> {

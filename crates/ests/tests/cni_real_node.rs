@@ -1,0 +1,312 @@
+//! ests's own CNI on the real node: the reference `bridge` plugin with `ests-cni` as its
+//! IPAM, and the node agent (`ests node`) running beside the kubelet as a process. Every pod
+//! of the node gets its address from the agent: a static-IP pod its record's, any other pod
+//! one that no record keeps. The pods answer over TCP at their addresses (the test image
+//! says who it is), and the invariant checker watches that no two pods answer one address.
+//!
+//! `ests-cni` is the binary `cargo test --workspace` builds beside `ests`; a test run of this
+//! package alone needs `cargo build -p ests-cni` first (the test says so).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ests_testenv::real_node::images::ANSWER_PORT;
+use ests_testenv::real_node::{RealNode, wait_answer};
+use ests_testenv::{InvariantChecker, LogsOnFailure, cluster_lock, wait_for};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+use support::real_node::{
+    TIMEOUT, answer_container, answer_set, on_real_node, ready_pod, real_namespace,
+};
+use support::{
+    Env, apply, bound_records, patch, real_node_env, start_ests, start_webhook, wait_status,
+};
+
+/// The pod range the agent hands out of: the node's, whose second address (the node's, on
+/// the bridge) is the gateway.
+const POD_RANGE: &str = "10.88.0.0/16";
+
+/// The `ests-cni` binary built beside the `ests` under test.
+fn ests_cni_binary() -> anyhow::Result<PathBuf> {
+    let ests = PathBuf::from(env!("CARGO_BIN_EXE_ests"));
+    let plugin = ests.with_file_name("ests-cni");
+    anyhow::ensure!(
+        plugin.is_file(),
+        "{} is missing: build it with `cargo build -p ests-cni` (cargo test --workspace does)",
+        plugin.display()
+    );
+    let built = std::fs::metadata(&plugin)?.modified()?;
+    let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cni/src");
+    for entry in std::fs::read_dir(&sources)? {
+        let changed = entry?.metadata()?.modified()?;
+        anyhow::ensure!(
+            changed <= built,
+            "{} is older than its sources: `cargo build -p ests-cni`",
+            plugin.display()
+        );
+    }
+    Ok(plugin)
+}
+
+/// The real node with the webhook, the agent and the ests network installed, once per test
+/// binary: the agent runs as a process under the controller's identity.
+async fn cni_env() -> anyhow::Result<Option<(Env, &'static RealNode)>> {
+    static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let Some((env, node)) = real_node_env().await? else {
+        return Ok(None);
+    };
+    READY
+        .get_or_try_init(|| async {
+            start_webhook(&env).await?;
+            let socket = node.dir.join("ests/cni.sock");
+            let state = node.dir.join("ests/state");
+            start_ests(
+                env.plane,
+                "ests-node",
+                "node",
+                &[
+                    &format!("--node-name={}", node.name),
+                    &format!("--socket={}", socket.display()),
+                    &format!("--state-dir={}", state.display()),
+                    &format!("--pod-range={POD_RANGE}"),
+                ],
+            )
+            .await?;
+            let conflist = json!({
+                "cniVersion": "1.0.0",
+                "name": "ests",
+                "plugins": [{
+                    "type": "bridge",
+                    "bridge": node.network.bridge,
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "hairpinMode": true,
+                    "ipam": {
+                        "type": "ests-cni",
+                        "agentSocket": socket,
+                        "timeoutSeconds": 10,
+                        "routes": [{"dst": node.network.service_cidr.to_string()}],
+                    },
+                }],
+            });
+            node.install_cni(&ests_cni_binary()?, &conflist)?;
+            // The runtime picks the new network up from its directory a moment later: a pod
+            // with an address below host-local's range (which starts at .10) has it.
+            real_namespace(&env, "cni-canary").await?;
+            let pods: Api<Pod> = Api::namespaced(env.client.clone(), "cni-canary");
+            wait_for(
+                "a pod with an address from the node agent",
+                TIMEOUT,
+                || async {
+                    let _ = pods
+                        .create(&PostParams::default(), &ordinary_pod("canary"))
+                        .await;
+                    let Some((_, ip)) = ready_pod(&pods, "canary").await? else {
+                        return Ok(None);
+                    };
+                    if from_agent(ip) {
+                        return Ok(Some(()));
+                    }
+                    pods.delete("canary", &DeleteParams::default().grace_period(0))
+                        .await?;
+                    Ok(None)
+                },
+            )
+            .await?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+    Ok(Some((env, node)))
+}
+
+/// Whether the agent handed `ip` out (host-local gives .10 and above of the first /17).
+fn from_agent(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.octets()[2] == 0 && (2..10).contains(&v4.octets()[3]))
+}
+
+/// An ordinary pod of the test image on the real node.
+fn ordinary_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "ordinary"},
+                     "annotations": {ests_testenv::invariants::ANSWER_ANNOTATION: ANSWER_PORT.to_string()}},
+        "spec": on_real_node(json!({
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"runAsUser": 65532, "runAsNonRoot": true},
+            "containers": [answer_container()],
+        })),
+    }))
+    .expect("a valid pod")
+}
+
+/// A static-IP set of the test image (record mode, the source manifest's annotation).
+fn static_ip_set(name: &str, replicas: i32, release: &str) -> Value {
+    let mut set = answer_set(name, replicas);
+    set["metadata"]["annotations"] = json!({
+        ests_api::keys::STATIC_IP_ENABLE: "true",
+        ests_api::keys::STATIC_IP_RELEASE_POLICY: release,
+    });
+    set
+}
+
+/// Each Ready pod of `names` with its address: waits until all are Ready.
+async fn ready_addresses(
+    pods: &Api<Pod>,
+    names: &[String],
+) -> anyhow::Result<BTreeMap<String, (String, IpAddr)>> {
+    wait_for(format!("{names:?} Ready"), TIMEOUT, || async {
+        let mut found = BTreeMap::new();
+        for name in names {
+            match ready_pod(pods, name).await? {
+                Some(p) => found.insert(name.clone(), p),
+                None => return Ok(None),
+            };
+        }
+        Ok(Some(found))
+    })
+    .await
+}
+
+fn names(set: &str, ordinals: std::ops::Range<i32>) -> Vec<String> {
+    ordinals.map(|i| format!("{set}-{i}")).collect()
+}
+
+#[tokio::test]
+async fn static_ip_pods_come_back_with_their_addresses_and_answer_there() -> anyhow::Result<()> {
+    let Some((env, node)) = cni_env().await? else {
+        return Ok(());
+    };
+    let _logs = LogsOnFailure(env.plane);
+    let _checking = cluster_lock().await;
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    let ns = "cni-keep";
+    let sets = real_namespace(&env, ns).await?;
+    apply(&env, ns, &static_ip_set("web", 6, "WhenDeleted")).await?;
+    wait_status(&sets, "web", "6 ready", TIMEOUT, |s| s.ready_replicas == 6)
+        .await
+        .map_err(|e| e.context(node.log_tails(30)))?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let all = names("web", 0..6);
+    let first = ready_addresses(&pods, &all).await?;
+    let records = wait_for("6 records Bound", TIMEOUT, || async {
+        let r = bound_records(&env, ns).await?;
+        Ok((r.len() == 6).then_some(r))
+    })
+    .await?;
+    for (name, (_, ip)) in &first {
+        assert_eq!(
+            records[name].2,
+            ip.to_string(),
+            "{name}'s record keeps its address"
+        );
+        assert_eq!(
+            wait_answer(*ip, ANSWER_PORT, TIMEOUT).await?,
+            format!("{name} v1")
+        );
+    }
+
+    // One pod deleted: it comes back, a new pod, with the same address, and answers there.
+    pods.delete("web-1", &DeleteParams::default()).await?;
+    let (old_uid, ip) = first["web-1"].clone();
+    let back = wait_for("web-1 back and Ready", TIMEOUT, || async {
+        Ok(ready_pod(&pods, "web-1")
+            .await?
+            .filter(|(uid, _)| *uid != old_uid))
+    })
+    .await?;
+    assert_eq!(back.1, ip, "web-1 came back with its address");
+    let ready_at = Instant::now();
+    assert_eq!(wait_answer(ip, ANSWER_PORT, TIMEOUT).await?, "web-1 v1");
+    let reachable = ready_at.elapsed();
+
+    // All six deleted at once: each comes back with its own address.
+    let before = ready_addresses(&pods, &all).await?;
+    for name in &all {
+        pods.delete(name, &DeleteParams::default()).await?;
+    }
+    let after = wait_for("all six back", TIMEOUT, || async {
+        let now = ready_addresses(&pods, &all).await?;
+        Ok(now
+            .iter()
+            .all(|(n, (uid, _))| *uid != before[n].0)
+            .then_some(now))
+    })
+    .await?;
+    for name in &all {
+        assert_eq!(after[name].1, first[name].1, "{name} kept its address");
+        assert_eq!(
+            wait_answer(after[name].1, ANSWER_PORT, TIMEOUT).await?,
+            format!("{name} v1")
+        );
+    }
+    eprintln!("cni_real_node: a re-created pod answered {reachable:?} after it was seen Ready");
+    checker.finish()
+}
+
+#[tokio::test]
+async fn ordinary_pods_never_get_an_address_a_scaled_in_identity_keeps() -> anyhow::Result<()> {
+    let Some((env, _node)) = cni_env().await? else {
+        return Ok(());
+    };
+    let _logs = LogsOnFailure(env.plane);
+    let _checking = cluster_lock().await;
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    for (ns, release) in [
+        ("cni-scale-wd", "WhenDeleted"),
+        ("cni-scale-never", "Never"),
+    ] {
+        let sets = real_namespace(&env, ns).await?;
+        apply(&env, ns, &static_ip_set("db", 6, release)).await?;
+        wait_status(&sets, "db", "6 ready", TIMEOUT, |s| s.ready_replicas == 6).await?;
+        let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+        let first = ready_addresses(&pods, &names("db", 0..6)).await?;
+        wait_for("6 records Bound", TIMEOUT, || async {
+            Ok((bound_records(&env, ns).await?.len() == 6).then_some(()))
+        })
+        .await?;
+
+        patch(&sets, "db", json!({"spec": {"replicas": 2}})).await?;
+        wait_for("db scaled to 2", TIMEOUT, || async {
+            let left = pods.list(&Default::default()).await?.items.len();
+            Ok((left == 2).then_some(()))
+        })
+        .await?;
+        // A burst of ordinary pods while identities 2..5 are away: the lowest free
+        // addresses of the range are the kept ones, and none of them may be handed out.
+        let kept: BTreeSet<IpAddr> = names("db", 2..6).iter().map(|n| first[n].1).collect();
+        let burst: Vec<String> = (0..6).map(|i| format!("burst-{i}")).collect();
+        for name in &burst {
+            pods.create(&PostParams::default(), &ordinary_pod(name))
+                .await?;
+        }
+        let ordinary = ready_addresses(&pods, &burst).await?;
+        for (name, (_, ip)) in &ordinary {
+            assert!(
+                !kept.contains(ip),
+                "{name} got {ip}, kept for a scaled-in identity"
+            );
+        }
+        patch(&sets, "db", json!({"spec": {"replicas": 6}})).await?;
+        let again = ready_addresses(&pods, &names("db", 0..6)).await?;
+        for name in names("db", 0..6) {
+            assert_eq!(
+                again[&name].1, first[&name].1,
+                "{name} ({release}) came back with its address"
+            );
+            assert_eq!(
+                wait_answer(again[&name].1, ANSWER_PORT, TIMEOUT).await?,
+                format!("{name} v1")
+            );
+        }
+        for name in &burst {
+            pods.delete(name, &DeleteParams::default()).await?;
+        }
+    }
+    checker.finish()
+}
