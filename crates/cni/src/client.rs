@@ -35,20 +35,48 @@ pub enum CallError {
     },
 }
 
+/// How long the plugin waits for an absent agent to come back (a restarted agent listens
+/// again within a second or two): a restart then costs the pods being created nothing, where
+/// a failed ADD costs each of them the kubelet's back-off.
+const AGENT_RESTART_WAIT: Duration = Duration::from_secs(3);
+/// How often an absent agent's socket is tried again.
+const RECONNECT_EVERY: Duration = Duration::from_millis(50);
+
+/// Connects to the agent, trying again while nothing listens, for up to `wait`.
+fn connect(socket: &Path, wait: Duration) -> Result<UnixStream, CallError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match UnixStream::connect(socket) {
+            Ok(stream) => return Ok(stream),
+            // No socket file, or a file nobody listens on (an agent that died).
+            Err(source)
+                if matches!(
+                    source.kind(),
+                    ErrorKind::NotFound | ErrorKind::ConnectionRefused
+                ) =>
+            {
+                if std::time::Instant::now() >= deadline {
+                    return Err(CallError::Absent {
+                        socket: socket.to_path_buf(),
+                        source,
+                    });
+                }
+                std::thread::sleep(RECONNECT_EVERY);
+            }
+            Err(source) => {
+                return Err(CallError::Io {
+                    socket: socket.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 /// Sends `request` to the agent at `socket` and reads its answer, all within `timeout`
 /// per read and write.
 pub fn call(socket: &Path, timeout: Duration, request: &Request) -> Result<Response, CallError> {
-    let stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
-        // No socket file, or a file nobody listens on (an agent that died).
-        ErrorKind::NotFound | ErrorKind::ConnectionRefused => CallError::Absent {
-            socket: socket.to_path_buf(),
-            source,
-        },
-        _ => CallError::Io {
-            socket: socket.to_path_buf(),
-            source,
-        },
-    })?;
+    let stream = connect(socket, timeout.min(AGENT_RESTART_WAIT))?;
     let io = |source: std::io::Error| CallError::Io {
         socket: socket.to_path_buf(),
         source,

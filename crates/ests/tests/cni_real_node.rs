@@ -53,6 +53,54 @@ fn ests_cni_binary() -> anyhow::Result<PathBuf> {
     Ok(plugin)
 }
 
+fn agent_socket(node: &RealNode) -> PathBuf {
+    node.dir.join("ests/cni.sock")
+}
+
+/// The agent's attachment table file.
+fn agent_table(node: &RealNode) -> PathBuf {
+    node.dir.join("ests/state/attachments.json")
+}
+
+/// Starts `ests node` for the real node (again, after a kill: same socket, same table).
+async fn start_agent(env: &Env, node: &RealNode) -> anyhow::Result<()> {
+    start_ests(
+        env.plane,
+        "ests-node",
+        "node",
+        &[
+            &format!("--node-name={}", node.name),
+            &format!("--socket={}", agent_socket(node).display()),
+            &format!("--state-dir={}", node.dir.join("ests/state").display()),
+            &format!("--pod-range={POD_RANGE}"),
+        ],
+    )
+    .await
+}
+
+/// The attachments the agent's table holds, as (pod uid, address) pairs.
+fn table_entries(node: &RealNode) -> anyhow::Result<Vec<(String, String)>> {
+    let table: Value = serde_json::from_slice(&std::fs::read(agent_table(node))?)?;
+    Ok(table["attachments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| {
+            let uid = a["pod"]["uid"].as_str().unwrap_or_default().to_string();
+            a["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |addr| {
+                    (
+                        uid.clone(),
+                        addr["ip"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+        })
+        .collect())
+}
+
 /// The real node with the webhook, the agent and the ests network installed, once per test
 /// binary: the agent runs as a process under the controller's identity.
 async fn cni_env() -> anyhow::Result<Option<(Env, &'static RealNode)>> {
@@ -63,20 +111,8 @@ async fn cni_env() -> anyhow::Result<Option<(Env, &'static RealNode)>> {
     READY
         .get_or_try_init(|| async {
             start_webhook(&env).await?;
-            let socket = node.dir.join("ests/cni.sock");
-            let state = node.dir.join("ests/state");
-            start_ests(
-                env.plane,
-                "ests-node",
-                "node",
-                &[
-                    &format!("--node-name={}", node.name),
-                    &format!("--socket={}", socket.display()),
-                    &format!("--state-dir={}", state.display()),
-                    &format!("--pod-range={POD_RANGE}"),
-                ],
-            )
-            .await?;
+            start_agent(&env, node).await?;
+            let socket = agent_socket(node);
             let conflist = json!({
                 "cniVersion": "1.0.0",
                 "name": "ests",
@@ -160,7 +196,15 @@ async fn ready_addresses(
     pods: &Api<Pod>,
     names: &[String],
 ) -> anyhow::Result<BTreeMap<String, (String, IpAddr)>> {
-    wait_for(format!("{names:?} Ready"), TIMEOUT, || async {
+    ready_addresses_within(pods, names, TIMEOUT).await
+}
+
+async fn ready_addresses_within(
+    pods: &Api<Pod>,
+    names: &[String],
+    timeout: std::time::Duration,
+) -> anyhow::Result<BTreeMap<String, (String, IpAddr)>> {
+    wait_for(format!("{names:?} Ready"), timeout, || async {
         let mut found = BTreeMap::new();
         for name in names {
             match ready_pod(pods, name).await? {
@@ -308,5 +352,81 @@ async fn ordinary_pods_never_get_an_address_a_scaled_in_identity_keeps() -> anyh
             pods.delete(name, &DeleteParams::default()).await?;
         }
     }
+    checker.finish()
+}
+
+#[tokio::test]
+async fn an_agent_killed_during_a_burst_hands_out_nothing_twice_and_forgets_nothing()
+-> anyhow::Result<()> {
+    let Some((env, node)) = cni_env().await? else {
+        return Ok(());
+    };
+    let _logs = LogsOnFailure(env.plane);
+    let _checking = cluster_lock().await;
+    let checker = InvariantChecker::start(env.client.clone()).await?;
+    let ns = "cni-crash";
+    real_namespace(&env, ns).await?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let burst: Vec<String> = (0..30).map(|i| format!("burst-{i}")).collect();
+    for name in &burst {
+        pods.create(&PostParams::default(), &ordinary_pod(name))
+            .await?;
+    }
+    // Killed while the burst's ADDs are under way: some pods have addresses, most not yet.
+    wait_for("a few of the burst with addresses", TIMEOUT, || async {
+        let with_ip = pods
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
+            .count();
+        Ok((with_ip >= 3).then_some(()))
+    })
+    .await?;
+    env.plane.kill_process("ests-node")?;
+    start_agent(&env, node).await?;
+    let running = wait_for(
+        "all 30 Ready",
+        std::time::Duration::from_secs(300),
+        || async {
+            let now = ready_addresses(&pods, &burst).await;
+            Ok(now.ok())
+        },
+    )
+    .await?;
+    let mut seen = BTreeMap::new();
+    for (name, (_, ip)) in &running {
+        if let Some(other) = seen.insert(*ip, name) {
+            panic!("{name} and {other} both have {ip}");
+        }
+    }
+    // The table holds exactly one attachment per pod, with the pod's address: nothing doubled.
+    let entries = table_entries(node)?;
+    for (name, (uid, ip)) in &running {
+        let held: Vec<&String> = entries
+            .iter()
+            .filter(|(u, _)| u == uid)
+            .map(|(_, a)| a)
+            .collect();
+        assert_eq!(
+            held,
+            vec![&ip.to_string()],
+            "{name}'s attachments: {entries:?}"
+        );
+    }
+    // Deleted, every pod's DEL reaches the agent: nothing leaked.
+    for name in &burst {
+        pods.delete(name, &DeleteParams::default()).await?;
+    }
+    let uids: BTreeSet<String> = running.values().map(|(u, _)| u.clone()).collect();
+    wait_for("the burst's attachments gone", TIMEOUT, || async {
+        let left: Vec<(String, String)> = table_entries(node)?
+            .into_iter()
+            .filter(|(u, _)| uids.contains(u))
+            .collect();
+        Ok(left.is_empty().then_some(()))
+    })
+    .await?;
     checker.finish()
 }
