@@ -11,7 +11,6 @@
 //! decided again until `add_wait` runs out, each time with the lock released in between,
 //! and only then answered `tryAgainLater` (the kubelet retries the sandbox).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,10 +21,8 @@ use anyhow::Context;
 use ests_api::{IPBlock, StaticIP};
 use ests_cni::protocol::{Failure, FailureKind, MAX_MESSAGE_BYTES, Request, Response, WireError};
 use ests_core::cni::{CniPod, owned_blocks};
-use ests_core::static_ip::record_ips;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -88,19 +85,7 @@ impl Caches {
         let pod_ranges = self.pod_ranges();
         let blocks = self.blocks.state();
         let owned = owned_blocks(blocks.iter().map(Arc::as_ref), &self.node);
-        let mut kept: HashMap<IpAddr, String> = HashMap::new();
-        for record in self.records.state() {
-            for ip in record_ips(&record) {
-                kept.insert(
-                    ip,
-                    format!(
-                        "{}/{}",
-                        record.namespace().unwrap_or_default(),
-                        record.name_any()
-                    ),
-                );
-            }
-        }
+        let kept = handler::kept_addresses(self.records.state().iter().map(Arc::as_ref));
         let pod = |ns: &str, name: &str| {
             self.pods
                 .get(&ObjectRef::new(name).within(ns))
