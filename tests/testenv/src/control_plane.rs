@@ -553,7 +553,15 @@ pub fn write_kubeconfig(
         cert.cert.display(),
         cert.key.display()
     );
-    std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))
+    // Written beside and renamed over: tests of one binary that ask for the same user's
+    // kubeconfig at once must never read a half-written file ("failed to determine current
+    // context").
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// A kube client for a kubeconfig file.
@@ -604,6 +612,35 @@ async fn https_healthy(port: u16) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kubeconfig_rewritten_while_read_is_always_whole() {
+        let dir = std::env::temp_dir().join(format!("ests-kubeconfig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("kubeconfig");
+        let cert = CertFiles {
+            cert: dir.join("c.crt"),
+            key: dir.join("c.key"),
+        };
+        let ca = dir.join("ca.crt");
+        write_kubeconfig(&path, "https://127.0.0.1:1", &ca, &cert).expect("write");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (path, ca, cert, stop) = (path.clone(), ca.clone(), cert.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    write_kubeconfig(&path, "https://127.0.0.1:1", &ca, &cert).expect("write");
+                }
+            })
+        };
+        for _ in 0..2_000 {
+            let kubeconfig = Kubeconfig::read_from(&path).expect("whole");
+            assert_eq!(kubeconfig.current_context.as_deref(), Some("ests"));
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        writer.join().expect("writer");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn only_a_port_taken_in_between_makes_a_start_retry() {
