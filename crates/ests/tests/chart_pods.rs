@@ -33,7 +33,6 @@ use anyhow::{Context, bail};
 use ests_api::{EnhancedStatefulSet, keys};
 use ests_testenv::helm::{Helm, Values};
 use ests_testenv::real_node::RealNode;
-use ests_testenv::real_node::images::{ANSWER_IMAGE, ANSWER_PORT};
 use ests_testenv::resources::{apply_value, create_namespace};
 use ests_testenv::{ControlPlane, LogsOnFailure, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -46,6 +45,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::Env;
+use support::real_node::{answer_container, on_real_node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const RELEASE: &str = "ests";
@@ -84,14 +84,6 @@ fn values(image: &str, scheduler_cert_dir: &Path) -> anyhow::Result<String> {
     Ok(serde_saphyr::to_string(&values)?)
 }
 
-/// Merges the real node's placement into a pod spec.
-fn on_real_node(mut spec: Value) -> Value {
-    if let (Some(spec), Value::Object(placement)) = (spec.as_object_mut(), RealNode::placement()) {
-        spec.extend(placement);
-    }
-    spec
-}
-
 /// A static-IP set of the test image, on the real node (as in real_node.rs).
 fn answer_set(name: &str, replicas: i32) -> Value {
     json!({
@@ -108,17 +100,7 @@ fn answer_set(name: &str, replicas: i32) -> Value {
                 "spec": on_real_node(json!({
                     "terminationGracePeriodSeconds": 1,
                     "securityContext": {"runAsUser": 65532, "runAsNonRoot": true},
-                    "containers": [{
-                        "name": "answer",
-                        "image": ANSWER_IMAGE,
-                        "imagePullPolicy": "Never",
-                        "readinessProbe": {"tcpSocket": {"port": ANSWER_PORT}, "periodSeconds": 1},
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false,
-                            "readOnlyRootFilesystem": true,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
-                    }],
+                    "containers": [answer_container()],
                 })),
             }
         }

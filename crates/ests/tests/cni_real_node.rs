@@ -24,7 +24,7 @@ use support::real_node::{
     TIMEOUT, answer_container, answer_set, on_real_node, ready_pod, real_namespace,
 };
 use support::{
-    Env, apply, bound_records, patch, real_node_env, start_ests, start_webhook, wait_status,
+    Env, apply, bound_records, names, patch, real_node_env, start_ests, start_webhook, wait_status,
 };
 
 /// The pod range the agent hands out of: the node's, whose second address (the node's, on
@@ -215,10 +215,6 @@ async fn ready_addresses_within(
         Ok(Some(found))
     })
     .await
-}
-
-fn names(set: &str, ordinals: std::ops::Range<i32>) -> Vec<String> {
-    ordinals.map(|i| format!("{set}-{i}")).collect()
 }
 
 #[tokio::test]

@@ -123,9 +123,10 @@ fn success(verb: &'static str, ips: Vec<IpEntry>, changed: bool) -> Outcome {
 
 /// Answers `request`, changing `table` as the decision says.
 pub fn handle(table: &mut Attachments, facts: &Facts<'_>, request: Request) -> Outcome {
+    let verb = verb(&request.command);
     if request.version != PROTOCOL_VERSION {
         return failure(
-            verb(&request.command),
+            verb,
             FailureKind::UnsupportedVersion,
             format!(
                 "the node agent speaks protocol version {PROTOCOL_VERSION}, not {}",
@@ -133,7 +134,6 @@ pub fn handle(table: &mut Attachments, facts: &Facts<'_>, request: Request) -> O
             ),
         );
     }
-    let verb = verb(&request.command);
     match request.command {
         Command::Add(attach) => {
             if !facts.ready {

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ests_api::StaticIP;
-use ests_cni::protocol::{self, Command as Verb, Failure, FailureKind, Request, Response};
+use ests_cni::protocol::{self, Failure, FailureKind, Request, Response};
 use ests_core::cni::{self as decide, AttachmentKey, CniPod};
 use ipnet::IpNet;
 use kube::ResourceExt;
@@ -80,25 +80,13 @@ impl State {
 
     /// Answers as the real agent does: with its handler, over this state's maps.
     fn handle(&mut self, request: Request) -> Response {
-        let name = match &request.command {
-            Verb::Add(_) => "ADD",
-            Verb::Del(_) => "DEL",
-            Verb::Check(_) => "CHECK",
-            Verb::Status { .. } => "STATUS",
-            Verb::Gc { .. } => "GC",
-        };
-        *self.served.entry(name).or_default() += 1;
         let pods = &self.pods;
         let records = &self.records;
         let pod = |ns: &str, name: &str| pods.get(&(ns.to_string(), name.to_string())).cloned();
         let record =
             |ns: &str, name: &str| records.get(&(ns.to_string(), name.to_string())).cloned();
-        let kept_by = |ip: &IpAddr| {
-            records
-                .values()
-                .find(|r| ests_core::static_ip::record_ips(r).contains(ip))
-                .map(|r| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()))
-        };
+        let kept = ests_node::handler::kept_addresses(records.values());
+        let kept_by = |ip: &IpAddr| kept.get(ip).cloned();
         let facts = ests_node::handler::Facts {
             node: &self.node,
             pod: &pod,
@@ -108,7 +96,9 @@ impl State {
             kept_by: &kept_by,
             ready: self.ready,
         };
-        ests_node::handler::handle(&mut self.attachments, &facts, request).response
+        let outcome = ests_node::handler::handle(&mut self.attachments, &facts, request);
+        *self.served.entry(outcome.verb).or_default() += 1;
+        outcome.response
     }
 }
 
