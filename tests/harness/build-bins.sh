@@ -22,6 +22,7 @@ KARMADA_OUT="$CACHE/bin-karmada${KARMADA_VERSION}"
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
 karmadactl_linked() { [ "$(readlink "$OUT/karmadactl" 2>/dev/null)" = "$KARMADA_OUT/karmadactl" ]; }
+lock_cache "$CACHE"
 have_all() {
   for b in "${WANT[@]}"; do [ -x "$OUT/$b" ] || return 1; done
   karmadactl_linked

@@ -17,6 +17,7 @@ PLUGINS=(bridge ptp loopback)
 WANT=(cnitool "${PLUGINS[@]}" host-local)
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
+lock_cache "$CACHE"
 have_all() { for b in "${WANT[@]}"; do [ -x "$OUT/$b" ] || return 1; done; }
 if have_all; then echo "$OUT"; exit 0; fi
 

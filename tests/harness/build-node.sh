@@ -19,6 +19,7 @@ WANT=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr pause)
 HERE="$(cd "$(dirname "$0")" && pwd)"
 . "$HERE/lib.sh"
 
+lock_cache "$CACHE"
 have_all() { for b in "${WANT[@]}"; do [ -x "$OUT/$b" ] || return 1; done; }
 if have_all; then echo "$OUT"; exit 0; fi
 

@@ -1,6 +1,17 @@
-# Shared by build-bins.sh and build-node.sh: how Kubernetes binaries are built from Go modules.
+# Shared by the build scripts: one build per cache at a time, and how Kubernetes binaries are
+# built from Go modules.
 
 log() { echo "$(basename "$0"): $*" >&2; }
+
+# lock_cache CACHE: holds the cache's build lock until the script exits. Two test runs
+# starting at once (a fresh machine, a second checkout) would otherwise rebuild the same
+# wrapper modules under each other's feet (`rm -rf` of a directory the other one builds in:
+# "getwd: no such file or directory"); the second waits and then finds everything built.
+lock_cache() {
+  mkdir -p "$1"
+  exec 9>"$1/.build.lock"
+  flock 9
+}
 
 # k8s_wrapper_module CACHE VERSION: prints the directory of a Go module that requires
 # k8s.io/kubernetes@vVERSION, creating it when missing. k8s.io/kubernetes maps its staging

@@ -100,3 +100,55 @@ fn run_build_script(name: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("{name} printed no directory"))?;
     Ok(PathBuf::from(last.trim()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Two runs of a build script at once: the second waits for the first's lock before it
+    /// looks at the cache (both once rebuilt one wrapper module under the other).
+    #[test]
+    fn a_build_script_waits_for_another_ones_lock() -> anyhow::Result<()> {
+        let cache = std::env::temp_dir().join(format!("ests-build-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache);
+        // A cache that already holds everything build-cni.sh wants: a run only checks.
+        let out = cache.join("bin-cniv1.3.0-pluginsv1.9.1");
+        std::fs::create_dir_all(&out)?;
+        for name in ["cnitool", "bridge", "ptp", "loopback", "host-local"] {
+            let path = out.join(name);
+            std::fs::write(&path, "#!/bin/sh\n")?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
+        let held = std::fs::File::create(cache.join(".build.lock"))?;
+        held.lock()?;
+        let mut run = Command::new("bash")
+            .arg(harness_dir().join("build-cni.sh"))
+            .env("ESTS_CACHE", &cache)
+            .env_remove("CNI_VERSION")
+            .env_remove("CNI_PLUGINS_VERSION")
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        // Not done while the lock is held (a window to look in, not a synchronisation).
+        let looked = Instant::now();
+        while looked.elapsed() < Duration::from_millis(500) {
+            assert!(run.try_wait()?.is_none(), "finished under another's lock");
+            std::thread::yield_now();
+        }
+        held.unlock()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = run.try_wait()? {
+                break status;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "still waiting after the lock");
+            std::thread::yield_now();
+        };
+        assert!(status.success());
+        let mut printed = String::new();
+        std::io::Read::read_to_string(&mut run.stdout.take().context("stdout")?, &mut printed)?;
+        assert_eq!(printed.trim(), out.display().to_string());
+        std::fs::remove_dir_all(&cache)?;
+        Ok(())
+    }
+}
