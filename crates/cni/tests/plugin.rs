@@ -252,6 +252,17 @@ fn refusals_reach_the_runtime_with_their_reason() {
         ));
         state.put_pod(static_pod("ns", "web-0", "p0", "rec-0"));
         state.put_pod(static_pod("ns", "web-1", "p1", "rec-1"));
+        // web-2 claims a record of another workload: refused for good.
+        state.put_record(record(
+            "ns",
+            "web-2",
+            "rec-2",
+            json!({"pool": "blue", "ips": [{"ip": "10.40.0.6"}], "node": "node-a"}),
+            json!({"phase": "Bound", "podUID": "old"}),
+        ));
+        let mut foreign = static_pod("ns", "web-2", "p2", "rec-2");
+        foreign.owner_uid = Some("another-set".into());
+        state.put_pod(foreign);
     }
     let conf = config("1.1.0", agent.socket.to_str().expect("utf-8"));
     let out = cni(
@@ -260,7 +271,9 @@ fn refusals_reach_the_runtime_with_their_reason() {
         "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-0;K8S_POD_UID=p0",
         &conf,
     );
-    assert_eq!(out.error_code(), 100, "{out:?}");
+    // Not refused for good: a node migration moves the record here just before the pod
+    // comes, and the agent's cache may lag it.
+    assert_eq!(out.error_code(), 11, "{out:?}");
     let details = out.json()["details"]
         .as_str()
         .unwrap_or_default()
@@ -273,6 +286,19 @@ fn refusals_reach_the_runtime_with_their_reason() {
         &conf,
     );
     assert_eq!(out.error_code(), 11, "waiting for the bind: {out:?}");
+    let out = cni(
+        "ADD",
+        "c4",
+        "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-2;K8S_POD_UID=p2",
+        &conf,
+    );
+    assert_eq!(out.error_code(), 100, "another workload's record: {out:?}");
+    assert!(
+        out.json()["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("not owned by the workload")),
+        "{out:?}"
+    );
     // A pod the agent has not seen yet: try again later.
     let out = cni(
         "ADD",

@@ -257,13 +257,18 @@ pub enum Refusal {
 
 impl Refusal {
     /// Whether the same ADD may succeed later without anyone changing the pod: caches
-    /// catching up, a bind or a DEL still to come, addresses being freed.
+    /// catching up, a bind or a DEL still to come, addresses being freed. A record or block
+    /// on another node counts: a node migration moves both here just before it re-creates
+    /// the pods, and the agent's watches may be a moment behind the webhook's pin — refused
+    /// outright, the pod would wait out the kubelet's back-off (10 s) instead.
     pub fn retryable(&self) -> bool {
         matches!(
             self,
             Self::RecordNotSeen { .. }
                 | Self::StaleRecord { .. }
                 | Self::RecordGoing { .. }
+                | Self::OtherNode { .. }
+                | Self::OutsideOwnedBlocks { .. }
                 | Self::AwaitingBind { .. }
                 | Self::StillAttached { .. }
                 | Self::Exhausted { .. }

@@ -11,7 +11,6 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use ests_testenv::real_node::images::ANSWER_PORT;
@@ -20,89 +19,12 @@ use ests_testenv::{InvariantChecker, LogsOnFailure, cluster_lock, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
-use support::real_node::{
-    TIMEOUT, answer_container, answer_set, on_real_node, ready_pod, real_namespace,
-};
-use support::{
-    Env, apply, bound_records, names, patch, real_node_env, start_ests, start_webhook, wait_status,
-};
+use support::cni::{MainPlugin, install_network, ordinary_pod, start_agent, table_entries};
+use support::real_node::{TIMEOUT, answer_set, ready_pod, real_namespace};
+use support::{Env, apply, bound_records, names, patch, real_node_env, start_webhook, wait_status};
 
-/// The pod range the agent hands out of: the node's, whose second address (the node's, on
-/// the bridge) is the gateway.
-const POD_RANGE: &str = "10.88.0.0/16";
-
-/// The `ests-cni` binary built beside the `ests` under test.
-fn ests_cni_binary() -> anyhow::Result<PathBuf> {
-    let ests = PathBuf::from(env!("CARGO_BIN_EXE_ests"));
-    let plugin = ests.with_file_name("ests-cni");
-    anyhow::ensure!(
-        plugin.is_file(),
-        "{} is missing: build it with `cargo build -p ests-cni` (cargo test --workspace does)",
-        plugin.display()
-    );
-    let built = std::fs::metadata(&plugin)?.modified()?;
-    let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cni/src");
-    for entry in std::fs::read_dir(&sources)? {
-        let changed = entry?.metadata()?.modified()?;
-        anyhow::ensure!(
-            changed <= built,
-            "{} is older than its sources: `cargo build -p ests-cni`",
-            plugin.display()
-        );
-    }
-    Ok(plugin)
-}
-
-fn agent_socket(node: &RealNode) -> PathBuf {
-    node.dir.join("ests/cni.sock")
-}
-
-/// The agent's attachment table file.
-fn agent_table(node: &RealNode) -> PathBuf {
-    node.dir.join("ests/state/attachments.json")
-}
-
-/// Starts `ests node` for the real node (again, after a kill: same socket, same table).
-async fn start_agent(env: &Env, node: &RealNode) -> anyhow::Result<()> {
-    start_ests(
-        env.plane,
-        "ests-node",
-        "node",
-        &[
-            &format!("--node-name={}", node.name),
-            &format!("--socket={}", agent_socket(node).display()),
-            &format!("--state-dir={}", node.dir.join("ests/state").display()),
-            &format!("--pod-range={POD_RANGE}"),
-        ],
-    )
-    .await
-}
-
-/// The attachments the agent's table holds, as (pod uid, address) pairs.
-fn table_entries(node: &RealNode) -> anyhow::Result<Vec<(String, String)>> {
-    let table: Value = serde_json::from_slice(&std::fs::read(agent_table(node))?)?;
-    Ok(table["attachments"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|a| {
-            let uid = a["pod"]["uid"].as_str().unwrap_or_default().to_string();
-            a["addresses"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(move |addr| {
-                    (
-                        uid.clone(),
-                        addr["ip"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-        })
-        .collect())
-}
-
-/// The real node with the webhook, the agent and the ests network installed, once per test
-/// binary: the agent runs as a process under the controller's identity.
+/// The real node with the webhook, the agent and the ests network (bridge) installed, once
+/// per test binary: the agent runs as a process under the controller's identity.
 async fn cni_env() -> anyhow::Result<Option<(Env, &'static RealNode)>> {
     static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     let Some((env, node)) = real_node_env().await? else {
@@ -111,74 +33,10 @@ async fn cni_env() -> anyhow::Result<Option<(Env, &'static RealNode)>> {
     READY
         .get_or_try_init(|| async {
             start_webhook(&env).await?;
-            start_agent(&env, node).await?;
-            let socket = agent_socket(node);
-            let conflist = json!({
-                "cniVersion": "1.0.0",
-                "name": "ests",
-                "plugins": [{
-                    "type": "bridge",
-                    "bridge": node.network.bridge,
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "hairpinMode": true,
-                    "ipam": {
-                        "type": "ests-cni",
-                        "agentSocket": socket,
-                        "timeoutSeconds": 10,
-                        "routes": [{"dst": node.network.service_cidr.to_string()}],
-                    },
-                }],
-            });
-            node.install_cni(&ests_cni_binary()?, &conflist)?;
-            // The runtime picks the new network up from its directory a moment later: a pod
-            // with an address below host-local's range (which starts at .10) has it.
-            real_namespace(&env, "cni-canary").await?;
-            let pods: Api<Pod> = Api::namespaced(env.client.clone(), "cni-canary");
-            wait_for(
-                "a pod with an address from the node agent",
-                TIMEOUT,
-                || async {
-                    let _ = pods
-                        .create(&PostParams::default(), &ordinary_pod("canary"))
-                        .await;
-                    let Some((_, ip)) = ready_pod(&pods, "canary").await? else {
-                        return Ok(None);
-                    };
-                    if from_agent(ip) {
-                        return Ok(Some(()));
-                    }
-                    pods.delete("canary", &DeleteParams::default().grace_period(0))
-                        .await?;
-                    Ok(None)
-                },
-            )
-            .await?;
-            Ok::<_, anyhow::Error>(())
+            install_network(&env, node, MainPlugin::Bridge).await
         })
         .await?;
     Ok(Some((env, node)))
-}
-
-/// Whether the agent handed `ip` out (host-local gives .10 and above of the first /17).
-fn from_agent(ip: IpAddr) -> bool {
-    matches!(ip, IpAddr::V4(v4) if v4.octets()[2] == 0 && (2..10).contains(&v4.octets()[3]))
-}
-
-/// An ordinary pod of the test image on the real node.
-fn ordinary_pod(name: &str) -> Pod {
-    serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "ordinary"},
-                     "annotations": {ests_testenv::invariants::ANSWER_ANNOTATION: ANSWER_PORT.to_string()}},
-        "spec": on_real_node(json!({
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsUser": 65532, "runAsNonRoot": true},
-            "containers": [answer_container()],
-        })),
-    }))
-    .expect("a valid pod")
 }
 
 /// A static-IP set of the test image (record mode, the source manifest's annotation).

@@ -111,6 +111,9 @@ impl PodFacts {
 pub struct NodeFacts {
     pub ready: bool,
     pub fenced: bool,
+    /// A KWOK node (annotation `kwok.x-k8s.io/node: fake`): its pods have no network, so
+    /// they are never asked who they are.
+    pub simulated: bool,
 }
 
 impl NodeFacts {
@@ -125,7 +128,15 @@ impl NodeFacts {
             .as_ref()
             .and_then(|s| s.taints.as_ref())
             .is_some_and(|ts| ts.iter().any(|t| t.key == OUT_OF_SERVICE_TAINT));
-        Self { ready, fenced }
+        let simulated = node
+            .annotations()
+            .get("kwok.x-k8s.io/node")
+            .is_some_and(|v| v == "fake");
+        Self {
+            ready,
+            fenced,
+            simulated,
+        }
     }
 }
 
@@ -336,12 +347,18 @@ impl InvariantState {
         }
     }
 
-    /// The probe to run for `pod`, if it has just become askable: Ready, not going, with an
-    /// answer port and an address it did not have Ready before.
+    /// The probe to run for `pod`, if it has just become askable: Ready, not going, on a
+    /// node that is not simulated, with an answer port and an address it did not have Ready
+    /// before.
     fn probe_due(&self, pod: &PodFacts) -> Option<Probe> {
         let port = pod.answer_port?;
         let ip = pod.ips.first()?;
-        if !Self::askable(pod) {
+        let simulated = pod
+            .node
+            .as_ref()
+            .and_then(|n| self.nodes.get(n))
+            .is_some_and(|n| n.simulated);
+        if !Self::askable(pod) || simulated {
             return None;
         }
         let before = self.pods.get(&pod.key);
@@ -719,6 +736,27 @@ mod tests {
     }
 
     #[test]
+    fn pods_on_a_simulated_node_are_not_asked() {
+        let mut s = InvariantState::default();
+        s.node_applied(
+            "kwok-a",
+            NodeFacts {
+                ready: true,
+                fenced: false,
+                simulated: true,
+            },
+        );
+        s.pod_applied(PodFacts {
+            node: Some("kwok-a".into()),
+            ..answering("ns/a-0", "1", "10.90.0.2")
+        });
+        assert!(s.take_probes().is_empty(), "a KWOK pod has no network");
+        // The same identity re-created on the real node is asked.
+        s.pod_applied(answering("ns/a-0", "2", "10.90.0.2"));
+        assert_eq!(s.take_probes().len(), 1);
+    }
+
+    #[test]
     fn another_pod_answering_or_none_is_a_violation() {
         let mut s = InvariantState::default();
         s.pod_applied(answering("ns/a-0", "1", "10.88.0.10"));
@@ -763,6 +801,7 @@ mod tests {
             NodeFacts {
                 ready: true,
                 fenced: false,
+                simulated: false,
             },
         );
         s.pod_applied(pod("ns/a-0", "1", "n1", "10.0.0.1"));
@@ -784,6 +823,7 @@ mod tests {
             NodeFacts {
                 ready: false,
                 fenced: false,
+                simulated: false,
             },
         );
         s.pod_applied(pod("ns/a-0", "1", "dead", "10.0.0.1"));
@@ -796,6 +836,7 @@ mod tests {
             NodeFacts {
                 ready: false,
                 fenced: true,
+                simulated: false,
             },
         );
         fenced.pod_applied(pod("ns/a-0", "1", "dead", "10.0.0.1"));

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod cni;
 pub mod real_node;
 
 use std::time::Duration;

@@ -292,8 +292,9 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The node's network on the host: the bridge with the node address (made before anything
-/// binds it), the Service range routed to the bridge from the node address (host to ClusterIP
-/// never leaves by the host's own interfaces), and a FORWARD rule that drops whatever pods
+/// binds it), the Service range and the tests' IP block range routed to the bridge from the
+/// node address (host to ClusterIP or to a block never leaves by the host's own interfaces),
+/// and a FORWARD rule that drops whatever pods
 /// send beyond the bridge.
 pub fn set_up_network(network: &NodeNetwork) -> anyhow::Result<()> {
     let bridge = network.bridge.as_str();
@@ -306,12 +307,14 @@ pub fn set_up_network(network: &NodeNetwork) -> anyhow::Result<()> {
     let address = format!("{}/{}", network.node_ip, network.pod_cidr.prefix_len());
     run("ip", &["addr", "add", &address, "dev", bridge])?;
     run("ip", &["link", "set", bridge, "up"])?;
-    let service = network.service_cidr.to_string();
     let source = network.node_ip.to_string();
-    run(
-        "ip",
-        &["route", "replace", &service, "dev", bridge, "src", &source],
-    )?;
+    for range in [network.service_cidr, network.block_cidr] {
+        let range = range.to_string();
+        run(
+            "ip",
+            &["route", "replace", &range, "dev", bridge, "src", &source],
+        )?;
+    }
     let mut rule = vec!["-I".to_string()];
     rule.extend(forward_rule(bridge));
     let rule: Vec<&str> = rule.iter().map(String::as_str).collect();

@@ -52,18 +52,23 @@ pub struct NodeNetwork {
     pub node_ip: Ipv4Addr,
     pub pod_cidr: Ipv4Net,
     pub service_cidr: Ipv4Net,
+    /// Where tests' IP range mode pools on the real node take their blocks from: routed to
+    /// the bridge like the Service range, so nothing sent there leaves the machine, while
+    /// the host routes a routing plugin (ptp) adds for its pods' addresses win.
+    pub block_cidr: Ipv4Net,
 }
 
 impl NodeNetwork {
-    /// Bridge `estsbr0`, node 10.88.0.1, pods in 10.88.0.0/16, Services in 10.96.0.0/16: none
-    /// of them overlaps KWOK's pod range (10.128.0.0/9) or the 172.30.0.0/16 of the static-IP
-    /// tests.
+    /// Bridge `estsbr0`, node 10.88.0.1, pods in 10.88.0.0/16, Services in 10.96.0.0/16, IP
+    /// blocks in 10.89.0.0/16: none of them overlaps KWOK's pod range (10.128.0.0/9) or the
+    /// 172.30.0.0/16 of the static-IP tests.
     pub fn standard() -> Self {
         Self {
             bridge: "estsbr0".into(),
             node_ip: Ipv4Addr::new(10, 88, 0, 1),
             pod_cidr: Ipv4Net::new(Ipv4Addr::new(10, 88, 0, 0), 16).unwrap_or_default(),
             service_cidr: SERVICE_CIDR.parse().unwrap_or_default(),
+            block_cidr: Ipv4Net::new(Ipv4Addr::new(10, 89, 0, 0), 16).unwrap_or_default(),
         }
     }
 
@@ -440,12 +445,15 @@ impl Drop for RealNode {
     }
 }
 
-/// Whether the harness may send to `ip`: loopback, or the real node's own network (its pods
-/// and its bridge). Every other address, private ranges included, is off this machine, and a
-/// test never sends there (KWOK's pod addresses are not real).
+/// Whether the harness may send to `ip`: loopback, or the real node's own network (its pods,
+/// its bridge, its IP blocks). Every other address, private ranges included, is off this
+/// machine, and a test never sends there (KWOK's pod addresses are not real).
 pub fn on_this_machine(ip: IpAddr) -> bool {
+    let network = NodeNetwork::standard();
     match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || NodeNetwork::standard().pod_cidr.contains(&v4),
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || network.pod_cidr.contains(&v4) || network.block_cidr.contains(&v4)
+        }
         IpAddr::V6(v6) => v6.is_loopback(),
     }
 }
@@ -483,6 +491,24 @@ pub async fn wait_answer(ip: IpAddr, port: u16, timeout: Duration) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_and_the_nodes_own_ranges_are_asked() {
+        for ip in ["127.0.0.1", "10.88.0.5", "10.89.1.2"] {
+            assert!(on_this_machine(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in [
+            "10.90.0.1",
+            "10.128.0.5",
+            "172.30.0.1",
+            "8.8.8.8",
+            "fd00::1",
+        ] {
+            assert!(!on_this_machine(ip.parse().expect("ip")), "{ip}");
+        }
+        let n = NodeNetwork::standard();
+        assert!(!n.block_cidr.contains(&n.node_ip) && !n.pod_cidr.contains(&n.block_cidr.addr()));
+    }
 
     #[test]
     fn the_standard_network_keeps_clear_of_the_other_ranges() {

@@ -1,0 +1,178 @@
+//! ests's own network on the real node: the node agent (`ests node`) as a process beside
+//! the kubelet, and a conflist chaining `ests-cni` as the IPAM of a reference main plugin.
+//!
+//! `ests-cni` is the binary `cargo test --workspace` builds beside `ests`; a test run of
+//! this package alone needs `cargo build -p ests-cni` first (the tests say so).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ests_testenv::real_node::RealNode;
+use ests_testenv::real_node::images::ANSWER_PORT;
+use ests_testenv::wait_for;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+use super::real_node::{TIMEOUT, answer_container, on_real_node, ready_pod, real_namespace};
+use super::{Env, start_ests};
+
+/// The pod range the agent hands out of: the node's, whose second address (the node's, on
+/// the bridge) is the gateway.
+pub const POD_RANGE: &str = "10.88.0.0/16";
+
+/// The reference plugin `ests-cni` is chained under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MainPlugin {
+    /// Every pod on the node's bridge, the bridge holding the gateway.
+    Bridge,
+    /// A veth per pod with a host route to each of its addresses: what IP range mode
+    /// needs, since a block's addresses lie outside the node's pod range (the bridge plugin
+    /// would put the gateway on the bridge with the block's prefix, which the bridge's
+    /// own address forbids).
+    Ptp,
+}
+
+/// The `ests-cni` binary built beside the `ests` under test.
+pub fn ests_cni_binary() -> anyhow::Result<PathBuf> {
+    let ests = PathBuf::from(env!("CARGO_BIN_EXE_ests"));
+    let plugin = ests.with_file_name("ests-cni");
+    anyhow::ensure!(
+        plugin.is_file(),
+        "{} is missing: build it with `cargo build -p ests-cni` (cargo test --workspace does)",
+        plugin.display()
+    );
+    let built = std::fs::metadata(&plugin)?.modified()?;
+    let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cni/src");
+    for entry in std::fs::read_dir(&sources)? {
+        let changed = entry?.metadata()?.modified()?;
+        anyhow::ensure!(
+            changed <= built,
+            "{} is older than its sources: `cargo build -p ests-cni`",
+            plugin.display()
+        );
+    }
+    Ok(plugin)
+}
+
+pub fn agent_socket(node: &RealNode) -> PathBuf {
+    node.dir.join("ests/cni.sock")
+}
+
+/// The agent's attachment table file.
+pub fn agent_table(node: &RealNode) -> PathBuf {
+    node.dir.join("ests/state/attachments.json")
+}
+
+/// Starts `ests node` for the real node (again, after a kill: same socket, same table),
+/// under the controller's identity.
+pub async fn start_agent(env: &Env, node: &RealNode) -> anyhow::Result<()> {
+    start_ests(
+        env.plane,
+        "ests-node",
+        "node",
+        &[
+            &format!("--node-name={}", node.name),
+            &format!("--socket={}", agent_socket(node).display()),
+            &format!("--state-dir={}", node.dir.join("ests/state").display()),
+            &format!("--pod-range={POD_RANGE}"),
+        ],
+    )
+    .await
+}
+
+/// The attachments the agent's table holds, as (pod uid, address) pairs.
+pub fn table_entries(node: &RealNode) -> anyhow::Result<Vec<(String, String)>> {
+    let table: Value = serde_json::from_slice(&std::fs::read(agent_table(node))?)?;
+    Ok(table["attachments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| {
+            let uid = a["pod"]["uid"].as_str().unwrap_or_default().to_string();
+            a["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |addr| {
+                    (
+                        uid.clone(),
+                        addr["ip"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+        })
+        .collect())
+}
+
+/// Starts the agent and makes ests's network the node's: `ests-cni` under `main`. Returns
+/// once a new pod has an address from the agent (the runtime picks the network up from
+/// its directory a moment after it is written).
+pub async fn install_network(env: &Env, node: &RealNode, main: MainPlugin) -> anyhow::Result<()> {
+    start_agent(env, node).await?;
+    let mut ipam = json!({
+        "type": "ests-cni",
+        "agentSocket": agent_socket(node),
+        "timeoutSeconds": 10,
+    });
+    let plugin = match main {
+        MainPlugin::Bridge => {
+            ipam["routes"] = json!([{"dst": node.network.service_cidr.to_string()}]);
+            json!({
+                "type": "bridge",
+                "bridge": node.network.bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": ipam,
+            })
+        }
+        // No extra routes: ptp adds them before it makes the gateway on-link, which fails
+        // for a block's address (its gateway, the node's, lies outside the block). Its own
+        // routes (the gateway, the address's network through it) are what the tests use.
+        MainPlugin::Ptp => json!({"type": "ptp", "ipMasq": false, "ipam": ipam}),
+    };
+    let conflist = json!({"cniVersion": "1.0.0", "name": "ests", "plugins": [plugin]});
+    node.install_cni(&ests_cni_binary()?, &conflist)?;
+    real_namespace(env, "cni-canary").await?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "cni-canary");
+    wait_for(
+        "a pod with an address from the node agent",
+        TIMEOUT,
+        || async {
+            let _ = pods
+                .create(&PostParams::default(), &ordinary_pod("canary"))
+                .await;
+            let Some((_, ip)) = ready_pod(&pods, "canary").await? else {
+                return Ok(None);
+            };
+            if from_agent(ip) {
+                return Ok(Some(()));
+            }
+            pods.delete("canary", &DeleteParams::default().grace_period(0))
+                .await?;
+            Ok(None)
+        },
+    )
+    .await
+}
+
+/// Whether the agent handed `ip` out (host-local gives .10 and above of the first /17).
+pub fn from_agent(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.octets()[2] == 0 && (2..10).contains(&v4.octets()[3]))
+}
+
+/// An ordinary pod of the test image on the real node.
+pub fn ordinary_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "ordinary"},
+                     "annotations": {ests_testenv::invariants::ANSWER_ANNOTATION: ANSWER_PORT.to_string()}},
+        "spec": on_real_node(json!({
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"runAsUser": 65532, "runAsNonRoot": true},
+            "containers": [answer_container()],
+        })),
+    }))
+    .expect("a valid pod")
+}
