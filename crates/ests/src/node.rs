@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ipnet::IpNet;
-use kube::Client;
 
 use crate::leader::rules;
 use crate::serve;
@@ -47,11 +46,11 @@ pub struct NodeArgs {
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API")?;
     let registry = prometheus::Registry::new();
     let metrics = ests_node::Metrics::register(&registry).context("registering agent metrics")?;
+    let client = ests_runtime::api_requests::counted_client(metrics.api_requests.clone())
+        .await
+        .context("connecting to the Kubernetes API")?;
     let ready = Arc::new(AtomicBool::new(false));
     let server = serve::spawn(args.metrics_addr, registry, ready.clone()).await?;
     tracing::info!(addr = %server, "serving metrics and health");

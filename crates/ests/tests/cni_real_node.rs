@@ -19,7 +19,9 @@ use ests_testenv::{InvariantChecker, LogsOnFailure, cluster_lock, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
-use support::cni::{MainPlugin, install_network, ordinary_pod, start_agent, table_entries};
+use support::cni::{
+    MainPlugin, agent_api_requests, install_network, ordinary_pod, start_agent, table_entries,
+};
 use support::real_node::{TIMEOUT, answer_set, ready_pod, real_namespace};
 use support::{Env, apply, bound_records, names, patch, real_node_env, start_webhook, wait_status};
 
@@ -110,6 +112,8 @@ async fn static_ip_pods_come_back_with_their_addresses_and_answer_there() -> any
     }
 
     // One pod deleted: it comes back, a new pod, with the same address, and answers there.
+    // The CNI path asks the API nothing (the agent's caches are watch-fed).
+    let (reads_before, writes_before) = agent_api_requests().await?;
     pods.delete("web-1", &DeleteParams::default()).await?;
     let (old_uid, ip) = first["web-1"].clone();
     let back = wait_for("web-1 back and Ready", TIMEOUT, || async {
@@ -143,6 +147,12 @@ async fn static_ip_pods_come_back_with_their_addresses_and_answer_there() -> any
             format!("{name} v1")
         );
     }
+    let (reads, writes) = agent_api_requests().await?;
+    assert_eq!(
+        (reads - reads_before, writes - writes_before),
+        (0.0, 0.0),
+        "API reads and writes of the agent while 7 pods were re-created"
+    );
     eprintln!("cni_real_node: a re-created pod answered {reachable:?} after it was seen Ready");
     checker.finish()
 }

@@ -11,6 +11,9 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// Addresses held by attachments.
     pub attached: IntGauge,
+    /// The agent's own Kubernetes API requests by kind (`watch`, `read`, `write`): its
+    /// watches and their relists only — an ADD or DEL makes none.
+    pub api_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -36,13 +39,22 @@ impl Metrics {
             "ests_node_attached_addresses",
             "Addresses held by the node agent's attachments",
         )?;
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "ests_node_api_requests_total",
+                "Kubernetes API requests the node agent sent, by kind (watch, read, write)",
+            ),
+            &["kind"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(api_requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(attached.clone()))?;
         Ok(Self {
             requests,
             duration,
             attached,
+            api_requests,
         })
     }
 }

@@ -9,9 +9,12 @@
 //! - [`error`]: a failed Kubernetes API call with what it was for and a metric label
 //!   ([`KubeError`]);
 //! - [`finalizers`]: the finalizer writes kube-runtime's `finalizer` helper cannot make;
-//! - [`http`]: typed JSON answers ([`Answer`]) and counting them in a component's metrics.
+//! - [`http`]: typed JSON answers ([`Answer`]) and counting them in a component's metrics;
+//! - [`api_requests`]: a Kubernetes client that counts its own requests (watch, read,
+//!   write), so a component can show what it costs the API server.
 #![forbid(unsafe_code)]
 
+pub mod api_requests;
 pub mod conditions;
 pub mod error;
 pub mod finalizers;

@@ -14,7 +14,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 
-use super::real_node::{TIMEOUT, answer_container, on_real_node, ready_pod, real_namespace};
+use super::real_node::{
+    TIMEOUT, answer_container, counter_sum, http_get, on_real_node, ready_pod, real_namespace,
+};
 use super::{Env, start_ests};
 
 /// The pod range the agent hands out of: the node's, whose second address (the node's, on
@@ -39,7 +41,7 @@ pub fn ests_cni_binary() -> anyhow::Result<PathBuf> {
     let plugin = ests.with_file_name("ests-cni");
     anyhow::ensure!(
         plugin.is_file(),
-        "{} is missing: build it with `cargo build -p ests-cni` (cargo test --workspace does)",
+        "{} is missing: build it with `cargo build -p ests-cni` (cargo test --workspace does; add --release for a benchmark)",
         plugin.display()
     );
     let built = std::fs::metadata(&plugin)?.modified()?;
@@ -64,9 +66,17 @@ pub fn agent_table(node: &RealNode) -> PathBuf {
     node.dir.join("ests/state/attachments.json")
 }
 
+/// The loopback port of the running agent's /metrics (a new one at each start: a killed
+/// agent's port may still be in use).
+static METRICS_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
 /// Starts `ests node` for the real node (again, after a kill: same socket, same table),
 /// under the controller's identity.
 pub async fn start_agent(env: &Env, node: &RealNode) -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    METRICS_PORT.store(port, std::sync::atomic::Ordering::SeqCst);
     start_ests(
         env.plane,
         "ests-node",
@@ -76,9 +86,31 @@ pub async fn start_agent(env: &Env, node: &RealNode) -> anyhow::Result<()> {
             &format!("--socket={}", agent_socket(node).display()),
             &format!("--state-dir={}", node.dir.join("ests/state").display()),
             &format!("--pod-range={POD_RANGE}"),
+            &format!("--metrics-addr=127.0.0.1:{port}"),
         ],
     )
     .await
+}
+
+/// The running agent's /metrics text.
+pub async fn agent_metrics() -> anyhow::Result<String> {
+    let port = METRICS_PORT.load(std::sync::atomic::Ordering::SeqCst);
+    let (code, body) = http_get(IpAddr::from([127, 0, 0, 1]), port, "/metrics").await?;
+    anyhow::ensure!(code == 200, "agent /metrics answered {code}");
+    Ok(body)
+}
+
+/// The agent's own API requests so far: (reads, writes), watches not counted.
+pub async fn agent_api_requests() -> anyhow::Result<(f64, f64)> {
+    let metrics = agent_metrics().await?;
+    let kind = |k: &str| {
+        counter_sum(
+            &metrics,
+            "ests_node_api_requests_total",
+            &[&format!("kind=\"{k}\"")],
+        )
+    };
+    Ok((kind("read"), kind("write")))
 }
 
 /// The attachments the agent's table holds, as (pod uid, address) pairs.
@@ -109,6 +141,12 @@ pub fn table_entries(node: &RealNode) -> anyhow::Result<Vec<(String, String)>> {
 /// its directory a moment after it is written).
 pub async fn install_network(env: &Env, node: &RealNode, main: MainPlugin) -> anyhow::Result<()> {
     start_agent(env, node).await?;
+    node.install_cni(&ests_cni_binary()?, &conflist(node, main))?;
+    wait_network(env, true).await
+}
+
+/// ests's network: `ests-cni` as the IPAM of `main`, asking the agent of [`start_agent`].
+pub fn conflist(node: &RealNode, main: MainPlugin) -> Value {
     let mut ipam = json!({
         "type": "ests-cni",
         "agentSocket": agent_socket(node),
@@ -131,12 +169,21 @@ pub async fn install_network(env: &Env, node: &RealNode, main: MainPlugin) -> an
         // routes (the gateway, the address's network through it) are what the tests use.
         MainPlugin::Ptp => json!({"type": "ptp", "ipMasq": false, "ipam": ipam}),
     };
-    let conflist = json!({"cniVersion": "1.0.0", "name": "ests", "plugins": [plugin]});
-    node.install_cni(&ests_cni_binary()?, &conflist)?;
+    json!({"cniVersion": "1.0.0", "name": "ests", "plugins": [plugin]})
+}
+
+/// Waits until a new pod gets its address from the agent (`agent`) or from the node's own
+/// host-local: the runtime reloads its network directory a moment after a change.
+pub async fn wait_network(env: &Env, agent: bool) -> anyhow::Result<()> {
     real_namespace(env, "cni-canary").await?;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "cni-canary");
+    let which = if agent {
+        "the node agent"
+    } else {
+        "host-local"
+    };
     wait_for(
-        "a pod with an address from the node agent",
+        format!("a pod with an address from {which}"),
         TIMEOUT,
         || async {
             let _ = pods
@@ -145,12 +192,10 @@ pub async fn install_network(env: &Env, node: &RealNode, main: MainPlugin) -> an
             let Some((_, ip)) = ready_pod(&pods, "canary").await? else {
                 return Ok(None);
             };
-            if from_agent(ip) {
-                return Ok(Some(()));
-            }
+            let done = from_agent(ip) == agent;
             pods.delete("canary", &DeleteParams::default().grace_period(0))
                 .await?;
-            Ok(None)
+            Ok(done.then_some(()))
         },
     )
     .await

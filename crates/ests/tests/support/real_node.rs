@@ -95,3 +95,48 @@ pub async fn ready_pod(pods: &Api<Pod>, name: &str) -> anyhow::Result<Option<(St
         },
     )
 }
+
+/// `GET path` over plain HTTP/1.0 from `ip:port` (loopback or the real node's network only):
+/// the status code and the body.
+pub async fn http_get(ip: IpAddr, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use anyhow::Context;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    anyhow::ensure!(
+        ests_testenv::real_node::on_this_machine(ip),
+        "{ip} is not on this machine; not asking it"
+    );
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect((ip, port)).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .with_context(|| format!("GET {ip}:{port}{path}: no answer"))??;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("GET {ip}:{port}{path}: no status line"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The sum of a Prometheus counter's samples whose labels include every `key="value"` of
+/// `labels`, in a /metrics text.
+pub fn counter_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}

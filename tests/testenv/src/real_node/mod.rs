@@ -394,6 +394,18 @@ impl RealNode {
             .with_context(|| format!("writing {}", path.display()))
     }
 
+    /// Removes the network [`RealNode::install_cni`] wrote: the runtime falls back to the
+    /// node's own (bridge with host-local) a moment later.
+    pub fn uninstall_cni(&self) -> anyhow::Result<()> {
+        let path = self.dir.join("cni/net.d/00-ests.conflist");
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The host pid of a running container (`containerd://<id>` or the bare id from a pod's
     /// containerStatuses), from containerd's task list: to read its memory in `/proc`.
     pub async fn container_pid(&self, container_id: &str) -> anyhow::Result<u32> {
