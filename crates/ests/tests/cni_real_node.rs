@@ -21,37 +21,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use support::real_node::{
-    TIMEOUT, answer_container, answer_set, on_real_node, ready_pod, real_namespace,
+    POD_RANGE, TIMEOUT, answer_set, ests_cni_binary, from_agent, ordinary_pod, ready_pod,
+    real_namespace,
 };
 use support::{
     Env, apply, bound_records, names, patch, real_node_env, start_ests, start_webhook, wait_status,
 };
-
-/// The pod range the agent hands out of: the node's, whose second address (the node's, on
-/// the bridge) is the gateway.
-const POD_RANGE: &str = "10.88.0.0/16";
-
-/// The `ests-cni` binary built beside the `ests` under test.
-fn ests_cni_binary() -> anyhow::Result<PathBuf> {
-    let ests = PathBuf::from(env!("CARGO_BIN_EXE_ests"));
-    let plugin = ests.with_file_name("ests-cni");
-    anyhow::ensure!(
-        plugin.is_file(),
-        "{} is missing: build it with `cargo build -p ests-cni` (cargo test --workspace does)",
-        plugin.display()
-    );
-    let built = std::fs::metadata(&plugin)?.modified()?;
-    let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cni/src");
-    for entry in std::fs::read_dir(&sources)? {
-        let changed = entry?.metadata()?.modified()?;
-        anyhow::ensure!(
-            changed <= built,
-            "{} is older than its sources: `cargo build -p ests-cni`",
-            plugin.display()
-        );
-    }
-    Ok(plugin)
-}
 
 fn agent_socket(node: &RealNode) -> PathBuf {
     node.dir.join("ests/cni.sock")
@@ -158,27 +133,6 @@ async fn cni_env() -> anyhow::Result<Option<(Env, &'static RealNode)>> {
         })
         .await?;
     Ok(Some((env, node)))
-}
-
-/// Whether the agent handed `ip` out (host-local gives .10 and above of the first /17).
-fn from_agent(ip: IpAddr) -> bool {
-    matches!(ip, IpAddr::V4(v4) if v4.octets()[2] == 0 && (2..10).contains(&v4.octets()[3]))
-}
-
-/// An ordinary pod of the test image on the real node.
-fn ordinary_pod(name: &str) -> Pod {
-    serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "ordinary"},
-                     "annotations": {ests_testenv::invariants::ANSWER_ANNOTATION: ANSWER_PORT.to_string()}},
-        "spec": on_real_node(json!({
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsUser": 65532, "runAsNonRoot": true},
-            "containers": [answer_container()],
-        })),
-    }))
-    .expect("a valid pod")
 }
 
 /// A static-IP set of the test image (record mode, the source manifest's annotation).

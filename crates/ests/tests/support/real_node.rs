@@ -2,6 +2,7 @@
 //! waits for them.
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ests_testenv::invariants::ANSWER_ANNOTATION;
@@ -16,6 +17,40 @@ use serde_json::{Value, json};
 use super::{Env, namespace};
 
 pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The pod range the node agent hands out of on the real node: the node's, whose second
+/// address (the node's, on the bridge) is the gateway.
+pub const POD_RANGE: &str = "10.88.0.0/16";
+
+/// The `ests-cni` binary built beside the `ests` under test; refused when its sources
+/// changed after it was built (a test would run an old plugin).
+pub fn ests_cni_binary() -> anyhow::Result<PathBuf> {
+    let ests = PathBuf::from(env!("CARGO_BIN_EXE_ests"));
+    let plugin = ests.with_file_name("ests-cni");
+    anyhow::ensure!(
+        plugin.is_file(),
+        "{} is missing: build it with `cargo build -p ests-cni` (cargo test --workspace does)",
+        plugin.display()
+    );
+    let built = std::fs::metadata(&plugin)?.modified()?;
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cni/src");
+    for entry in std::fs::read_dir(&sources)? {
+        let changed = entry?.metadata()?.modified()?;
+        anyhow::ensure!(
+            changed <= built,
+            "{} is older than its sources: `cargo build -p ests-cni`",
+            plugin.display()
+        );
+    }
+    Ok(plugin)
+}
+
+/// The ests image built from the `ests` under test and its `ests-cni`, imported into the
+/// node: its reference.
+pub async fn import_ests_image(node: &RealNode) -> anyhow::Result<String> {
+    node.import_ests_image(Path::new(env!("CARGO_BIN_EXE_ests")), &ests_cni_binary()?)
+        .await
+}
 
 /// Merges the real node's placement into a pod spec.
 pub fn on_real_node(mut spec: Value) -> Value {
@@ -94,4 +129,27 @@ pub async fn ready_pod(pods: &Api<Pod>, name: &str) -> anyhow::Result<Option<(St
             _ => None,
         },
     )
+}
+
+/// Whether the agent (handing out of [`POD_RANGE`], lowest free address first) handed `ip`
+/// out: host-local, the node's own IPAM, gives .10 and above of the first /17, so a test that
+/// holds fewer than eight agent addresses at once tells them apart.
+pub fn from_agent(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.octets()[2] == 0 && (2..10).contains(&v4.octets()[3]))
+}
+
+/// An ordinary pod of the test image on the real node.
+pub fn ordinary_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "ordinary"},
+                     "annotations": {ANSWER_ANNOTATION: ANSWER_PORT.to_string()}},
+        "spec": on_real_node(json!({
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"runAsUser": 65532, "runAsNonRoot": true},
+            "containers": [answer_container()],
+        })),
+    }))
+    .expect("a valid pod")
 }
