@@ -642,6 +642,9 @@ async fn the_node_agent_renders_as_a_cni_daemonset_when_enabled() -> anyhow::Res
     assert_eq!(flag(&agent_args, "socket"), ["/var/run/ests/cni.sock"]);
     assert_eq!(flag(&agent_args, "state-dir"), ["/var/lib/ests/node"]);
     assert_eq!(flag(&agent_args, "metrics-addr"), ["$(HOST_IP):8084"]);
+    let all = render(&all_options()).await?;
+    let args = container_args(one(&all, "DaemonSet", "ests-node"), "containers", "agent");
+    assert_eq!(flag(&args, "metrics-addr"), ["[::]:9084"]);
 
     // The init container's flags, run by the ests under test against local directories
     // standing in for the host's: the list it writes is read by the plugin's own parser, and
@@ -765,6 +768,7 @@ async fn bad_node_values_are_refused_naming_them() -> anyhow::Result<()> {
         ),
         (vec![("node.cni.cniVersion", "0.2.0")], "cniVersion"),
         (vec![("node.socketDir", "relative/dir")], "socketDir"),
+        (vec![("node.metricsHost", "::")], "metricsHost"),
         (vec![("node.podRanges[0]", "not-a-cidr")], "podRanges"),
         (vec![("node.enable", "true")], "enable"),
         (vec![("cni.integration", "flannel")], "integration"),
