@@ -355,3 +355,48 @@ namespace) and the log settings.
 - name: ESTS_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 {{- end }}
+
+{{/*
+Which CNI gives pods their addresses (cni.integration): as set, else `custom` when
+cniAnnotations is set, else `ests` when the chart runs ests's own CNI (node.enabled), else
+`calico` (the chart's behaviour before the node agent, so existing installs keep it).
+*/}}
+{{- define "ests.cniIntegration" -}}
+{{- if .Values.cni.integration }}
+{{- .Values.cni.integration }}
+{{- else if .Values.cniAnnotations }}custom
+{{- else if .Values.node.enabled }}ests
+{{- else }}calico
+{{- end }}
+{{- end }}
+
+{{/*
+The CNI annotations the webhook and the extender's bind write, as a JSON list of `key=format`
+(ests_core::pin::cni_annotations reads the same from --cni-annotation): empty under `ests`.
+*/}}
+{{- define "ests.cniAnnotations" -}}
+{{- $integration := include "ests.cniIntegration" . }}
+{{- if eq $integration "calico" }}
+{{- list "cni.projectcalico.org/ipAddrs={ips-json}" | toJson }}
+{{- else if eq $integration "ests" }}
+{{- list | toJson }}
+{{- else if .Values.cniAnnotations }}
+{{- .Values.cniAnnotations | toJson }}
+{{- else }}
+{{- fail "cni.integration custom needs cniAnnotations (key=format entries)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The --cni-annotation flags of the webhook and the extender: one per annotation, or `none`.
+*/}}
+{{- define "ests.cniAnnotationArgs" -}}
+{{- $annotations := include "ests.cniAnnotations" . | fromJsonArray }}
+{{- if $annotations }}
+{{- range $annotations }}
+- --cni-annotation={{ . }}
+{{- end }}
+{{- else }}
+- --cni-annotation=none
+{{- end }}
+{{- end }}

@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rscni_plugin::types::{NetConf, Route};
-use serde::Deserialize;
+use rscni_plugin::types::{Ipam, NetConf, Route};
+use serde::{Deserialize, Serialize};
 
 use crate::protocol::{DEFAULT_AGENT_SOCKET, Pod};
 
@@ -44,14 +44,16 @@ pub enum ConfigError {
     Timeout(u64),
 }
 
-#[derive(Deserialize)]
+/// The keys of the section, both ways: read by the plugin, written by
+/// [`IpamConfig::section`] (so a section ests writes is always one the plugin reads).
+#[derive(Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct RawIpam {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     agent_socket: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     timeout_seconds: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     routes: Vec<Route>,
 }
 
@@ -66,6 +68,46 @@ pub fn ipam_config(conf: &NetConf) -> Result<IpamConfig, ConfigError> {
     );
     let raw: RawIpam =
         serde_json::from_value(custom).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    checked(raw)
+}
+
+impl IpamConfig {
+    /// A section for `agent_socket` (and optionally a timeout and routes), held to the
+    /// rules the plugin reads a section by.
+    pub fn new(
+        agent_socket: &str,
+        timeout_seconds: Option<u64>,
+        routes: Vec<Route>,
+    ) -> Result<Self, ConfigError> {
+        checked(RawIpam {
+            agent_socket: Some(agent_socket.to_string()),
+            timeout_seconds,
+            routes,
+        })
+    }
+
+    /// The section as the network config carries it under `ipam`, `type` included.
+    pub fn section(&self) -> Ipam {
+        let raw = RawIpam {
+            agent_socket: Some(self.agent_socket.display().to_string()),
+            timeout_seconds: Some(self.timeout.as_secs()),
+            routes: self.routes.clone(),
+        };
+        let custom = match serde_json::to_value(raw) {
+            Ok(serde_json::Value::Object(fields)) => fields.into_iter().collect(),
+            // A struct of strings, numbers and routes always serialises to an object.
+            _ => Default::default(),
+        };
+        Ipam {
+            r#type: crate::PLUGIN_TYPE.to_string(),
+            custom,
+        }
+    }
+}
+
+/// The rules of a section: an absolute socket (default [`DEFAULT_AGENT_SOCKET`]), a
+/// timeout of 1 to [`MAX_TIMEOUT_SECONDS`].
+fn checked(raw: RawIpam) -> Result<IpamConfig, ConfigError> {
     let socket = raw
         .agent_socket
         .filter(|s| !s.is_empty())

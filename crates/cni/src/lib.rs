@@ -49,6 +49,7 @@
 
 pub mod client;
 pub mod config;
+pub mod conflist;
 pub mod protocol;
 
 use rscni_plugin::cni::Cni;
@@ -60,6 +61,12 @@ use crate::config::{IpamConfig, ipam_config, pod_args};
 use crate::protocol::{
     AttachmentId, Command, Failure, FailureKind, PROTOCOL_VERSION, Request, Response, Success,
 };
+
+/// The plugin's `type` in a network config (its binary's name in the CNI bin directory).
+pub const PLUGIN_TYPE: &str = "ests-cni";
+
+/// The CNI spec versions ests-cni speaks (those `rscni-plugin` negotiates).
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// CNI error code: the agent refused the pod its addresses (another node's block, another
 /// workload's record); kubelet keeps the pod ContainerCreating with this message in its

@@ -9,7 +9,10 @@ use rscni_plugin::cni::Plugin;
 fn main() -> ExitCode {
     if std::env::args_os().len() > 1 && std::env::var_os("CNI_COMMAND").is_none() {
         eprintln!("{}", ests_cni::ABOUT);
-        eprintln!("CNI protocol versions supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0");
+        eprintln!(
+            "CNI protocol versions supported: {}",
+            ests_cni::SUPPORTED_VERSIONS.join(", ")
+        );
         return ExitCode::SUCCESS;
     }
     // Without CNI_COMMAND the skeleton prints ABOUT on stderr and succeeds; with one it

@@ -71,6 +71,60 @@ impl CniAnnotation {
     }
 }
 
+/// One `--cni-annotation` of the webhook and the extender: an annotation, or `none`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CniAnnotationFlag {
+    /// `none`: no CNI annotation besides ests's own.
+    None,
+    /// `key=format`.
+    Annotation(CniAnnotation),
+}
+
+impl CniAnnotationFlag {
+    /// The word that asks for no CNI annotation.
+    pub const NONE: &'static str = "none";
+
+    /// Parses `none` or `key=format` (an annotation key has no `=`-less form, so the two
+    /// never meet).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        if spec == Self::NONE {
+            return Ok(Self::None);
+        }
+        CniAnnotation::parse(spec)
+            .map(Self::Annotation)
+            .map_err(|e| format!("{e}, or {} for no CNI annotation", Self::NONE))
+    }
+}
+
+/// The CNI annotations that `flags` ask for, written beside ests's own
+/// (`staticip.jke.jdcloud.com/ip`, `.../node`):
+///
+/// - none given: Calico's, `cni.projectcalico.org/ipAddrs` (its IPAM hands a pod the
+///   addresses it names);
+/// - `none`: no other. ests-cni is the IPAM then, and it reads ests's own annotation and the
+///   StaticIP record; a CNI annotation would only be in the way — Calico with ests-cni as
+///   its IPAM refuses every pod carrying `ipAddrs` ("not compatible with configured IPAM");
+/// - annotations: those (`none` cannot be among them).
+pub fn cni_annotations(flags: &[CniAnnotationFlag]) -> Result<Vec<CniAnnotation>, String> {
+    if flags.is_empty() {
+        return Ok(vec![CniAnnotation::calico()]);
+    }
+    let mut annotations = Vec::new();
+    for flag in flags {
+        match flag {
+            CniAnnotationFlag::None if flags.len() == 1 => {}
+            CniAnnotationFlag::None => {
+                return Err(format!(
+                    "--cni-annotation {} means no CNI annotation at all: it cannot be given with others",
+                    CniAnnotationFlag::NONE
+                ));
+            }
+            CniAnnotationFlag::Annotation(a) => annotations.push(a.clone()),
+        }
+    }
+    Ok(annotations)
+}
+
 /// What the webhook is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinSettings {

@@ -24,10 +24,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use support::cni::{
-    MainPlugin, agent_api_requests, agent_metrics, conflist, ests_cni_binary, install_network,
-    ordinary_pod, wait_network,
+    MainPlugin, agent_api_requests, agent_metrics, conflist, install_network, wait_network,
 };
-use support::real_node::{TIMEOUT, answer_set, ready_pod, real_namespace};
+use support::real_node::{
+    TIMEOUT, answer_set, ests_cni_binary, ordinary_pod, ready_pod, real_namespace,
+};
 use support::{apply, real_node_env, start_webhook, wait_status};
 
 const NAMESPACE: &str = "bench-cni";

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use ests_core::pin::CniAnnotation;
+use ests_core::pin::{CniAnnotationFlag, cni_annotations};
 use ests_extender::bind::Binder;
 use ests_extender::watch::SharedIndex;
 use ests_extender::{AppState, Metrics, router};
@@ -36,10 +36,11 @@ pub struct ExtenderArgs {
     pub bind: bool,
 
     /// Annotation a CNI reads a pod's addresses from, as key=format, written at bind
-    /// (`{ips-json}`, `{ips}`, `{ipv4}`, `{ipv6}` are replaced); repeat or separate with ';'.
-    /// Default: Calico's cni.projectcalico.org/ipAddrs={ips-json}. Use the webhook's setting.
-    #[arg(long = "cni-annotation", env = "ESTS_CNI_ANNOTATIONS", value_delimiter = ';', value_parser = CniAnnotation::parse)]
-    pub cni_annotations: Vec<CniAnnotation>,
+    /// (`{ips-json}`, `{ips}`, `{ipv4}`, `{ipv6}` are replaced); repeat or separate with ';';
+    /// `none` for no annotation besides ests's own (ests-cni is the IPAM). Default: Calico's
+    /// cni.projectcalico.org/ipAddrs={ips-json}. Use the webhook's setting.
+    #[arg(long = "cni-annotation", env = "ESTS_CNI_ANNOTATIONS", value_delimiter = ';', value_parser = CniAnnotationFlag::parse)]
+    pub cni_annotations: Vec<CniAnnotationFlag>,
 
     /// Serve HTTPS with this certificate (PEM; reloaded when the file changes). Without it
     /// the extender serves plain HTTP, for a scheduler on the same host or network policy.
@@ -87,11 +88,9 @@ pub async fn run(args: ExtenderArgs) -> anyhow::Result<()> {
         };
         waits.push(ests_runtime::watch::wait_for(&ipam.pools));
         waits.push(ests_runtime::watch::wait_for(&ipam.blocks));
-        let cni = if args.cni_annotations.is_empty() {
-            vec![CniAnnotation::calico()]
-        } else {
-            args.cni_annotations
-        };
+        let cni = cni_annotations(&args.cni_annotations)
+            .map_err(anyhow::Error::msg)
+            .context("--cni-annotation")?;
         Some(Arc::new(Binder {
             client: client.clone(),
             ipam,

@@ -52,7 +52,9 @@ enum Command {
     MigrateNode(migration::MigrateNodeArgs),
     /// Run the node agent: gives the ests-cni plugin its node's pod addresses (a static-IP
     /// pod's from its record, others' from the pod range, never an address a record keeps).
-    Node(node::NodeArgs),
+    /// `ests node install-cni` puts the plugin and its network config on the node.
+    // Boxed: with install-cni's flags it is the largest command.
+    Node(Box<node::NodeCommand>),
     /// Print the CustomResourceDefinitions generated from the API types, or write them and
     /// the ValidatingAdmissionPolicies to a config directory.
     Crd(manifests::CrdArgs),
@@ -88,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Webhook(args) => webhook::run(args).await,
         Command::Extender(args) => extender::run(args).await,
         Command::MigrateNode(args) => migration::migrate_node(args).await,
-        Command::Node(args) => node::run(args).await,
+        Command::Node(command) => node::main(*command).await,
         Command::Crd(args) => manifests::run(&args),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ests_api::{StaticIP, StaticIPPool};
-use ests_core::pin::{CniAnnotation, PinSettings};
+use ests_core::pin::{CniAnnotationFlag, PinSettings, cni_annotations};
 use ests_runtime::tls::{CertFiles, reloading_config};
 use ests_webhook::{AppState, KeptAddresses, Metrics, router};
 use futures::StreamExt;
@@ -58,9 +58,12 @@ pub struct WebhookArgs {
 
     /// A pod annotation the CNI reads the pinned addresses from, as key=format, where the
     /// format may use {ips-json} (["10.0.0.5"]), {ips} (10.0.0.5,fd00::5), {ipv4} and {ipv6}
-    /// (repeatable) [default: cni.projectcalico.org/ipAddrs={ips-json}].
-    #[arg(long = "cni-annotation", env = "ESTS_CNI_ANNOTATIONS", value_delimiter = ';', value_parser = CniAnnotation::parse)]
-    pub cni_annotations: Vec<CniAnnotation>,
+    /// (repeatable); or `none` for no annotation besides ests's own (ests-cni is the IPAM,
+    /// also under Calico, which refuses ipAddrs with a foreign IPAM). Ordinary pods naming a
+    /// kept address in one of these are refused [default:
+    /// cni.projectcalico.org/ipAddrs={ips-json}].
+    #[arg(long = "cni-annotation", env = "ESTS_CNI_ANNOTATIONS", value_delimiter = ';', value_parser = CniAnnotationFlag::parse)]
+    pub cni_annotations: Vec<CniAnnotationFlag>,
 }
 
 pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
@@ -148,11 +151,9 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         });
     }
 
-    let cni = if args.cni_annotations.is_empty() {
-        vec![CniAnnotation::calico()]
-    } else {
-        args.cni_annotations
-    };
+    let cni = cni_annotations(&args.cni_annotations)
+        .map_err(anyhow::Error::msg)
+        .context("--cni-annotation")?;
     let app = router(AppState {
         records,
         kept,

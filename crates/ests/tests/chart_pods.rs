@@ -25,7 +25,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -45,11 +44,12 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::Env;
+use support::chart::{
+    NAMESPACE, ProcessFacts, RELEASE, chart_dir, component_pods, http_get, liveness_endpoint,
+    named_port, pod_ip, process_facts, ready, restarts,
+};
 use support::real_node::{answer_container, on_real_node};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const RELEASE: &str = "ests";
-const NAMESPACE: &str = "ests-system";
 const T: Duration = Duration::from_secs(180);
 /// The extender Service's fixed ClusterIP: the host's kube-scheduler resolves no cluster DNS
 /// names, so its configuration names the extender by address (`extender.service.clusterIP`).
@@ -58,10 +58,6 @@ const EXTENDER_IP: &str = "10.96.0.88";
 const EXTENDER_PORT: u16 = 8888;
 /// The chart's components and the label value of their pods.
 const COMPONENTS: [&str; 3] = ["controller", "webhook", "extender"];
-
-fn chart_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/ests")
-}
 
 /// Values placing every component on the real node and running the harness's image.
 fn values(image: &str, scheduler_cert_dir: &Path) -> anyhow::Result<String> {
@@ -107,56 +103,6 @@ fn answer_set(name: &str, replicas: i32) -> Value {
     })
 }
 
-/// The release's pods of `component`.
-async fn component_pods(client: &Client, component: &str) -> anyhow::Result<Vec<Pod>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let selector =
-        format!("app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component={component}");
-    Ok(pods
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items)
-}
-
-fn pod_ip(pod: &Pod) -> anyhow::Result<IpAddr> {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.pod_ip.as_deref())
-        .with_context(|| format!("{} has no address", pod.name_any()))?
-        .parse()
-        .with_context(|| format!("{}'s address", pod.name_any()))
-}
-
-/// A plain-HTTP GET of `path` at `ip:port` (a pod's metrics port, on this machine's bridge):
-/// the status code and the body.
-async fn http_get(ip: IpAddr, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    if !ests_testenv::real_node::on_this_machine(ip) {
-        bail!("{ip} is not on this machine; not asking it");
-    }
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect((ip, port)).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
-            .await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        anyhow::Ok(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .with_context(|| format!("GET {ip}:{port}{path}: no answer"))??;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("GET {ip}:{port}{path}: no status line"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
-}
-
 /// Filter calls the extender replicas have answered, summed over their /metrics.
 async fn filter_calls(client: &Client) -> anyhow::Result<u64> {
     let mut total = 0;
@@ -171,90 +117,6 @@ async fn filter_calls(client: &Client) -> anyhow::Result<u64> {
             .sum::<f64>() as u64;
     }
     Ok(total)
-}
-
-/// Fields of `/proc/<pid>/status` of a container's process on the node.
-struct ProcessFacts {
-    rss_kib: u64,
-    uid: String,
-    cap_eff: String,
-    root_read_only: bool,
-}
-
-async fn process_facts(node: &RealNode, container_id: &str) -> anyhow::Result<ProcessFacts> {
-    let pid = node.container_pid(container_id).await?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_default()
-    };
-    // mountinfo: the root mount's options are the sixth field.
-    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
-    let root_read_only = mounts.lines().any(|l| {
-        let fields: Vec<&str> = l.split_whitespace().collect();
-        fields.get(4) == Some(&"/")
-            && fields
-                .get(5)
-                .is_some_and(|o| o.split(',').any(|o| o == "ro"))
-    });
-    Ok(ProcessFacts {
-        rss_kib: field("VmRSS:")
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .with_context(|| format!("VmRSS of pid {pid}"))?,
-        uid: field("Uid:"),
-        cap_eff: field("CapEff:"),
-        root_read_only,
-    })
-}
-
-fn ready(pod: &Pod) -> bool {
-    ests_testenv::wait::pod_ready(pod)
-}
-
-/// The number of the pod's container port called `name`.
-fn named_port(pod: &Pod, name: &str) -> anyhow::Result<u16> {
-    let port = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| p.name.as_deref() == Some(name))
-        .with_context(|| format!("{} has no port {name}", pod.name_any()))?;
-    Ok(u16::try_from(port.container_port)?)
-}
-
-/// The port and path of the pod's liveness probe (an HTTP GET, its port named or numbered).
-fn liveness_endpoint(pod: &Pod) -> anyhow::Result<(u16, String)> {
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    let container = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .context("no container")?;
-    let get = container
-        .liveness_probe
-        .as_ref()
-        .and_then(|p| p.http_get.as_ref())
-        .with_context(|| format!("{} has no HTTP liveness probe", pod.name_any()))?;
-    let port = match &get.port {
-        IntOrString::Int(port) => u16::try_from(*port)?,
-        IntOrString::String(name) => named_port(pod, name)?,
-    };
-    Ok((port, get.path.clone().unwrap_or_else(|| "/".into())))
-}
-
-/// The restart count of each container of the pod.
-fn restarts(pod: &Pod) -> Vec<(String, i32)> {
-    pod.status
-        .iter()
-        .flat_map(|s| s.container_statuses.iter().flatten())
-        .map(|c| (c.name.clone(), c.restart_count))
-        .collect()
 }
 
 /// The pod and container security settings as admitted, and as they run.
@@ -375,9 +237,7 @@ async fn the_chart_runs_as_pods_on_the_real_node() -> anyhow::Result<()> {
         plane,
         client: admin.clone(),
     };
-    let image = node
-        .import_ests_image(Path::new(env!("CARGO_BIN_EXE_ests")))
-        .await?;
+    let image = support::real_node::import_ests_image(node).await?;
 
     // Installed as a cluster admin would: the chart's defaults but for the image, the
     // placement and the extender's address.

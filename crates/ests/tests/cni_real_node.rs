@@ -19,10 +19,8 @@ use ests_testenv::{InvariantChecker, LogsOnFailure, cluster_lock, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
-use support::cni::{
-    MainPlugin, agent_api_requests, install_network, ordinary_pod, start_agent, table_entries,
-};
-use support::real_node::{TIMEOUT, answer_set, ready_pod, real_namespace};
+use support::cni::{MainPlugin, agent_api_requests, install_network, start_agent, table_entries};
+use support::real_node::{TIMEOUT, answer_set, ordinary_pod, ready_pod, real_namespace};
 use support::{Env, apply, bound_records, names, patch, real_node_env, start_webhook, wait_status};
 
 /// The real node with the webhook, the agent and the ests network (bridge) installed, once

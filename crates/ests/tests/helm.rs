@@ -31,7 +31,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
     ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
@@ -167,6 +167,7 @@ fn check_object(doc: &Value) -> anyhow::Result<()> {
         ("v1", "ConfigMap") => round_trip::<ConfigMap>(doc),
         ("v1", "Service") => round_trip::<Service>(doc),
         ("apps/v1", "Deployment") => round_trip::<Deployment>(doc),
+        ("apps/v1", "DaemonSet") => round_trip::<DaemonSet>(doc),
         ("policy/v1", "PodDisruptionBudget") => round_trip::<PodDisruptionBudget>(doc),
         ("networking.k8s.io/v1", "NetworkPolicy") => round_trip::<NetworkPolicy>(doc),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => round_trip::<ClusterRole>(doc),
@@ -484,6 +485,308 @@ async fn rbac_has_no_wildcard_no_secret_access_and_binds_only_the_charts_account
             "{label}: the extender may bind pods: {binds}"
         );
         assert_eq!(writes, bind_on, "{label}: the extender may write: {writes}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// the node agent's DaemonSet (node.enabled)
+
+fn set(pairs: &[(&str, &str)]) -> Values {
+    Values {
+        files: Vec::new(),
+        set: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+/// The args of the first container named `container` in the pod spec of `doc`.
+fn container_args<'a>(doc: &'a Value, list: &str, container: &str) -> Vec<&'a str> {
+    doc["spec"]["template"]["spec"][list]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == container)
+        .map(|c| strings(&c["args"]))
+        .unwrap_or_default()
+}
+
+/// The values of `--flag=` in `args`.
+fn flag<'a>(args: &[&'a str], flag: &str) -> Vec<&'a str> {
+    let prefix = format!("--{flag}=");
+    args.iter()
+        .filter_map(|a| a.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+fn webhook_names(docs: &[Value]) -> Vec<String> {
+    one(docs, "ValidatingWebhookConfiguration", "ests-webhook")["webhooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Off by default: an existing install renders no DaemonSet, no node RBAC, and keeps
+/// writing Calico's annotation (with the pod-address webhook guarding it).
+#[tokio::test]
+async fn the_node_agent_is_off_by_default_and_calico_stays_the_default() -> anyhow::Result<()> {
+    let docs = render(&Values::none()).await?;
+    assert!(of_kind(&docs, "DaemonSet").is_empty());
+    assert!(
+        !docs.iter().any(|d| name(d) == "ests-node"),
+        "something of the node agent rendered"
+    );
+    let webhook = one(&docs, "Deployment", "ests-webhook");
+    assert_eq!(
+        flag(
+            &container_args(webhook, "containers", "webhook"),
+            "cni-annotation"
+        ),
+        ["cni.projectcalico.org/ipAddrs={ips-json}"]
+    );
+    let calico = [CniAnnotation::calico()];
+    let (_, validating) = ests_webhook::config::configurations(
+        &ests_webhook::config::Endpoint::Url("https://x".into()),
+        None,
+        NAMESPACE,
+        &calico,
+    );
+    let expected: Vec<String> = validating
+        .webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(webhook_names(&docs), expected);
+    Ok(())
+}
+
+/// `node.enabled`: the DaemonSet as a CNI's (host network, every taint tolerated,
+/// node-critical, rolling), its init container installing into the host's CNI directories,
+/// the agent on the socket the written list names; and the webhook and the extender's bind
+/// write no Calico annotation, with no pod-address webhook left to guard one.
+#[tokio::test]
+async fn the_node_agent_renders_as_a_cni_daemonset_when_enabled() -> anyhow::Result<()> {
+    let docs = render(&set(&[("node.enabled", "true"), ("extender.bind", "true")])).await?;
+    for doc in &docs {
+        check_object(doc)?;
+    }
+    let daemonset = one(&docs, "DaemonSet", "ests-node");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], json!(true));
+    assert_eq!(pod["dnsPolicy"], json!("ClusterFirstWithHostNet"));
+    assert_eq!(pod["priorityClassName"], json!("system-node-critical"));
+    assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
+    assert_eq!(pod["serviceAccountName"], json!("ests-node"));
+    assert_eq!(
+        daemonset["spec"]["updateStrategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}})
+    );
+    // Root without capabilities, read-only, no escalation, in both containers.
+    assert_eq!(pod["securityContext"]["runAsUser"], json!(0));
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        json!("RuntimeDefault")
+    );
+    for list in ["initContainers", "containers"] {
+        let containers = pod[list].as_array().context("containers")?;
+        assert_eq!(containers.len(), 1, "{list}");
+        let sc = &containers[0]["securityContext"];
+        assert_eq!(sc["runAsUser"], json!(0), "{list}");
+        assert_eq!(sc["allowPrivilegeEscalation"], json!(false), "{list}");
+        assert_eq!(sc["readOnlyRootFilesystem"], json!(true), "{list}");
+        assert_eq!(sc["capabilities"], json!({"drop": ["ALL"]}), "{list}");
+        assert!(sc["capabilities"]["add"].is_null(), "{list}");
+        assert!(containers[0]["resources"]["limits"]["memory"].is_string());
+    }
+    let agent = &pod["containers"][0];
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        assert_eq!(agent[probe]["httpGet"]["path"], json!(path));
+        assert_eq!(agent[probe]["httpGet"]["port"], json!("metrics"));
+    }
+    assert_eq!(agent["ports"][0]["containerPort"], json!(8084));
+    // hostPath volumes: the CNI directories, the socket's, the table's; each mounted at
+    // the same path as on the host.
+    let volumes: BTreeMap<&str, &str> = pod["volumes"]
+        .as_array()
+        .context("volumes")?
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap_or_default(),
+                v["hostPath"]["path"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        volumes,
+        BTreeMap::from([
+            ("cni-bin", "/opt/cni/bin"),
+            ("cni-conf", "/etc/cni/net.d"),
+            ("socket", "/var/run/ests"),
+            ("state", "/var/lib/ests/node"),
+        ])
+    );
+    for container in [&pod["initContainers"][0], agent] {
+        for mount in container["volumeMounts"].as_array().context("mounts")? {
+            let volume = mount["name"].as_str().unwrap_or_default();
+            assert_eq!(mount["mountPath"].as_str(), volumes.get(volume).copied());
+        }
+    }
+    let agent_args = container_args(daemonset, "containers", "agent");
+    assert_eq!(agent_args[0], "node");
+    assert_eq!(flag(&agent_args, "socket"), ["/var/run/ests/cni.sock"]);
+    assert_eq!(flag(&agent_args, "state-dir"), ["/var/lib/ests/node"]);
+    assert_eq!(flag(&agent_args, "metrics-addr"), ["$(HOST_IP):8084"]);
+    let all = render(&all_options()).await?;
+    let args = container_args(one(&all, "DaemonSet", "ests-node"), "containers", "agent");
+    assert_eq!(flag(&args, "metrics-addr"), ["[::]:9084"]);
+
+    // The init container's flags, run by the ests under test against local directories
+    // standing in for the host's: the list it writes is read by the plugin's own parser, and
+    // names the socket the agent listens on.
+    let install = container_args(daemonset, "initContainers", "install-cni");
+    assert_eq!(install[..2], ["node", "install-cni"]);
+    let dir = std::env::temp_dir().join(format!("ests-helm-install-cni-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (bin, conf) = (dir.join("opt/cni/bin"), dir.join("etc/cni/net.d"));
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&conf)?;
+    let plugin = dir.join("ests-cni");
+    std::fs::write(&plugin, "a plugin")?;
+    let args: Vec<String> = install
+        .iter()
+        .map(|a| {
+            a.replace(
+                "--plugin=/usr/local/bin/ests-cni",
+                &format!("--plugin={}", plugin.display()),
+            )
+            .replace("=/opt/cni/bin", &format!("={}", bin.display()))
+            .replace("=/etc/cni/net.d", &format!("={}", conf.display()))
+        })
+        .collect();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ests"))
+        .args(&args)
+        .env("ESTS_LOG_FORMAT", "text")
+        .output()
+        .await?;
+    assert!(
+        output.status.success(),
+        "ests {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(std::fs::read(bin.join("ests-cni"))?, b"a plugin");
+    let text = std::fs::read_to_string(conf.join("00-ests.conflist"))?;
+    let ipam = ests_cni::conflist::ipam_as_plugin_reads(&text)?;
+    assert_eq!(ipam.agent_socket, Path::new("/var/run/ests/cni.sock"));
+    let list: Value = serde_json::from_str(&text)?;
+    assert_eq!(list["name"], json!("ests"));
+    assert_eq!(list["plugins"][0]["type"], json!("bridge"));
+    assert_eq!(list["plugins"][0]["bridge"], json!("cni0"));
+    std::fs::remove_dir_all(&dir)?;
+
+    // Read-only RBAC: exactly the agent's watches.
+    let role = one(&docs, "ClusterRole", "ests-node");
+    assert_eq!(
+        role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["jke.jdcloud.com"], "resources": ["staticips", "ipblocks"], "verbs": ["list", "watch"]},
+        ])
+    );
+    let binding = one(&docs, "ClusterRoleBinding", "ests-node");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "ests-node", "namespace": NAMESPACE}])
+    );
+    one(&docs, "ServiceAccount", "ests-node");
+
+    // ests's own IPAM: no CNI annotation but ests's own, and no pod-address webhook.
+    for (deployment, container) in [("ests-webhook", "webhook"), ("ests-extender", "extender")] {
+        let args = container_args(
+            one(&docs, "Deployment", deployment),
+            "containers",
+            container,
+        );
+        assert_eq!(flag(&args, "cni-annotation"), ["none"], "{deployment}");
+    }
+    let (_, validating) = ests_webhook::config::configurations(
+        &ests_webhook::config::Endpoint::Url("https://x".into()),
+        None,
+        NAMESPACE,
+        &[],
+    );
+    let expected: Vec<String> = validating
+        .webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(webhook_names(&docs), expected);
+    assert!(!expected.contains(&"pod-addresses.staticip.jke.jdcloud.com".to_string()));
+
+    // cni.integration overrides the default either way.
+    let calico = render(&set(&[
+        ("node.enabled", "true"),
+        ("cni.integration", "calico"),
+    ]))
+    .await?;
+    let args = container_args(
+        one(&calico, "Deployment", "ests-webhook"),
+        "containers",
+        "webhook",
+    );
+    assert_eq!(
+        flag(&args, "cni-annotation"),
+        ["cni.projectcalico.org/ipAddrs={ips-json}"]
+    );
+    let ests = render(&set(&[("cni.integration", "ests")])).await?;
+    let args = container_args(
+        one(&ests, "Deployment", "ests-webhook"),
+        "containers",
+        "webhook",
+    );
+    assert_eq!(flag(&args, "cni-annotation"), ["none"]);
+    Ok(())
+}
+
+/// Bad node values are refused by the schema (or the templates), naming the value.
+#[tokio::test]
+async fn bad_node_values_are_refused_naming_them() -> anyhow::Result<()> {
+    let helm = Helm::locate()?;
+    for (pairs, named) in [
+        (vec![("node.addWait", "soon")], "addWait"),
+        (vec![("node.cni.confFileName", "ests.conf")], "confFileName"),
+        (
+            vec![("node.cni.mainPlugin.ipam.type", "host-local")],
+            "ipam",
+        ),
+        (vec![("node.cni.cniVersion", "0.2.0")], "cniVersion"),
+        (vec![("node.socketDir", "relative/dir")], "socketDir"),
+        (vec![("node.metricsHost", "::")], "metricsHost"),
+        (vec![("node.podRanges[0]", "not-a-cidr")], "podRanges"),
+        (vec![("node.enable", "true")], "enable"),
+        (vec![("cni.integration", "flannel")], "integration"),
+        (vec![("cni.integration", "custom")], "cniAnnotations"),
+    ] {
+        let values = set(&pairs);
+        let refused = helm
+            .template(&chart_dir(), RELEASE, NAMESPACE, &values)
+            .await
+            .err()
+            .with_context(|| format!("{pairs:?} accepted"))?;
+        // What helm said, without the command line that names the value too.
+        let message = format!("{refused:#}");
+        let said = message
+            .split_once("failed with")
+            .map(|(_, s)| s)
+            .unwrap_or_default();
+        assert!(said.contains(named), "{pairs:?}: {said}");
     }
     Ok(())
 }

@@ -170,9 +170,7 @@ async fn the_ests_image_runs_on_the_real_node() -> anyhow::Result<()> {
         return Ok(());
     };
     let _logs = LogsOnFailure(env.plane);
-    let image = node
-        .import_ests_image(std::path::Path::new(env!("CARGO_BIN_EXE_ests")))
-        .await?;
+    let image = support::real_node::import_ests_image(node).await?;
     let ns = "rn-image";
     real_namespace(&env, ns).await?;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);

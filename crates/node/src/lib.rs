@@ -9,9 +9,13 @@
 //! Decisions are serialised per node (one lock over the table), so two ADDs never race for
 //! one address; the table file survives a restart of the agent, so nothing held is
 //! forgotten or handed out twice.
+//!
+//! [`install`] is `ests node install-cni`: the plugin binary and its network config list
+//! put on the node, for the runtime to find.
 
 pub mod agent;
 pub mod handler;
+pub mod install;
 pub mod metrics;
 pub mod table;
 

@@ -113,7 +113,8 @@ pub fn pod_address_conditions(cni: &[CniAnnotation]) -> Vec<MatchCondition> {
 }
 
 /// The Pod webhook (mutating, only pods with the static-IP label), the pod-address webhook
-/// (validating, only pods without it that set one of the `cni` annotations), the set webhook
+/// (validating, only pods without it that set one of the `cni` annotations; none when `cni`
+/// is empty), the set webhook
 /// and the pool webhook (validating). All fail closed: a static-IP pod must never start
 /// without its pin, a pod naming an address the webhook could not check is not admitted, and
 /// neither is a set or pool the webhook could not check.
@@ -201,6 +202,15 @@ pub fn configurations(
     );
     // Pools are cluster-scoped: no namespace selector applies.
     let pools = validating("staticippools", POOLS_PATH, "Cluster", None);
+    // Without a CNI annotation (`--cni-annotation none`: ests-cni is the IPAM) no pod can ask
+    // the CNI for an address through one: ests-cni reads only ests's own annotation, which
+    // the `ests-pod-addresses` policy keeps to static-IP pods, and hands ordinary pods only
+    // addresses no record keeps. Nothing is left for the pod-address webhook to guard.
+    let validating_hooks = if cni.is_empty() {
+        vec![sets, pools]
+    } else {
+        vec![pod_addresses, sets, pools]
+    };
     (
         MutatingWebhookConfiguration {
             metadata: metadata.clone(),
@@ -208,7 +218,7 @@ pub fn configurations(
         },
         ValidatingWebhookConfiguration {
             metadata,
-            webhooks: Some(vec![pod_addresses, sets, pools]),
+            webhooks: Some(validating_hooks),
         },
     )
 }
@@ -238,6 +248,39 @@ mod tests {
             2,
             "{}",
             conditions[1].expression
+        );
+    }
+
+    #[test]
+    fn with_no_cni_annotation_there_is_no_pod_address_webhook() {
+        let names = |cni: &[CniAnnotation]| -> Vec<String> {
+            let (_, validating) = configurations(
+                &Endpoint::Url("https://127.0.0.1:9443".into()),
+                None,
+                "ests-system",
+                cni,
+            );
+            validating
+                .webhooks
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| w.name)
+                .collect()
+        };
+        assert_eq!(
+            names(&[]),
+            [
+                "enhancedstatefulsets.jke.jdcloud.com",
+                "staticippools.jke.jdcloud.com"
+            ]
+        );
+        assert_eq!(
+            names(&[CniAnnotation::calico()]),
+            [
+                "pod-addresses.staticip.jke.jdcloud.com",
+                "enhancedstatefulsets.jke.jdcloud.com",
+                "staticippools.jke.jdcloud.com"
+            ]
         );
     }
 

@@ -158,6 +158,18 @@ fn static_ip_pods_are_left_to_the_pin() {
     assert!(claims(&p, None, &cni()).is_empty());
 }
 
+/// Under ests's own IPAM no CNI annotation is configured: ests-cni reads none of them (only
+/// ests's own `staticip.jke.jdcloud.com/ip`, which an admission policy keeps to static-IP
+/// pods), so an ordinary pod naming a kept address in Calico's asks nobody for it.
+#[test]
+fn with_no_cni_annotation_configured_nothing_is_claimed() {
+    let p = pod(false, &[(CALICO, r#"["10.0.0.5"]"#), (OTHER, "10.0.0.5")]);
+    assert!(claims(&p, None, &[]).is_empty());
+    assert_eq!(kept_address_claims(&p, None, &[], records(KEPT)), None);
+    // The same pod is refused where Calico reads the annotation.
+    assert!(kept_address_claims(&p, None, &cni(), records(KEPT)).is_some());
+}
+
 #[test]
 fn an_update_is_judged_on_what_it_changes() {
     let kept = pod(false, &[(CALICO, r#"["10.0.0.5"]"#)]);

@@ -327,6 +327,70 @@ fn cni_annotation_specs_parse() {
 }
 
 #[test]
+fn cni_annotation_flags_default_to_calico_and_none_means_only_ests_own() {
+    let flags = |specs: &[&str]| -> Result<Vec<CniAnnotation>, String> {
+        let flags = specs
+            .iter()
+            .map(|s| CniAnnotationFlag::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        cni_annotations(&flags)
+    };
+    assert_eq!(flags(&[]), Ok(vec![CniAnnotation::calico()]));
+    assert_eq!(flags(&["none"]), Ok(vec![]));
+    let custom = CniAnnotation::parse("example.com/ip={ips}").expect("valid");
+    assert_eq!(flags(&["example.com/ip={ips}"]), Ok(vec![custom]));
+    let mixed = flags(&["none", "example.com/ip={ips}"]).expect_err("refused");
+    assert!(mixed.contains("none means no CNI annotation"), "{mixed}");
+    let bad = flags(&["nonsense"]).expect_err("refused");
+    assert!(bad.contains("or none"), "{bad}");
+}
+
+/// Under ests's own IPAM (`--cni-annotation none`) a re-created pod is pinned with ests's
+/// annotations and node only: no Calico `ipAddrs`, which Calico refuses with a foreign IPAM.
+#[test]
+fn with_no_cni_annotation_only_ests_own_are_written() {
+    let p = pod(Value::Null);
+    let settings = PinSettings {
+        cni: cni_annotations(&[CniAnnotationFlag::None]).expect("none"),
+        ..settings()
+    };
+    let v = pin(
+        &p,
+        Some(&record(&["10.40.0.7"], "Bound", "41")),
+        CONTROLLER,
+        &settings,
+    );
+    let after = applied(&p, &v);
+    let annotations = after["metadata"]["annotations"]
+        .as_object()
+        .expect("annotations");
+    assert_eq!(
+        annotations.get("staticip.jke.jdcloud.com/ip"),
+        Some(&json!("10.40.0.7"))
+    );
+    assert_eq!(
+        annotations.get("staticip.jke.jdcloud.com/node"),
+        Some(&json!("node-2"))
+    );
+    assert!(
+        !annotations.contains_key("cni.projectcalico.org/ipAddrs"),
+        "{annotations:?}"
+    );
+    // Only ests's own besides those the controller stamped.
+    let keys: Vec<&str> = annotations.keys().map(String::as_str).collect();
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("staticip.jke.jdcloud.com/")),
+        "{keys:?}"
+    );
+    assert_eq!(terms(&after), json!([{"matchFields": [pin_req()]}]));
+    assert_eq!(
+        address_annotations(&["10.40.0.7".parse().expect("ip")], Some("node-2"), &[]).len(),
+        2
+    );
+}
+
+#[test]
 fn a_migrating_record_pins_to_its_new_node() {
     // Node migration moved the record to node-2 with its address; its pod is re-created.
     let verdict = pin(

@@ -8,20 +8,17 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ests_testenv::real_node::RealNode;
-use ests_testenv::real_node::images::ANSWER_PORT;
 use ests_testenv::wait_for;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 
+use super::chart::http_get;
 use super::real_node::{
-    TIMEOUT, answer_container, counter_sum, http_get, on_real_node, ready_pod, real_namespace,
+    POD_RANGE, TIMEOUT, counter_sum, ests_cni_binary, from_agent, ordinary_pod, ready_pod,
+    real_namespace,
 };
 use super::{Env, start_ests};
-
-/// The pod range the agent hands out of: the node's, whose second address (the node's, on
-/// the bridge) is the gateway.
-pub const POD_RANGE: &str = "10.88.0.0/16";
 
 /// The reference plugin `ests-cni` is chained under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,28 +30,6 @@ pub enum MainPlugin {
     /// would put the gateway on the bridge with the block's prefix, which the bridge's
     /// own address forbids).
     Ptp,
-}
-
-/// The `ests-cni` binary built beside the `ests` under test.
-pub fn ests_cni_binary() -> anyhow::Result<PathBuf> {
-    let ests = PathBuf::from(env!("CARGO_BIN_EXE_ests"));
-    let plugin = ests.with_file_name("ests-cni");
-    anyhow::ensure!(
-        plugin.is_file(),
-        "{} is missing: build it with `cargo build -p ests-cni` (cargo test --workspace does; add --release for a benchmark)",
-        plugin.display()
-    );
-    let built = std::fs::metadata(&plugin)?.modified()?;
-    let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cni/src");
-    for entry in std::fs::read_dir(&sources)? {
-        let changed = entry?.metadata()?.modified()?;
-        anyhow::ensure!(
-            changed <= built,
-            "{} is older than its sources: `cargo build -p ests-cni`",
-            plugin.display()
-        );
-    }
-    Ok(plugin)
 }
 
 pub fn agent_socket(node: &RealNode) -> PathBuf {
@@ -199,25 +174,4 @@ pub async fn wait_network(env: &Env, agent: bool) -> anyhow::Result<()> {
         },
     )
     .await
-}
-
-/// Whether the agent handed `ip` out (host-local gives .10 and above of the first /17).
-pub fn from_agent(ip: IpAddr) -> bool {
-    matches!(ip, IpAddr::V4(v4) if v4.octets()[2] == 0 && (2..10).contains(&v4.octets()[3]))
-}
-
-/// An ordinary pod of the test image on the real node.
-pub fn ordinary_pod(name: &str) -> Pod {
-    serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "ordinary"},
-                     "annotations": {ests_testenv::invariants::ANSWER_ANNOTATION: ANSWER_PORT.to_string()}},
-        "spec": on_real_node(json!({
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsUser": 65532, "runAsNonRoot": true},
-            "containers": [answer_container()],
-        })),
-    }))
-    .expect("a valid pod")
 }

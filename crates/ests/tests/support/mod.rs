@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod chart;
 pub mod cni;
 pub mod real_node;
 
@@ -274,8 +275,18 @@ pub async fn start_extender(plane: &ControlPlane, bind: bool) -> anyhow::Result<
 }
 
 /// Starts `ests webhook` with a serving certificate of the harness CA on a free loopback
-/// port and registers it with the API server (URL mode).
+/// port and registers it with the API server (URL mode), writing Calico's CNI annotation.
 pub async fn start_webhook(env: &Env) -> anyhow::Result<()> {
+    start_webhook_with(env, &[], &[ests_core::pin::CniAnnotation::calico()]).await
+}
+
+/// [`start_webhook`] with `flags` (such as `--cni-annotation=none`) and the webhook
+/// configurations made for the CNI annotations `cni` those flags give.
+pub async fn start_webhook_with(
+    env: &Env,
+    flags: &[&str],
+    cni: &[ests_core::pin::CniAnnotation],
+) -> anyhow::Result<()> {
     let files = env.plane.pki.serving("webhook", &[])?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -283,13 +294,9 @@ pub async fn start_webhook(env: &Env) -> anyhow::Result<()> {
     let listen = format!("--listen=127.0.0.1:{port}");
     let cert = format!("--tls-cert-file={}", files.cert.display());
     let key = format!("--tls-key-file={}", files.key.display());
-    start_ests(
-        env.plane,
-        "ests-webhook",
-        "webhook",
-        &[&listen, &cert, &key],
-    )
-    .await?;
+    let mut args = vec![listen.as_str(), cert.as_str(), key.as_str()];
+    args.extend(flags);
+    start_ests(env.plane, "ests-webhook", "webhook", &args).await?;
     wait_for(
         "the webhook listens",
         std::time::Duration::from_secs(120),
@@ -305,7 +312,7 @@ pub async fn start_webhook(env: &Env) -> anyhow::Result<()> {
         &ests_webhook::config::Endpoint::Url(format!("https://127.0.0.1:{port}")),
         Some(env.plane.pki.ca_pem.as_bytes()),
         "ests-system",
-        &[ests_core::pin::CniAnnotation::calico()],
+        cni,
     );
     for config in [
         serde_json::to_value(&mutating)?,

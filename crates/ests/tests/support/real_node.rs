@@ -2,6 +2,7 @@
 //! waits for them.
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ests_testenv::invariants::ANSWER_ANNOTATION;
@@ -16,6 +17,40 @@ use serde_json::{Value, json};
 use super::{Env, namespace};
 
 pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The pod range the node agent hands out of on the real node: the node's, whose second
+/// address (the node's, on the bridge) is the gateway.
+pub const POD_RANGE: &str = "10.88.0.0/16";
+
+/// The `ests-cni` binary built beside the `ests` under test; refused when its sources
+/// changed after it was built (a test would run an old plugin).
+pub fn ests_cni_binary() -> anyhow::Result<PathBuf> {
+    let ests = PathBuf::from(env!("CARGO_BIN_EXE_ests"));
+    let plugin = ests.with_file_name("ests-cni");
+    anyhow::ensure!(
+        plugin.is_file(),
+        "{} is missing: build it with `cargo build -p ests-cni` (cargo test --workspace does; add --release for a benchmark)",
+        plugin.display()
+    );
+    let built = std::fs::metadata(&plugin)?.modified()?;
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cni/src");
+    for entry in std::fs::read_dir(&sources)? {
+        let changed = entry?.metadata()?.modified()?;
+        anyhow::ensure!(
+            changed <= built,
+            "{} is older than its sources: `cargo build -p ests-cni`",
+            plugin.display()
+        );
+    }
+    Ok(plugin)
+}
+
+/// The ests image built from the `ests` under test and its `ests-cni`, imported into the
+/// node: its reference.
+pub async fn import_ests_image(node: &RealNode) -> anyhow::Result<String> {
+    node.import_ests_image(Path::new(env!("CARGO_BIN_EXE_ests")), &ests_cni_binary()?)
+        .await
+}
 
 /// Merges the real node's placement into a pod spec.
 pub fn on_real_node(mut spec: Value) -> Value {
@@ -96,39 +131,6 @@ pub async fn ready_pod(pods: &Api<Pod>, name: &str) -> anyhow::Result<Option<(St
     )
 }
 
-/// `GET path` over plain HTTP/1.0 from `ip:port` (loopback or the real node's network only):
-/// the status code and the body.
-pub async fn http_get(ip: IpAddr, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    use anyhow::Context;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    anyhow::ensure!(
-        ests_testenv::real_node::on_this_machine(ip),
-        "{ip} is not on this machine; not asking it"
-    );
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect((ip, port)).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
-            .await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        anyhow::Ok(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .with_context(|| format!("GET {ip}:{port}{path}: no answer"))??;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("GET {ip}:{port}{path}: no status line"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
-}
-
 /// The sum of a Prometheus counter's samples whose labels include every `key="value"` of
 /// `labels`, in a /metrics text.
 pub fn counter_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
@@ -139,4 +141,27 @@ pub fn counter_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
+}
+
+/// Whether the agent (handing out of [`POD_RANGE`], lowest free address first) handed `ip`
+/// out: host-local, the node's own IPAM, gives .10 and above of the first /17, so a test that
+/// holds fewer than eight agent addresses at once tells them apart.
+pub fn from_agent(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.octets()[2] == 0 && (2..10).contains(&v4.octets()[3]))
+}
+
+/// An ordinary pod of the test image on the real node.
+pub fn ordinary_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "ordinary"},
+                     "annotations": {ANSWER_ANNOTATION: ANSWER_PORT.to_string()}},
+        "spec": on_real_node(json!({
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"runAsUser": 65532, "runAsNonRoot": true},
+            "containers": [answer_container()],
+        })),
+    }))
+    .expect("a valid pod")
 }

@@ -229,10 +229,13 @@ pub fn answer(version: &str) -> anyhow::Result<Image> {
     Ok(image)
 }
 
-/// The ests image: `binary` at /usr/local/bin/ests with the shared libraries `ldd` lists,
-/// the distroless `nonroot` user (65532), entrypoint `ests`, command `--help` — the layout of
-/// the Dockerfile's image.
-pub fn ests(binary: &Path) -> anyhow::Result<Image> {
+/// The ests image: `binary` at /usr/local/bin/ests and the CNI plugin `cni` beside it at
+/// /usr/local/bin/ests-cni (which `ests node install-cni` copies onto the node), with the
+/// shared libraries `ldd` lists for either, the distroless `nonroot` user (65532),
+/// entrypoint `ests`, command `--help` — the layout of the Dockerfile's image. (The
+/// Dockerfile links ests-cni statically, since the host runs it; the harness's host is the
+/// one it was built on, so its debug build runs there as it is.)
+pub fn ests(binary: &Path, cni: &Path) -> anyhow::Result<Image> {
     let mut image = Image::new(ESTS_IMAGE)
         .dir("tmp", 0o1777)
         .dir("etc", 0o755)
@@ -242,10 +245,17 @@ pub fn ests(binary: &Path) -> anyhow::Result<Image> {
             0o644,
         )
         .host_file("usr/local/bin/ests", binary, 0o755)?
+        .host_file("usr/local/bin/ests-cni", cni, 0o755)?
         .entrypoint(&["/usr/local/bin/ests"])
         .cmd(&["--help"])
         .user("65532:65532");
-    for lib in linked_libraries(binary)? {
+    let mut libraries = linked_libraries(binary)?;
+    for lib in linked_libraries(cni)? {
+        if !libraries.contains(&lib) {
+            libraries.push(lib);
+        }
+    }
+    for lib in libraries {
         let real =
             std::fs::canonicalize(&lib).with_context(|| format!("resolving {}", lib.display()))?;
         let inside = lib.to_string_lossy().trim_start_matches('/').to_string();

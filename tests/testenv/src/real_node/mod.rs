@@ -365,11 +365,11 @@ impl RealNode {
         Ok(())
     }
 
-    /// Builds the ests image from `binary` (as the Dockerfile ships it) and imports it;
-    /// returns its reference.
-    pub async fn import_ests_image(&self, binary: &Path) -> anyhow::Result<String> {
-        let binary = binary.to_path_buf();
-        let image = tokio::task::spawn_blocking(move || images::ests(&binary)).await??;
+    /// Builds the ests image from `binary` and the CNI plugin `cni` (as the Dockerfile ships
+    /// them) and imports it; returns its reference.
+    pub async fn import_ests_image(&self, binary: &Path, cni: &Path) -> anyhow::Result<String> {
+        let (binary, cni) = (binary.to_path_buf(), cni.to_path_buf());
+        let image = tokio::task::spawn_blocking(move || images::ests(&binary, &cni)).await??;
         let reference = image.reference.clone();
         self.import(image).await?;
         Ok(reference)
