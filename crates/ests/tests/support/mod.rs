@@ -136,7 +136,11 @@ pub fn start_ests_with(
     extra: &[&str],
 ) -> anyhow::Result<()> {
     let kubeconfig = kubeconfig.display().to_string();
-    let mut args: Vec<String> = vec![subcommand.into(), "--metrics-addr=127.0.0.1:0".into()];
+    let mut args: Vec<String> = vec![subcommand.into()];
+    // A free port unless the caller wants to scrape a known one.
+    if !extra.iter().any(|a| a.starts_with("--metrics-addr")) {
+        args.push("--metrics-addr=127.0.0.1:0".into());
+    }
     args.extend(extra.iter().map(|a| a.to_string()));
     plane.run_process(
         name,
