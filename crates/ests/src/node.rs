@@ -54,8 +54,10 @@ pub struct NodeArgs {
     pub socket: PathBuf,
 
     /// Directory of the attachment table: a host directory, so that what the agent handed
-    /// out survives its restarts.
-    #[arg(long, default_value = "/var/lib/ests/node", env = "ESTS_STATE_DIR")]
+    /// out survives its restarts. Best a tmpfs that lasts as long as the host's boot, as the
+    /// default does: the table describes sandboxes, which no reboot keeps, and an ADD's
+    /// fsync on a disk the runtime is writing to waits tens of milliseconds.
+    #[arg(long, default_value = "/run/ests/node", env = "ESTS_STATE_DIR")]
     pub state_dir: PathBuf,
 
     /// A pod range (CIDR) to give ordinary pods and first-time record-mode pods addresses

@@ -183,7 +183,7 @@ async fn range_mode_pods_start_on_their_block_address_and_a_foreign_one_is_refus
             "{name}'s block {} belongs to the real node",
             block.0
         );
-        let held: Vec<String> = table_entries(node)?
+        let held: Vec<String> = table_entries(&env)?
             .into_iter()
             .filter(|(u, _)| u == uid)
             .map(|(_, a)| a)
@@ -253,7 +253,7 @@ async fn range_mode_pods_start_on_their_block_address_and_a_foreign_one_is_refus
         "ranged-3 has no address while refused"
     );
     assert!(
-        !table_entries(node)?.iter().any(|(u, _)| *u == new_uid),
+        !table_entries(&env)?.iter().any(|(u, _)| *u == new_uid),
         "nothing is held for the refused pod"
     );
     // The block back on this node: the kubelet's next try gets the address.

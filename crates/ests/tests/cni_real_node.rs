@@ -264,7 +264,7 @@ async fn an_agent_killed_during_a_burst_hands_out_nothing_twice_and_forgets_noth
         }
     }
     // The table holds exactly one attachment per pod, with the pod's address: nothing doubled.
-    let entries = table_entries(node)?;
+    let entries = table_entries(&env)?;
     for (name, (uid, ip)) in &running {
         let held: Vec<&String> = entries
             .iter()
@@ -283,7 +283,7 @@ async fn an_agent_killed_during_a_burst_hands_out_nothing_twice_and_forgets_noth
     }
     let uids: BTreeSet<String> = running.values().map(|(u, _)| u.clone()).collect();
     wait_for("the burst's attachments gone", TIMEOUT, || async {
-        let left: Vec<(String, String)> = table_entries(node)?
+        let left: Vec<(String, String)> = table_entries(&env)?
             .into_iter()
             .filter(|(u, _)| uids.contains(u))
             .collect();

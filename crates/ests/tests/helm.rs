@@ -628,7 +628,7 @@ async fn the_node_agent_renders_as_a_cni_daemonset_when_enabled() -> anyhow::Res
             ("cni-bin", "/opt/cni/bin"),
             ("cni-conf", "/etc/cni/net.d"),
             ("socket", "/var/run/ests"),
-            ("state", "/var/lib/ests/node"),
+            ("state", "/run/ests/node"),
         ])
     );
     for container in [&pod["initContainers"][0], agent] {
@@ -640,7 +640,7 @@ async fn the_node_agent_renders_as_a_cni_daemonset_when_enabled() -> anyhow::Res
     let agent_args = container_args(daemonset, "containers", "agent");
     assert_eq!(agent_args[0], "node");
     assert_eq!(flag(&agent_args, "socket"), ["/var/run/ests/cni.sock"]);
-    assert_eq!(flag(&agent_args, "state-dir"), ["/var/lib/ests/node"]);
+    assert_eq!(flag(&agent_args, "state-dir"), ["/run/ests/node"]);
     assert_eq!(flag(&agent_args, "metrics-addr"), ["$(HOST_IP):8084"]);
     let all = render(&all_options()).await?;
     let args = container_args(one(&all, "DaemonSet", "ests-node"), "containers", "agent");

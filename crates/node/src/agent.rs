@@ -21,6 +21,7 @@ use anyhow::Context;
 use ests_api::{IPBlock, StaticIP};
 use ests_cni::protocol::{Failure, FailureKind, MAX_MESSAGE_BYTES, Request, Response, WireError};
 use ests_core::cni::{CniPod, owned_blocks};
+use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -33,7 +34,8 @@ use crate::handler::{self, Attachments, Facts, Outcome};
 use crate::metrics::Metrics;
 use crate::table::TableFile;
 
-/// How often an ADD that may pass soon is decided again while it waits.
+/// How long an ADD that may pass soon waits at most before it is decided again; it is
+/// decided again sooner, at once, when a cache or the table changes.
 const RETRY_EVERY: Duration = Duration::from_millis(20);
 /// How long one connection may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,26 +116,37 @@ impl Caches {
 struct Agent {
     caches: Caches,
     table: Mutex<Attachments>,
-    file: TableFile,
+    file: Arc<TableFile>,
     metrics: Metrics,
     add_wait: Duration,
+    /// Counts changes of the caches and the table: a waiting ADD is decided again as soon
+    /// as what it waits for may have come (a pod's watch event arrives within milliseconds
+    /// of the kubelet's ADD; polling alone would make every such ADD wait a whole period).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Agent {
     async fn answer(&self, request: Request) -> Outcome {
         let deadline = Instant::now() + self.add_wait;
+        let mut changes = self.changes.subscribe();
         loop {
+            // Marked seen before deciding, so a change during the decision wakes the wait.
+            changes.borrow_and_update();
             let mut table = self.table.lock().await;
             let mut outcome = self.caches.decide(&mut table, request.clone());
             if outcome.retryable && Instant::now() < deadline {
                 drop(table);
-                tokio::time::sleep(RETRY_EVERY).await;
+                self.metrics.add_retries.inc();
+                if let Response::Error(f) = &outcome.response {
+                    tracing::debug!(message = %f.message, "waiting to decide again");
+                }
+                let _ = tokio::time::timeout(RETRY_EVERY, changes.changed()).await;
                 continue;
             }
             if outcome.changed {
                 // Saved before the plugin hears of it: an address is handed out only once
                 // it cannot be forgotten. A table that cannot be saved is put back as saved.
-                if let Err(e) = self.file.save(&table) {
+                if let Err(e) = self.save(&table).await {
                     tracing::error!(error = %e, "saving the attachment table");
                     if let Ok(saved) = self.file.load() {
                         *table = saved;
@@ -145,9 +158,21 @@ impl Agent {
                 }
                 let held: usize = table.values().map(|a| a.addresses.len()).sum();
                 self.metrics.attached.set(held as i64);
+                self.changes.send_modify(|n| *n += 1);
             }
             return outcome;
         }
+    }
+
+    /// Saves `table` (its lock held by the caller, so saves keep their order), the write
+    /// and its fsyncs on a blocking thread rather than one of the runtime's.
+    async fn save(&self, table: &Attachments) -> anyhow::Result<()> {
+        let bytes = self.file.encode(table)?;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.write(&bytes))
+            .await
+            .context("the table's writer thread")??;
+        Ok(())
     }
 
     async fn serve(&self, mut stream: UnixStream) {
@@ -263,21 +288,41 @@ pub async fn run(
     let reflectors = ests_runtime::Reflectors::new(client)
         .configure::<Pod>(watcher::Config::default().fields(&format!("spec.nodeName={node}")))
         .configure::<Node>(watcher::Config::default().fields(&format!("metadata.name={node}")));
+    let (pods, pod_changes) = reflectors.subscribe::<Pod>();
+    let (records, record_changes) = reflectors.subscribe::<StaticIP>();
+    let (blocks, block_changes) = reflectors.subscribe::<IPBlock>();
+    let (nodes, node_changes) = reflectors.subscribe::<Node>();
     let caches = Caches {
-        pods: reflectors.store::<Pod>(),
-        records: reflectors.store::<StaticIP>(),
-        blocks: reflectors.store::<IPBlock>(),
-        nodes: reflectors.store::<Node>(),
+        pods,
+        records,
+        blocks,
+        nodes,
         listed: reflectors.listed("node agent caches"),
         node,
         pod_ranges: settings.pod_ranges.clone(),
     };
+    let (changes, _) = tokio::sync::watch::channel(0u64);
+    {
+        let changes = changes.clone();
+        let mut any = futures::stream::select_all([
+            pod_changes.map(|_| ()).boxed(),
+            record_changes.map(|_| ()).boxed(),
+            block_changes.map(|_| ()).boxed(),
+            node_changes.map(|_| ()).boxed(),
+        ]);
+        tokio::spawn(async move {
+            while any.next().await.is_some() {
+                changes.send_modify(|n| *n += 1);
+            }
+        });
+    }
     let agent = Arc::new(Agent {
         caches,
         table: Mutex::new(table),
-        file,
+        file: Arc::new(file),
         metrics,
         add_wait: settings.add_wait,
+        changes,
     });
     let listener = bind(&settings.socket).await?;
     tracing::info!(socket = %settings.socket.display(), node = %settings.node, "serving the CNI plugin");

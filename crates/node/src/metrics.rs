@@ -1,6 +1,8 @@
 //! The agent's metrics.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -11,6 +13,9 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// Addresses held by attachments.
     pub attached: IntGauge,
+    /// ADD decisions taken again because the first could not pass yet (the pod or record
+    /// not cached yet, a DEL to come): what of an ADD's latency is waiting for the world.
+    pub add_retries: IntCounter,
     /// The agent's own Kubernetes API requests by kind (`watch`, `read`, `write`): its
     /// watches and their relists only — an ADD or DEL makes none.
     pub api_requests: IntCounterVec,
@@ -46,7 +51,12 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let add_retries = IntCounter::new(
+            "ests_node_cni_add_retries_total",
+            "ADD decisions the node agent took again while its caches caught up",
+        )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(add_retries.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(attached.clone()))?;
@@ -54,6 +64,7 @@ impl Metrics {
             requests,
             duration,
             attached,
+            add_retries,
             api_requests,
         })
     }

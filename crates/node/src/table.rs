@@ -108,10 +108,12 @@ impl TableFile {
 
     /// Replaces the saved table with `table`.
     pub fn save(&self, table: &Attachments) -> Result<(), TableError> {
-        let write = |source| TableError::Write {
-            path: self.path.clone(),
-            source,
-        };
+        self.write(&self.encode(table)?)
+    }
+
+    /// The table as it is saved: encoded apart from the writing, so that the agent can
+    /// write (and fsync) off the async runtime's threads.
+    pub fn encode(&self, table: &Attachments) -> Result<Vec<u8>, TableError> {
         let disk = OnDisk {
             version: FORMAT_VERSION,
             attachments: table
@@ -122,11 +124,22 @@ impl TableFile {
                 })
                 .collect(),
         };
-        let bytes =
-            serde_json::to_vec_pretty(&disk).map_err(|e| write(std::io::Error::other(e)))?;
+        serde_json::to_vec_pretty(&disk).map_err(|e| TableError::Write {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })
+    }
+
+    /// Writes an [`TableFile::encode`]d table durably: temp file, fsync, rename, directory
+    /// fsync.
+    pub fn write(&self, bytes: &[u8]) -> Result<(), TableError> {
+        let write = |source| TableError::Write {
+            path: self.path.clone(),
+            source,
+        };
         let tmp = self.path.with_extension("json.tmp");
         let mut file = File::create(&tmp).map_err(write)?;
-        file.write_all(&bytes).map_err(write)?;
+        file.write_all(bytes).map_err(write)?;
         file.sync_all().map_err(write)?;
         fs::rename(&tmp, &self.path).map_err(write)?;
         // The rename is durable once the directory is synced.

@@ -36,9 +36,16 @@ pub fn agent_socket(node: &RealNode) -> PathBuf {
     node.dir.join("ests/cni.sock")
 }
 
+/// The agent's state directory: on the plane's tmpfs (gone with the plane), as `/run` is
+/// on a host — the table lives as long as the sandboxes it describes, and the agent's
+/// fsyncs do not queue behind the runtime's disk writes.
+pub fn agent_state_dir(env: &Env) -> PathBuf {
+    env.plane.dir.join("ests-node-state")
+}
+
 /// The agent's attachment table file.
-pub fn agent_table(node: &RealNode) -> PathBuf {
-    node.dir.join("ests/state/attachments.json")
+pub fn agent_table(env: &Env) -> PathBuf {
+    agent_state_dir(env).join("attachments.json")
 }
 
 /// The loopback port of the running agent's /metrics (a new one at each start: a killed
@@ -59,7 +66,7 @@ pub async fn start_agent(env: &Env, node: &RealNode) -> anyhow::Result<()> {
         &[
             &format!("--node-name={}", node.name),
             &format!("--socket={}", agent_socket(node).display()),
-            &format!("--state-dir={}", node.dir.join("ests/state").display()),
+            &format!("--state-dir={}", agent_state_dir(env).display()),
             &format!("--pod-range={POD_RANGE}"),
             &format!("--metrics-addr=127.0.0.1:{port}"),
         ],
@@ -89,8 +96,8 @@ pub async fn agent_api_requests() -> anyhow::Result<(f64, f64)> {
 }
 
 /// The attachments the agent's table holds, as (pod uid, address) pairs.
-pub fn table_entries(node: &RealNode) -> anyhow::Result<Vec<(String, String)>> {
-    let table: Value = serde_json::from_slice(&std::fs::read(agent_table(node))?)?;
+pub fn table_entries(env: &Env) -> anyhow::Result<Vec<(String, String)>> {
+    let table: Value = serde_json::from_slice(&std::fs::read(agent_table(env))?)?;
     Ok(table["attachments"]
         .as_array()
         .into_iter()

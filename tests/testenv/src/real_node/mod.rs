@@ -348,6 +348,14 @@ impl RealNode {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// How many tasks (sandboxes and containers) containerd runs: a benchmark waits for the
+    /// count to come back down before it measures again, so one round's tear-down (CNI DELs
+    /// included) does not slow the next.
+    pub async fn task_count(&self) -> anyhow::Result<usize> {
+        let tasks = self.ctr(&["tasks", "ls", "--quiet"]).await?;
+        Ok(tasks.lines().filter(|l| !l.trim().is_empty()).count())
+    }
+
     /// Imports an image into the node's containerd (pods use it with `imagePullPolicy:
     /// IfNotPresent` or `Never`: there is no registry).
     pub async fn import(&self, image: images::Image) -> anyhow::Result<()> {
