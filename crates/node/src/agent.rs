@@ -176,7 +176,6 @@ impl Agent {
     }
 
     async fn serve(&self, mut stream: UnixStream) {
-        let started = Instant::now();
         let request = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
             Ok(r) => r,
             Err(_) => Err(WireError::Read(std::io::Error::new(
@@ -184,6 +183,9 @@ impl Agent {
                 "no complete request in 10 s",
             ))),
         };
+        // The agent's time: from the request read (a plugin process the host is slow to
+        // schedule is not the agent's) to its answer.
+        let started = Instant::now();
         let (response, verb, result) = match request {
             Ok(request) => {
                 let outcome = self.answer(request).await;
