@@ -115,14 +115,55 @@ impl Caches {
 /// The agent's shared state.
 struct Agent {
     caches: Caches,
-    table: Mutex<Attachments>,
+    table: Mutex<Table>,
     file: Arc<TableFile>,
+    /// Held by the one task writing the table (see [`Agent::save_up_to`]).
+    writing: Mutex<()>,
     metrics: Metrics,
     add_wait: Duration,
     /// Counts changes of the caches and the table: a waiting ADD is decided again as soon
     /// as what it waits for may have come (a pod's watch event arrives within milliseconds
     /// of the kubelet's ADD; polling alone would make every such ADD wait a whole period).
     changes: tokio::sync::watch::Sender<u64>,
+}
+
+/// The attachments, with how far their changes have reached the disk.
+struct Table {
+    attachments: Attachments,
+    /// Changes decided so far, numbered from 1.
+    version: u64,
+    /// The last change on disk.
+    saved: u64,
+    /// Changes undone because the table could not be written.
+    lost: Vec<std::ops::RangeInclusive<u64>>,
+}
+
+impl Table {
+    fn new(attachments: Attachments) -> Self {
+        Self {
+            attachments,
+            version: 0,
+            saved: 0,
+            lost: Vec::new(),
+        }
+    }
+
+    /// Whether change `version` is on disk (`Ok`), was undone (`Err`), or neither yet.
+    fn fate(&self, version: u64) -> Option<anyhow::Result<()>> {
+        if self.lost.iter().any(|lost| lost.contains(&version)) {
+            return Some(Err(anyhow::anyhow!(
+                "the attachment table could not be saved; the change was undone"
+            )));
+        }
+        (self.saved >= version).then_some(Ok(()))
+    }
+
+    fn held(&self) -> i64 {
+        self.attachments
+            .values()
+            .map(|a| a.addresses.len())
+            .sum::<usize>() as i64
+    }
 }
 
 impl Agent {
@@ -133,7 +174,7 @@ impl Agent {
             // Marked seen before deciding, so a change during the decision wakes the wait.
             changes.borrow_and_update();
             let mut table = self.table.lock().await;
-            let mut outcome = self.caches.decide(&mut table, request.clone());
+            let mut outcome = self.caches.decide(&mut table.attachments, request.clone());
             if outcome.retryable && Instant::now() < deadline {
                 drop(table);
                 self.metrics.add_retries.inc();
@@ -144,35 +185,60 @@ impl Agent {
                 continue;
             }
             if outcome.changed {
+                table.version += 1;
+                let version = table.version;
+                self.metrics.attached.set(table.held());
+                drop(table);
+                self.changes.send_modify(|n| *n += 1);
                 // Saved before the plugin hears of it: an address is handed out only once
-                // it cannot be forgotten. A table that cannot be saved is put back as saved.
-                if let Err(e) = self.save(&table).await {
+                // it cannot be forgotten.
+                if let Err(e) = self.save_up_to(version).await {
                     tracing::error!(error = %e, "saving the attachment table");
-                    if let Ok(saved) = self.file.load() {
-                        *table = saved;
-                    }
                     outcome.response = Response::Error(Failure {
                         kind: FailureKind::Internal,
                         message: e.to_string(),
                     });
                 }
-                let held: usize = table.values().map(|a| a.addresses.len()).sum();
-                self.metrics.attached.set(held as i64);
-                self.changes.send_modify(|n| *n += 1);
             }
             return outcome;
         }
     }
 
-    /// Saves `table` (its lock held by the caller, so saves keep their order), the write
-    /// and its fsyncs on a blocking thread rather than one of the runtime's.
-    async fn save(&self, table: &Attachments) -> anyhow::Result<()> {
-        let bytes = self.file.encode(table)?;
+    /// Returns once change `version` is on disk. Writes are grouped: one task at a time
+    /// writes the whole table (off the runtime's threads), and every change decided while
+    /// a write ran is on disk with the next one — a burst of ADDs costs a few fsyncs, not
+    /// one each in a queue. A write that fails undoes, as the disk has it, every change
+    /// since the last write, and each of their requests is answered with the error.
+    async fn save_up_to(&self, version: u64) -> anyhow::Result<()> {
+        let _writer = self.writing.lock().await;
+        let (bytes, upto) = {
+            let table = self.table.lock().await;
+            if let Some(fate) = table.fate(version) {
+                return fate;
+            }
+            (self.file.encode(&table.attachments)?, table.version)
+        };
         let file = self.file.clone();
-        tokio::task::spawn_blocking(move || file.write(&bytes))
-            .await
-            .context("the table's writer thread")??;
-        Ok(())
+        let written = match tokio::task::spawn_blocking(move || file.write(&bytes)).await {
+            Ok(result) => result.map_err(anyhow::Error::from),
+            Err(e) => Err(anyhow::Error::from(e).context("the table's writer thread")),
+        };
+        let mut table = self.table.lock().await;
+        match written {
+            Ok(()) => {
+                table.saved = table.saved.max(upto);
+                Ok(())
+            }
+            Err(e) => {
+                let lost = table.saved + 1..=table.version;
+                table.lost.push(lost);
+                if let Ok(saved) = self.file.load() {
+                    table.attachments = saved;
+                }
+                self.metrics.attached.set(table.held());
+                Err(e)
+            }
+        }
     }
 
     async fn serve(&self, mut stream: UnixStream) {
@@ -320,8 +386,9 @@ pub async fn run(
     }
     let agent = Arc::new(Agent {
         caches,
-        table: Mutex::new(table),
+        table: Mutex::new(Table::new(table)),
         file: Arc::new(file),
+        writing: Mutex::new(()),
         metrics,
         add_wait: settings.add_wait,
         changes,
@@ -358,4 +425,29 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&settings.socket);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_answered_once_on_disk_or_undone() {
+        let mut table = Table::new(Attachments::default());
+        table.version = 7;
+        table.saved = 3;
+        table.lost.push(4..=5);
+        assert!(matches!(table.fate(2), Some(Ok(()))), "written before");
+        assert!(matches!(table.fate(3), Some(Ok(()))));
+        assert!(
+            matches!(table.fate(4), Some(Err(_))),
+            "undone by a failed write"
+        );
+        assert!(matches!(table.fate(5), Some(Err(_))));
+        assert!(table.fate(6).is_none(), "still to be written");
+        // A later write covers what came after the loss, never the loss itself.
+        table.saved = 7;
+        assert!(matches!(table.fate(5), Some(Err(_))));
+        assert!(matches!(table.fate(6), Some(Ok(()))));
+    }
 }
