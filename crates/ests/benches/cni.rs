@@ -28,6 +28,7 @@ use support::cni::{
 };
 use support::real_node::{
     TIMEOUT, answer_set, counter_sum, ests_cni_binary, ordinary_pod, ready_pod, real_namespace,
+    recreated,
 };
 use support::{apply, real_node_env, start_webhook, wait_status};
 
@@ -189,13 +190,8 @@ async fn main() -> anyhow::Result<()> {
         let name = format!("keep-{}", i % 5);
         let (old_uid, ip): (String, IpAddr) =
             wait_for("the pod Ready", TIMEOUT, || ready_pod(&pods, &name)).await?;
-        pods.delete(&name, &DeleteParams::default()).await?;
-        wait_for("the pod back and Ready", TIMEOUT, || async {
-            Ok(ready_pod(&pods, &name)
-                .await?
-                .filter(|(uid, _)| *uid != old_uid))
-        })
-        .await?;
+        let (uid, _) = recreated(&pods, &name, TIMEOUT).await?;
+        anyhow::ensure!(uid != old_uid, "{name} was not re-created");
         let ready = Instant::now();
         let answer = wait_answer(ip, ANSWER_PORT, TIMEOUT).await?;
         reachable.push(ready.elapsed());

@@ -15,9 +15,8 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use ests_api::{IPBlock, MigrationPhase, NodeMigration, keys};
@@ -31,7 +30,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::cni::{MainPlugin, install_network, table_entries};
-use support::real_node::{TIMEOUT, answer_set, ready_pod, real_namespace};
+use support::real_node::{TIMEOUT, answer_set, ready_pod, ready_pods, real_namespace, recreated};
 use support::{
     Env, apply, bound_records, names, real_node_env, start_controller, start_extender,
     start_webhook, wait_status,
@@ -124,25 +123,6 @@ async fn set_block_node(env: &Env, block: &str, node: &str) -> anyhow::Result<()
     Ok(())
 }
 
-/// Each Ready pod of `names` with its (uid, address), once all are Ready.
-async fn all_ready(
-    pods: &Api<Pod>,
-    names: &[String],
-    timeout: Duration,
-) -> anyhow::Result<BTreeMap<String, (String, IpAddr)>> {
-    wait_for(format!("{names:?} Ready"), timeout, || async {
-        let mut found = BTreeMap::new();
-        for name in names {
-            match ready_pod(pods, name).await? {
-                Some(p) => found.insert(name.clone(), p),
-                None => return Ok(None),
-            };
-        }
-        Ok(Some(found))
-    })
-    .await
-}
-
 #[tokio::test]
 async fn range_mode_pods_start_on_their_block_address_and_a_foreign_one_is_refused()
 -> anyhow::Result<()> {
@@ -163,7 +143,7 @@ async fn range_mode_pods_start_on_their_block_address_and_a_foreign_one_is_refus
     .map_err(|e| e.context(node.log_tails(30)))?;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
     let all = names("ranged", 0..4);
-    let first = all_ready(&pods, &all, TIMEOUT).await?;
+    let first = ready_pods(&pods, &all, TIMEOUT).await?;
     let records = bound_records(&env, ns).await?;
     let owned = blocks(&env).await?;
     for (name, (uid, ip)) in &first {
@@ -196,14 +176,8 @@ async fn range_mode_pods_start_on_their_block_address_and_a_foreign_one_is_refus
     }
 
     // Re-created, a pod starts on its address again.
-    let (old_uid, ip) = first["ranged-1"].clone();
-    pods.delete("ranged-1", &DeleteParams::default()).await?;
-    let back = wait_for("ranged-1 back and Ready", TIMEOUT, || async {
-        Ok(ready_pod(&pods, "ranged-1")
-            .await?
-            .filter(|(uid, _)| *uid != old_uid))
-    })
-    .await?;
+    let (_, ip) = first["ranged-1"].clone();
+    let back = recreated(&pods, "ranged-1", TIMEOUT).await?;
     assert_eq!(back.1, ip, "ranged-1 came back with its address");
     assert_eq!(wait_answer(ip, ANSWER_PORT, TIMEOUT).await?, "ranged-1 v1");
     // Moving a block from under running pods is exactly what the checker forbids; it has
@@ -377,7 +351,7 @@ async fn a_dead_nodes_range_mode_pods_move_to_the_real_node_with_their_addresses
 
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
     let all = names("moved", 0..4);
-    let after = all_ready(&pods, &all, TIMEOUT).await?;
+    let after = ready_pods(&pods, &all, TIMEOUT).await?;
     for name in &all {
         let (_, _, ip) = &before[name];
         let ip: IpAddr = ip.parse()?;

@@ -20,7 +20,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use support::cni::{MainPlugin, agent_api_requests, install_network, start_agent, table_entries};
-use support::real_node::{TIMEOUT, answer_set, ordinary_pod, ready_pod, real_namespace};
+use support::real_node::{
+    TIMEOUT, answer_set, ordinary_pod, ready_pods, real_namespace, recreated,
+};
 use support::{Env, apply, bound_records, names, patch, real_node_env, start_webhook, wait_status};
 
 /// The real node with the webhook, the agent and the ests network (bridge) installed, once
@@ -49,32 +51,6 @@ fn static_ip_set(name: &str, replicas: i32, release: &str) -> Value {
     set
 }
 
-/// Each Ready pod of `names` with its address: waits until all are Ready.
-async fn ready_addresses(
-    pods: &Api<Pod>,
-    names: &[String],
-) -> anyhow::Result<BTreeMap<String, (String, IpAddr)>> {
-    ready_addresses_within(pods, names, TIMEOUT).await
-}
-
-async fn ready_addresses_within(
-    pods: &Api<Pod>,
-    names: &[String],
-    timeout: std::time::Duration,
-) -> anyhow::Result<BTreeMap<String, (String, IpAddr)>> {
-    wait_for(format!("{names:?} Ready"), timeout, || async {
-        let mut found = BTreeMap::new();
-        for name in names {
-            match ready_pod(pods, name).await? {
-                Some(p) => found.insert(name.clone(), p),
-                None => return Ok(None),
-            };
-        }
-        Ok(Some(found))
-    })
-    .await
-}
-
 #[tokio::test]
 async fn static_ip_pods_come_back_with_their_addresses_and_answer_there() -> anyhow::Result<()> {
     let Some((env, node)) = cni_env().await? else {
@@ -91,7 +67,7 @@ async fn static_ip_pods_come_back_with_their_addresses_and_answer_there() -> any
         .map_err(|e| e.context(node.log_tails(30)))?;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
     let all = names("web", 0..6);
-    let first = ready_addresses(&pods, &all).await?;
+    let first = ready_pods(&pods, &all, TIMEOUT).await?;
     let records = wait_for("6 records Bound", TIMEOUT, || async {
         let r = bound_records(&env, ns).await?;
         Ok((r.len() == 6).then_some(r))
@@ -112,26 +88,20 @@ async fn static_ip_pods_come_back_with_their_addresses_and_answer_there() -> any
     // One pod deleted: it comes back, a new pod, with the same address, and answers there.
     // The CNI path asks the API nothing (the agent's caches are watch-fed).
     let (reads_before, writes_before) = agent_api_requests().await?;
-    pods.delete("web-1", &DeleteParams::default()).await?;
-    let (old_uid, ip) = first["web-1"].clone();
-    let back = wait_for("web-1 back and Ready", TIMEOUT, || async {
-        Ok(ready_pod(&pods, "web-1")
-            .await?
-            .filter(|(uid, _)| *uid != old_uid))
-    })
-    .await?;
+    let (_, ip) = first["web-1"].clone();
+    let back = recreated(&pods, "web-1", TIMEOUT).await?;
     assert_eq!(back.1, ip, "web-1 came back with its address");
     let ready_at = Instant::now();
     assert_eq!(wait_answer(ip, ANSWER_PORT, TIMEOUT).await?, "web-1 v1");
     let reachable = ready_at.elapsed();
 
     // All six deleted at once: each comes back with its own address.
-    let before = ready_addresses(&pods, &all).await?;
+    let before = ready_pods(&pods, &all, TIMEOUT).await?;
     for name in &all {
         pods.delete(name, &DeleteParams::default()).await?;
     }
     let after = wait_for("all six back", TIMEOUT, || async {
-        let now = ready_addresses(&pods, &all).await?;
+        let now = ready_pods(&pods, &all, TIMEOUT).await?;
         Ok(now
             .iter()
             .all(|(n, (uid, _))| *uid != before[n].0)
@@ -171,7 +141,7 @@ async fn ordinary_pods_never_get_an_address_a_scaled_in_identity_keeps() -> anyh
         apply(&env, ns, &static_ip_set("db", 6, release)).await?;
         wait_status(&sets, "db", "6 ready", TIMEOUT, |s| s.ready_replicas == 6).await?;
         let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
-        let first = ready_addresses(&pods, &names("db", 0..6)).await?;
+        let first = ready_pods(&pods, &names("db", 0..6), TIMEOUT).await?;
         wait_for("6 records Bound", TIMEOUT, || async {
             Ok((bound_records(&env, ns).await?.len() == 6).then_some(()))
         })
@@ -191,7 +161,7 @@ async fn ordinary_pods_never_get_an_address_a_scaled_in_identity_keeps() -> anyh
             pods.create(&PostParams::default(), &ordinary_pod(name))
                 .await?;
         }
-        let ordinary = ready_addresses(&pods, &burst).await?;
+        let ordinary = ready_pods(&pods, &burst, TIMEOUT).await?;
         for (name, (_, ip)) in &ordinary {
             assert!(
                 !kept.contains(ip),
@@ -199,7 +169,7 @@ async fn ordinary_pods_never_get_an_address_a_scaled_in_identity_keeps() -> anyh
             );
         }
         patch(&sets, "db", json!({"spec": {"replicas": 6}})).await?;
-        let again = ready_addresses(&pods, &names("db", 0..6)).await?;
+        let again = ready_pods(&pods, &names("db", 0..6), TIMEOUT).await?;
         for name in names("db", 0..6) {
             assert_eq!(
                 again[&name].1, first[&name].1,
@@ -252,7 +222,7 @@ async fn an_agent_killed_during_a_burst_hands_out_nothing_twice_and_forgets_noth
         "all 30 Ready",
         std::time::Duration::from_secs(300),
         || async {
-            let now = ready_addresses(&pods, &burst).await;
+            let now = ready_pods(&pods, &burst, TIMEOUT).await;
             Ok(now.ok())
         },
     )

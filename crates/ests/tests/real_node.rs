@@ -19,7 +19,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use support::real_node::{
-    TIMEOUT, answer_container, answer_set, on_real_node, ready_pod, real_namespace,
+    TIMEOUT, answer_container, answer_set, on_real_node, ready_pod, real_namespace, recreated,
 };
 use support::{apply, real_node_env, wait_status};
 
@@ -76,14 +76,7 @@ async fn set_pods_run_on_the_real_node_and_answer_at_their_addresses() -> anyhow
     }
 
     // A deleted pod comes back, as a new pod, reachable at its (new) address.
-    let (old_uid, _) = ready_pod(&pods, "web-1").await?.expect("Ready");
-    pods.delete("web-1", &DeleteParams::default()).await?;
-    let (_, ip) = wait_for("web-1 back and Ready", TIMEOUT, || async {
-        Ok(ready_pod(&pods, "web-1")
-            .await?
-            .filter(|(uid, _)| *uid != old_uid))
-    })
-    .await?;
+    let (_, ip) = recreated(&pods, "web-1", TIMEOUT).await?;
     assert_eq!(wait_answer(ip, ANSWER_PORT, TIMEOUT).await?, "web-1 v1");
     checker.finish()
 }

@@ -1,6 +1,7 @@
 //! What tests on the real node share: pods of the test image placed on the node, and the
 //! waits for them.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -129,6 +130,46 @@ pub async fn ready_pod(pods: &Api<Pod>, name: &str) -> anyhow::Result<Option<(St
             _ => None,
         },
     )
+}
+
+/// Each Ready pod of `names` with its (uid, address), once all are Ready.
+pub async fn ready_pods(
+    pods: &Api<Pod>,
+    names: &[String],
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<String, (String, IpAddr)>> {
+    wait_for(format!("{names:?} Ready"), timeout, || async {
+        let mut found = BTreeMap::new();
+        for name in names {
+            match ready_pod(pods, name).await? {
+                Some(p) => found.insert(name.clone(), p),
+                None => return Ok(None),
+            };
+        }
+        Ok(Some(found))
+    })
+    .await
+}
+
+/// Deletes pod `name` (Ready now) and waits until it is back as a new pod, Ready: its
+/// (uid, address).
+pub async fn recreated(
+    pods: &Api<Pod>,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<(String, IpAddr)> {
+    use anyhow::Context;
+    let (old_uid, _) = ready_pod(pods, name)
+        .await?
+        .with_context(|| format!("{name} is not Ready"))?;
+    pods.delete(name, &kube::api::DeleteParams::default())
+        .await?;
+    wait_for(format!("{name} back and Ready"), timeout, || async {
+        Ok(ready_pod(pods, name)
+            .await?
+            .filter(|(uid, _)| *uid != old_uid))
+    })
+    .await
 }
 
 /// The sum of a Prometheus counter's samples whose labels include every `key="value"` of
