@@ -21,7 +21,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
@@ -35,16 +34,17 @@ use ests_testenv::real_node::{RealNode, wait_answer};
 use ests_testenv::{InvariantChecker, LogsOnFailure, wait_for};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::Env;
 use support::chart::{
     NAMESPACE, RELEASE, chart_dir, component_pods, http_get, pod_ip, process_facts, ready, restarts,
 };
+use support::cni::canary;
 use support::real_node::{
-    POD_RANGE, answer_set, ests_cni_binary, from_agent, import_ests_image, ordinary_pod, ready_pod,
-    real_namespace,
+    POD_RANGE, answer_set, ests_cni_binary, from_agent, import_ests_image, ready_pods,
+    real_namespace, recreated,
 };
 
 const T: Duration = Duration::from_secs(180);
@@ -260,38 +260,6 @@ async fn adds_answered(node: &RealNode) -> anyhow::Result<u64> {
         .sum::<f64>() as u64)
 }
 
-/// Each Ready pod of `names` with (uid, address): waits until all are Ready.
-async fn ready_addresses(
-    pods: &Api<Pod>,
-    names: &[String],
-) -> anyhow::Result<BTreeMap<String, (String, IpAddr)>> {
-    wait_for(format!("{names:?} Ready"), T, || async {
-        let mut found = BTreeMap::new();
-        for name in names {
-            match ready_pod(pods, name).await? {
-                Some(p) => found.insert(name.clone(), p),
-                None => return Ok(None),
-            };
-        }
-        Ok(Some(found))
-    })
-    .await
-}
-
-/// Deletes pod `name` and waits until it is back as a new pod, Ready: its (uid, address).
-async fn recreated(pods: &Api<Pod>, name: &str) -> anyhow::Result<(String, IpAddr)> {
-    let (old_uid, _) = ready_pod(pods, name)
-        .await?
-        .with_context(|| format!("{name} is not Ready"))?;
-    pods.delete(name, &DeleteParams::default()).await?;
-    wait_for(format!("{name} back and Ready"), T, || async {
-        Ok(ready_pod(pods, name)
-            .await?
-            .filter(|(uid, _)| *uid != old_uid))
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_runs_ests_cni_on_the_real_node() -> anyhow::Result<()> {
     if ests_testenv::real_node::turned_off() {
@@ -363,27 +331,10 @@ async fn the_chart_runs_ests_cni_on_the_real_node() -> anyhow::Result<()> {
     let ns = "cn-pods";
     real_namespace(&env, ns).await?;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
-    let canary = wait_for(
-        "an ordinary pod with an address from the agent",
-        T,
-        || async {
-            let _ = pods
-                .create(&PostParams::default(), &ordinary_pod("canary"))
-                .await;
-            let Some((_, ip)) = ready_pod(&pods, "canary").await? else {
-                return Ok(None);
-            };
-            if from_agent(ip) {
-                return Ok(Some(ip));
-            }
-            pods.delete("canary", &DeleteParams::default().grace_period(0))
-                .await?;
-            Ok(None)
-        },
-    )
-    .await
-    .map_err(|e| e.context(node.log_tails(20)))?;
-    assert_eq!(wait_answer(canary, ANSWER_PORT, T).await?, "canary v1");
+    let canary_ip = canary(&pods, true, T)
+        .await
+        .map_err(|e| e.context(node.log_tails(20)))?;
+    assert_eq!(wait_answer(canary_ip, ANSWER_PORT, T).await?, "canary v1");
 
     // The Deployments scaled up: their pods too get the agent's addresses; the agent's pod
     // is left alone (its values did not change).
@@ -439,7 +390,7 @@ async fn the_chart_runs_ests_cni_on_the_real_node() -> anyhow::Result<()> {
         .await
         .map_err(|e| e.context(node.log_tails(20)))?;
     let all = support::names("web", 0..3);
-    let first = ready_addresses(&pods, &all).await?;
+    let first = ready_pods(&pods, &all, T).await?;
     let records = wait_for("3 records Bound", T, || async {
         let r = support::bound_records(&env, ns).await?;
         Ok((r.len() == 3).then_some(r))
@@ -453,7 +404,7 @@ async fn the_chart_runs_ests_cni_on_the_real_node() -> anyhow::Result<()> {
             format!("{name} v1")
         );
     }
-    let (_, ip) = recreated(&pods, "web-1").await?;
+    let (_, ip) = recreated(&pods, "web-1", T).await?;
     assert_eq!(ip, first["web-1"].1, "web-1 came back with its address");
     assert_eq!(wait_answer(ip, ANSWER_PORT, T).await?, "web-1 v1");
     let pinned = pods.get("web-1").await?;
@@ -486,10 +437,10 @@ async fn the_chart_runs_ests_cni_on_the_real_node() -> anyhow::Result<()> {
         (binary_inode, list_inode),
         "install-cni rewrote an unchanged file"
     );
-    let (_, ip) = recreated(&pods, "web-2").await?;
+    let (_, ip) = recreated(&pods, "web-2", T).await?;
     assert_eq!(ip, first["web-2"].1, "web-2 came back with its address");
     assert_eq!(wait_answer(ip, ANSWER_PORT, T).await?, "web-2 v1");
-    assert_eq!(wait_answer(canary, ANSWER_PORT, T).await?, "canary v1");
+    assert_eq!(wait_answer(canary_ip, ANSWER_PORT, T).await?, "canary v1");
 
     // The agent's read-only RBAC sufficed, before and after its restart; it restarted only
     // when told to.

@@ -521,6 +521,23 @@ fn flag<'a>(args: &[&'a str], flag: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The validating webhooks the webhook crate registers itself with these CNI annotations:
+/// what the chart must render.
+fn registered_webhook_names(cni: &[CniAnnotation]) -> Vec<String> {
+    let (_, validating) = ests_webhook::config::configurations(
+        &ests_webhook::config::Endpoint::Url("https://x".into()),
+        None,
+        NAMESPACE,
+        cni,
+    );
+    validating
+        .webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| w.name)
+        .collect()
+}
+
 fn webhook_names(docs: &[Value]) -> Vec<String> {
     one(docs, "ValidatingWebhookConfiguration", "ests-webhook")["webhooks"]
         .as_array()
@@ -549,18 +566,7 @@ async fn the_node_agent_is_off_by_default_and_calico_stays_the_default() -> anyh
         ["cni.projectcalico.org/ipAddrs={ips-json}"]
     );
     let calico = [CniAnnotation::calico()];
-    let (_, validating) = ests_webhook::config::configurations(
-        &ests_webhook::config::Endpoint::Url("https://x".into()),
-        None,
-        NAMESPACE,
-        &calico,
-    );
-    let expected: Vec<String> = validating
-        .webhooks
-        .unwrap_or_default()
-        .into_iter()
-        .map(|w| w.name)
-        .collect();
+    let expected = registered_webhook_names(&calico);
     assert_eq!(webhook_names(&docs), expected);
     Ok(())
 }
@@ -715,18 +721,7 @@ async fn the_node_agent_renders_as_a_cni_daemonset_when_enabled() -> anyhow::Res
         );
         assert_eq!(flag(&args, "cni-annotation"), ["none"], "{deployment}");
     }
-    let (_, validating) = ests_webhook::config::configurations(
-        &ests_webhook::config::Endpoint::Url("https://x".into()),
-        None,
-        NAMESPACE,
-        &[],
-    );
-    let expected: Vec<String> = validating
-        .webhooks
-        .unwrap_or_default()
-        .into_iter()
-        .map(|w| w.name)
-        .collect();
+    let expected = registered_webhook_names(&[]);
     assert_eq!(webhook_names(&docs), expected);
     assert!(!expected.contains(&"pod-addresses.staticip.jke.jdcloud.com".to_string()));
 

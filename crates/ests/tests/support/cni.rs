@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ests_testenv::real_node::RealNode;
 use ests_testenv::wait_for;
@@ -159,25 +160,37 @@ pub fn conflist(node: &RealNode, main: MainPlugin) -> Value {
 pub async fn wait_network(env: &Env, agent: bool) -> anyhow::Result<()> {
     real_namespace(env, "cni-canary").await?;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "cni-canary");
+    canary(&pods, agent, TIMEOUT).await?;
+    pods.delete("canary", &DeleteParams::default().grace_period(0))
+        .await?;
+    Ok(())
+}
+
+/// An ordinary pod `canary` in `pods`' namespace, Ready with an address from the agent
+/// (`agent`) or from host-local, made again until it has one: its address. The pod is left
+/// running.
+pub async fn canary(pods: &Api<Pod>, agent: bool, timeout: Duration) -> anyhow::Result<IpAddr> {
     let which = if agent {
         "the node agent"
     } else {
         "host-local"
     };
     wait_for(
-        format!("a pod with an address from {which}"),
-        TIMEOUT,
+        format!("an ordinary pod with an address from {which}"),
+        timeout,
         || async {
             let _ = pods
                 .create(&PostParams::default(), &ordinary_pod("canary"))
                 .await;
-            let Some((_, ip)) = ready_pod(&pods, "canary").await? else {
+            let Some((_, ip)) = ready_pod(pods, "canary").await? else {
                 return Ok(None);
             };
-            let done = from_agent(ip) == agent;
+            if from_agent(ip) == agent {
+                return Ok(Some(ip));
+            }
             pods.delete("canary", &DeleteParams::default().grace_period(0))
                 .await?;
-            Ok(done.then_some(()))
+            Ok(None)
         },
     )
     .await
