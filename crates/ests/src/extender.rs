@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use ests_core::pin::{CniAnnotationFlag, cni_annotations};
 use ests_extender::bind::Binder;
 use ests_extender::watch::SharedIndex;
@@ -23,6 +22,13 @@ pub struct ExtenderArgs {
     /// Address of the server kube-scheduler calls (urlPrefix in its configuration).
     #[arg(long, default_value = "0.0.0.0:8888", env = "ESTS_EXTENDER_ADDR")]
     pub listen: SocketAddr,
+
+    /// Seconds to go on serving after SIGTERM, not ready, before closing connections: time
+    /// for the Service's endpoints to drop this replica, so that no caller is sent to a
+    /// closed port (the chart sets 5; keep it below terminationGracePeriodSeconds). 0
+    /// closes at once, for a process no Service fronts.
+    #[arg(long, default_value_t = 0, env = "ESTS_SHUTDOWN_DELAY_SECONDS")]
+    pub shutdown_delay_seconds: u64,
 
     /// Address of the plain-HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8083", env = "ESTS_METRICS_ADDR")]
@@ -119,6 +125,10 @@ pub async fn run(args: ExtenderArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let (shutdown, drain) = (
+        serve::unready_on_shutdown(ready),
+        Duration::from_secs(args.shutdown_delay_seconds),
+    );
     match (args.tls_cert_file, args.tls_key_file) {
         (Some(cert), Some(key)) => {
             let client_auth = match &args.client_ca_file {
@@ -139,21 +149,13 @@ pub async fn run(args: ExtenderArgs) -> anyhow::Result<()> {
             .await
             .context("loading the serving certificate")?;
             tracing::info!(%addr, bind = args.bind, client_certificates = authenticated, "serving the scheduler extender over HTTPS");
-            ests_runtime::tls::serve(listener, tls, app, serve::shutdown_signal()).await;
+            ests_runtime::server::serve(listener, Some(tls), app, shutdown, drain).await;
             Ok(())
         }
         _ => {
             tracing::info!(%addr, bind = args.bind, "serving the scheduler extender over HTTP");
-            // Answers go out at once: the scheduler waits on each one, pod by pod.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "setting TCP_NODELAY");
-                }
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(serve::shutdown_signal())
-                .await
-                .context("serving the extender")
+            ests_runtime::server::serve(listener, None, app, shutdown, drain).await;
+            Ok(())
         }
     }
 }

@@ -70,3 +70,11 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
 }
+
+/// Resolves on SIGTERM or Ctrl-C, with `ready` false from then on: a replica being
+/// stopped says so on /readyz while it drains (ests_runtime::server::serve).
+pub async fn unready_on_shutdown(ready: Arc<AtomicBool>) {
+    shutdown_signal().await;
+    ready.store(false, Ordering::SeqCst);
+    tracing::info!("shutting down: not ready; draining connections");
+}

@@ -43,6 +43,13 @@ pub struct WebhookArgs {
     #[arg(long, default_value_t = 10, env = "ESTS_CERT_RELOAD_SECONDS")]
     pub cert_reload_seconds: u64,
 
+    /// Seconds to go on serving after SIGTERM, not ready, before closing connections: time
+    /// for the Service's endpoints to drop this replica, so that no caller is sent to a
+    /// closed port (the chart sets 5; keep it below terminationGracePeriodSeconds). 0
+    /// closes at once, for a process no Service fronts.
+    #[arg(long, default_value_t = 0, env = "ESTS_SHUTDOWN_DELAY_SECONDS")]
+    pub shutdown_delay_seconds: u64,
+
     /// Address of the plain-HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8082", env = "ESTS_METRICS_ADDR")]
     pub metrics_addr: SocketAddr,
@@ -169,6 +176,13 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "serving admission webhooks over HTTPS");
-    ests_runtime::tls::serve(listener, tls, app, serve::shutdown_signal()).await;
+    ests_runtime::server::serve(
+        listener,
+        Some(tls),
+        app,
+        serve::unready_on_shutdown(ready),
+        Duration::from_secs(args.shutdown_delay_seconds),
+    )
+    .await;
     Ok(())
 }

@@ -23,7 +23,6 @@ mod support;
 
 use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -34,121 +33,23 @@ use ests_testenv::real_node::{RealNode, wait_answer};
 use ests_testenv::{InvariantChecker, LogsOnFailure, wait_for};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::Env;
 use support::chart::{
-    NAMESPACE, RELEASE, chart_dir, component_pods, http_get, pod_ip, process_facts, ready, restarts,
+    COMPONENTS, NAMESPACE, RELEASE, agent_dirs, agent_pod, agent_values, chart_dir, component_pods,
+    diagnosis, http_get, pod_ip, process_facts, restarts,
 };
 use support::cni::canary;
 use support::real_node::{
-    POD_RANGE, answer_set, ests_cni_binary, from_agent, import_ests_image, ready_pods,
-    real_namespace, recreated,
+    answer_set, ests_cni_binary, from_agent, import_ests_image, ready_pods, real_namespace,
+    recreated,
 };
 
 const T: Duration = Duration::from_secs(180);
-/// The Deployments of the chart, each run with one replica here (fewer pods on two cores,
-/// and fewer agent addresses: see [`from_agent`]).
-const COMPONENTS: [&str; 3] = ["controller", "webhook", "extender"];
 /// The agent's metrics port (the chart's default `node.metricsPort`), on the node's address.
 const METRICS_PORT: u16 = 8084;
-
-/// Where the agent keeps its socket and table on the host: inside the node's directory, so
-/// the node's clean-up removes them.
-fn agent_dirs(node: &RealNode) -> (PathBuf, PathBuf) {
-    (
-        node.dir.join("ests-node/run"),
-        node.dir.join("ests-node/state"),
-    )
-}
-
-/// The chart's values: the harness's image; the node agent on, installing into the node's
-/// CNI directories a bridge on the node's own bridge (whose address, the pod range's second,
-/// is the pods' gateway), routes to the Services only (pods get no default route), the
-/// node's pod range; every Deployment on the real node with `replicas` replicas.
-fn values(image: &str, node: &RealNode, replicas: i32) -> anyhow::Result<Value> {
-    let (repository, tag) = image
-        .rsplit_once(':')
-        .with_context(|| format!("{image} has no tag"))?;
-    let placement = RealNode::placement();
-    let (socket_dir, state_dir) = agent_dirs(node);
-    let mut values = json!({
-        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-        "logFormat": "text",
-        "node": {
-            "enabled": true,
-            "cni": {
-                "binDir": node.dir.join("cni/bin").display().to_string(),
-                "confDir": node.dir.join("cni/net.d").display().to_string(),
-                "mainPlugin": {
-                    "type": "bridge",
-                    "bridge": node.network.bridge,
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "hairpinMode": true,
-                },
-                "routes": [node.network.service_cidr.to_string()],
-                "timeoutSeconds": 10,
-            },
-            "socketDir": socket_dir.display().to_string(),
-            "stateDir": state_dir.display().to_string(),
-            "podRanges": [POD_RANGE],
-            "nodeSelector": placement["nodeSelector"],
-        },
-    });
-    for component in COMPONENTS {
-        values[component]["replicas"] = json!(replicas);
-        values[component]["nodeSelector"] = placement["nodeSelector"].clone();
-        values[component]["tolerations"] = placement["tolerations"].clone();
-    }
-    Ok(values)
-}
-
-/// What a failing test prints: the release's pods, its events, the agent's logs, the node's.
-async fn diagnosis(plane: &ests_testenv::ControlPlane, node: &RealNode) -> String {
-    let mut out = String::new();
-    for args in [
-        &["get", "pods", "-A", "-o", "wide"][..],
-        &["get", "events", "-n", NAMESPACE],
-        &[
-            "logs",
-            "-n",
-            NAMESPACE,
-            "daemonset/ests-node",
-            "-c",
-            "install-cni",
-        ],
-        &[
-            "logs",
-            "-n",
-            NAMESPACE,
-            "daemonset/ests-node",
-            "-c",
-            "agent",
-            "--tail=40",
-        ],
-    ] {
-        let text = plane
-            .kubectl(args)
-            .await
-            .unwrap_or_else(|e| format!("{e:#}"));
-        out.push_str(&format!("\n$ kubectl {}\n{text}", args.join(" ")));
-    }
-    out + "\n" + &node.log_tails(20)
-}
-
-/// The agent's one pod (the DaemonSet's, on the real node), once Ready.
-async fn agent_pod(client: &Client) -> anyhow::Result<Pod> {
-    wait_for("the agent's pod Ready", T, || async {
-        let pods = component_pods(client, "node").await?;
-        Ok(match pods.as_slice() {
-            [pod] if ready(pod) && pod.metadata.deletion_timestamp.is_none() => Some(pod.clone()),
-            _ => None,
-        })
-    })
-    .await
-}
 
 /// The agent's pod as admitted and as its process runs: on the host's network, root with no
 /// capability, read-only root filesystem, no privilege escalation; its init container done.
@@ -281,7 +182,7 @@ async fn the_chart_runs_ests_cni_on_the_real_node() -> anyhow::Result<()> {
     let values_file = plane.dir.join("chart-node-values.yaml");
     std::fs::write(
         &values_file,
-        serde_saphyr::to_string(&values(&image, node, 0)?)?,
+        serde_saphyr::to_string(&agent_values(&image, node, [0; 3])?)?,
     )?;
     let helm = Helm::locate()?;
     let begun = Instant::now();
@@ -314,7 +215,7 @@ async fn the_chart_runs_ests_cni_on_the_real_node() -> anyhow::Result<()> {
     })
     .await
     .map_err(|e| e.context(node.log_tails(20)))?;
-    let agent = agent_pod(&admin).await?;
+    let agent = agent_pod(&admin, T).await?;
     eprintln!(
         "chart_node: helm install --wait took {:.1}s, the agent's pod Ready {:.1}s after it began",
         installed_in.as_secs_f64(),
@@ -338,7 +239,7 @@ async fn the_chart_runs_ests_cni_on_the_real_node() -> anyhow::Result<()> {
 
     // The Deployments scaled up: their pods too get the agent's addresses; the agent's pod
     // is left alone (its values did not change).
-    let scaled = values(&image, node, 1)?;
+    let scaled = agent_values(&image, node, [1; 3])?;
     let scaled_file = plane.dir.join("chart-node-scaled.yaml");
     std::fs::write(&scaled_file, serde_saphyr::to_string(&scaled)?)?;
     helm.upgrade(
@@ -369,7 +270,7 @@ async fn the_chart_runs_ests_cni_on_the_real_node() -> anyhow::Result<()> {
             );
         }
     }
-    let still = agent_pod(&admin).await?;
+    let still = agent_pod(&admin, T).await?;
     assert_eq!(
         still.uid(),
         agent.uid(),
@@ -427,7 +328,7 @@ async fn the_chart_runs_ests_cni_on_the_real_node() -> anyhow::Result<()> {
         .delete(&agent.name_any(), &DeleteParams::default())
         .await?;
     let replaced = wait_for("a new agent pod Ready", T, || async {
-        let pod = agent_pod(&admin).await?;
+        let pod = agent_pod(&admin, T).await?;
         Ok((pod.uid() != agent.uid()).then_some(pod))
     })
     .await?;

@@ -32,21 +32,17 @@ use anyhow::{Context, bail};
 use ests_api::{EnhancedStatefulSet, keys};
 use ests_testenv::helm::{Helm, Values};
 use ests_testenv::real_node::RealNode;
-use ests_testenv::resources::{apply_value, create_namespace};
+use ests_testenv::resources::apply_value;
 use ests_testenv::{ControlPlane, LogsOnFailure, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::Env;
 use support::chart::{
-    NAMESPACE, ProcessFacts, RELEASE, chart_dir, component_pods, http_get, liveness_endpoint,
-    named_port, pod_ip, process_facts, ready, restarts,
+    COMPONENTS, NAMESPACE, ProcessFacts, RELEASE, chart_dir, component_pods, controller_leader,
+    edit_user, http_get, liveness_endpoint, named_port, pod_ip, process_facts, ready, restarts,
 };
 use support::real_node::{answer_container, on_real_node};
 
@@ -56,8 +52,6 @@ const T: Duration = Duration::from_secs(180);
 const EXTENDER_IP: &str = "10.96.0.88";
 /// The extender's port (the chart's default `extender.port`; its Service's port too).
 const EXTENDER_PORT: u16 = 8888;
-/// The chart's components and the label value of their pods.
-const COMPONENTS: [&str; 3] = ["controller", "webhook", "extender"];
 
 /// Values placing every component on the real node and running the harness's image.
 fn values(image: &str, scheduler_cert_dir: &Path) -> anyhow::Result<String> {
@@ -161,27 +155,6 @@ async fn check_locked_down(node: &RealNode, pod: &Pod) -> anyhow::Result<Process
     assert_eq!(facts.cap_eff, "0000000000000000", "{name}");
     assert!(facts.root_read_only, "{name}: root filesystem writable");
     Ok(facts)
-}
-
-/// Whether the client's user may `verb` `resource` of jke.jdcloud.com in `namespace`.
-async fn may(client: &Client, verb: &str, resource: &str, namespace: &str) -> anyhow::Result<bool> {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(ests_api::GROUP.into()),
-                namespace: Some(namespace.into()),
-                resource: Some(resource.into()),
-                verb: Some(verb.into()),
-                ..ResourceAttributes::default()
-            }),
-            ..SelfSubjectAccessReviewSpec::default()
-        },
-        ..SelfSubjectAccessReview::default()
-    };
-    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
 /// Writes kube-scheduler's client certificate from the chart's Secret where the chart's
@@ -323,14 +296,7 @@ async fn the_chart_runs_as_pods_on_the_real_node() -> anyhow::Result<()> {
     // says it is ready to work (/readyz is the leader's).
     let controllers = component_pods(&admin, "controller").await?;
     let names: Vec<String> = controllers.iter().map(|p| p.name_any()).collect();
-    let leases: Api<Lease> = Api::namespaced(admin.clone(), NAMESPACE);
-    let holder = wait_for("the controller's Lease held", T, || async {
-        Ok(leases
-            .get_opt(&format!("{RELEASE}-controller"))
-            .await?
-            .and_then(|l| l.spec?.holder_identity))
-    })
-    .await?;
+    let holder = controller_leader(&admin, T).await?;
     assert!(
         names.contains(&holder),
         "{holder} leads, not one of {names:?}"
@@ -452,36 +418,7 @@ async fn the_chart_runs_as_pods_on_the_real_node() -> anyhow::Result<()> {
 
     // A user with only `edit` in their namespace.
     let ns = "cp-edit";
-    create_namespace(&admin, ns).await?;
-    apply_value(
-        &admin,
-        &json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": "carol-edit", "namespace": ns},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "carol"}]
-        }),
-        Some(ns),
-        false,
-    )
-    .await?;
-    let (_, carol) = plane.client_as("carol", &[]).await?;
-    wait_for("edit lets carol write sets", T, || async {
-        Ok(may(&carol, "create", "enhancedstatefulsets", ns)
-            .await?
-            .then_some(()))
-    })
-    .await?;
-    wait_for(format!("{ns}/default service account"), T, || async {
-        Ok(
-            Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(admin.clone(), ns)
-                .get_opt("default")
-                .await?
-                .map(|_| ()),
-        )
-    })
-    .await?;
+    let carol = edit_user(plane, ns, "carol", T).await?;
     apply_value(&carol, &answer_set("app", 2), Some(ns), false).await?;
     let carol_sets: Api<EnhancedStatefulSet> = Api::namespaced(admin.clone(), ns);
     support::wait_status(&carol_sets, "app", "2 ready", T, |s| s.ready_replicas == 2)

@@ -5,6 +5,8 @@
 //!   controller and index of the process, and waiting for caches to list ([`Listed`]);
 //! - [`tls`]: HTTPS on rustls with a certificate reloaded from disk (the webhook and the
 //!   scheduler extender);
+//! - [`server`]: serving an app over HTTPS or HTTP, and stopping without failing a caller
+//!   (a drain in which every answer closes its connection, then graceful ends);
 //! - [`conditions`]: status conditions whose transition time moves only with their status;
 //! - [`error`]: a failed Kubernetes API call with what it was for and a metric label
 //!   ([`KubeError`]);
@@ -19,6 +21,7 @@ pub mod conditions;
 pub mod error;
 pub mod finalizers;
 pub mod http;
+pub mod server;
 pub mod tls;
 pub mod watch;
 

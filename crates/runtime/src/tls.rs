@@ -161,57 +161,14 @@ pub async fn reloading_config_with(
     Ok(Arc::new(config))
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown` resolves; connections in flight
-/// finish on their own.
+/// Serves `app` over TLS on `listener` until `shutdown` resolves, then ends every
+/// connection gracefully ([`crate::server::serve`] with no drain: for servers no Service
+/// fronts).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: Arc<ServerConfig>,
     app: axum::Router,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection");
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        // Answers are small: without this, Nagle's algorithm and the peer's delayed ACK add
-        // tens of milliseconds to a response.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
-        }
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
+    crate::server::serve(listener, Some(config), app, shutdown, Duration::ZERO).await;
 }

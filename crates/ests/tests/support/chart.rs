@@ -1,21 +1,35 @@
-//! What the tests of the chart as real pods share (`chart_pods.rs`, `chart_node.rs`): the
-//! release's pods, plain-HTTP calls to them on the node's network, and what their processes
-//! run as, read from the node's `/proc`.
+//! What the tests of the chart as real pods share (`chart_pods.rs`, `chart_node.rs`,
+//! `chart_lifecycle.rs`): the release's pods, plain-HTTP calls to them on the node's network,
+//! what their processes run as, read from the node's `/proc`, and the values and diagnosis
+//! of a release with the node agent.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use ests_testenv::ControlPlane;
 use ests_testenv::real_node::RealNode;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use ests_testenv::resources::{apply_value, create_namespace};
+use ests_testenv::wait_for;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::real_node::POD_RANGE;
 
 /// The release the tests install; with this namespace it gives the names `config/` uses.
 pub const RELEASE: &str = "ests";
 pub const NAMESPACE: &str = "ests-system";
+
+/// The chart's Deployments, named by their pods' component label.
+pub const COMPONENTS: [&str; 3] = ["controller", "webhook", "extender"];
 
 pub fn chart_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/ests")
@@ -153,4 +167,172 @@ pub fn restarts(pod: &Pod) -> Vec<(String, i32)> {
         .flat_map(|s| s.container_statuses.iter().flatten())
         .map(|c| (c.name.clone(), c.restart_count))
         .collect()
+}
+
+/// Where the agent keeps its socket and table on the host: inside the node's directory, so
+/// the node's clean-up removes them.
+pub fn agent_dirs(node: &RealNode) -> (PathBuf, PathBuf) {
+    (
+        node.dir.join("ests-node/run"),
+        node.dir.join("ests-node/state"),
+    )
+}
+
+/// The chart's values with the node agent: the harness's image; the agent on, installing
+/// into the node's CNI directories a bridge on the node's own bridge (whose address, the pod
+/// range's second, is the pods' gateway), routes to the Services only (pods get no default
+/// route), the node's pod range; each of [`COMPONENTS`] on the real node with the replicas
+/// `replicas` gives it (in that order).
+pub fn agent_values(image: &str, node: &RealNode, replicas: [i32; 3]) -> anyhow::Result<Value> {
+    let (repository, tag) = image
+        .rsplit_once(':')
+        .with_context(|| format!("{image} has no tag"))?;
+    let placement = RealNode::placement();
+    let (socket_dir, state_dir) = agent_dirs(node);
+    let mut values = json!({
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "logFormat": "text",
+        "node": {
+            "enabled": true,
+            "cni": {
+                "binDir": node.dir.join("cni/bin").display().to_string(),
+                "confDir": node.dir.join("cni/net.d").display().to_string(),
+                "mainPlugin": {
+                    "type": "bridge",
+                    "bridge": node.network.bridge,
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "hairpinMode": true,
+                },
+                "routes": [node.network.service_cidr.to_string()],
+                "timeoutSeconds": 10,
+            },
+            "socketDir": socket_dir.display().to_string(),
+            "stateDir": state_dir.display().to_string(),
+            "podRanges": [POD_RANGE],
+            "nodeSelector": placement["nodeSelector"],
+        },
+    });
+    for (component, replicas) in COMPONENTS.into_iter().zip(replicas) {
+        values[component]["replicas"] = json!(replicas);
+        values[component]["nodeSelector"] = placement["nodeSelector"].clone();
+        values[component]["tolerations"] = placement["tolerations"].clone();
+    }
+    Ok(values)
+}
+
+/// What a failing test prints: the release's pods, its events, the agent's logs, the node's.
+pub async fn diagnosis(plane: &ests_testenv::ControlPlane, node: &RealNode) -> String {
+    let mut out = String::new();
+    for args in [
+        &["get", "pods", "-A", "-o", "wide"][..],
+        &["get", "events", "-n", NAMESPACE],
+        &[
+            "logs",
+            "-n",
+            NAMESPACE,
+            "daemonset/ests-node",
+            "-c",
+            "install-cni",
+        ],
+        &[
+            "logs",
+            "-n",
+            NAMESPACE,
+            "daemonset/ests-node",
+            "-c",
+            "agent",
+            "--tail=40",
+        ],
+    ] {
+        let text = plane
+            .kubectl(args)
+            .await
+            .unwrap_or_else(|e| format!("{e:#}"));
+        out.push_str(&format!("\n$ kubectl {}\n{text}", args.join(" ")));
+    }
+    out + "\n" + &node.log_tails(20)
+}
+
+/// The agent's one pod (the DaemonSet's, on the real node), once Ready.
+pub async fn agent_pod(client: &Client, timeout: Duration) -> anyhow::Result<Pod> {
+    wait_for("the agent's pod Ready", timeout, || async {
+        let pods = component_pods(client, "node").await?;
+        Ok(match pods.as_slice() {
+            [pod] if ready(pod) && pod.metadata.deletion_timestamp.is_none() => Some(pod.clone()),
+            _ => None,
+        })
+    })
+    .await
+}
+
+/// The controller replica holding the release's Lease (its pod's name), once one does.
+pub async fn controller_leader(client: &Client, timeout: Duration) -> anyhow::Result<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    wait_for("the controller's Lease held", timeout, || async {
+        Ok(leases
+            .get_opt(&format!("{RELEASE}-controller"))
+            .await?
+            .and_then(|l| l.spec?.holder_identity))
+    })
+    .await
+}
+
+/// A client of `user`, who has only the built-in `edit` role, in the namespace `ns` (made
+/// here, with its `default` service account, so the user's pods are admitted).
+pub async fn edit_user(
+    plane: &ControlPlane,
+    ns: &str,
+    user: &str,
+    timeout: Duration,
+) -> anyhow::Result<Client> {
+    let admin = plane.client().await?;
+    create_namespace(&admin, ns).await?;
+    apply_value(
+        &admin,
+        &json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": format!("{user}-edit"), "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+        }),
+        Some(ns),
+        false,
+    )
+    .await?;
+    let (_, client) = plane.client_as(user, &[]).await?;
+    wait_for(format!("edit lets {user} write sets"), timeout, || async {
+        Ok(may(&client, "create", "enhancedstatefulsets", ns)
+            .await?
+            .then_some(()))
+    })
+    .await?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    wait_for(format!("{ns}/default service account"), timeout, || async {
+        Ok(accounts.get_opt("default").await?.map(|_| ()))
+    })
+    .await?;
+    Ok(client)
+}
+
+/// Whether the client's user may `verb` `resource` of jke.jdcloud.com in `namespace`.
+async fn may(client: &Client, verb: &str, resource: &str, namespace: &str) -> anyhow::Result<bool> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(ests_api::GROUP.into()),
+                namespace: Some(namespace.into()),
+                resource: Some(resource.into()),
+                verb: Some(verb.into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
 }

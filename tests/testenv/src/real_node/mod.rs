@@ -383,6 +383,17 @@ impl RealNode {
         Ok(reference)
     }
 
+    /// Tags the imported image `image` also as `tag` (a new reference to the same image, as
+    /// a registry serves a release under a second tag): an upgrade to `tag` changes every
+    /// pod template that names the image, so every pod of it is replaced.
+    pub async fn tag_image(&self, image: &str, tag: &str) -> anyhow::Result<()> {
+        let _ = self.ctr(&["images", "rm", tag]).await;
+        self.ctr(&["images", "tag", image, tag])
+            .await
+            .with_context(|| format!("tagging {image} as {tag}"))?;
+        Ok(())
+    }
+
     /// Makes `conflist` the node's pod network from now on, with `plugin` (an executable)
     /// linked into the node's CNI directory under its file name. The runtime loads the
     /// first network config by name, so this one (`00-…`) takes over from the node's
