@@ -391,7 +391,7 @@ async fn create_pod(
         return Ok(false);
     }
 
-    let mut pod = build_pod(set, &template, revision, ordinal);
+    let mut pod = build_pod(set, template, revision, ordinal);
     // The record exists before the pod, and the pod names the record it was created with.
     if let Some(settings) = ip_settings {
         match records::ensure(ctx, set, settings, &name).await? {
