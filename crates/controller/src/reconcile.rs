@@ -17,7 +17,7 @@ use ests_core::rollout::{self, Action as Step, DeleteReason, ObservedPod, Plan};
 use ests_core::set_view::{self, SetSpec};
 use ests_core::static_ip::{IpSettings, holds_pod, request_static_ip, stamp};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, EvictParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -569,23 +569,8 @@ async fn send_delete(
         }),
         ..DeleteParams::default()
     };
-    if reason == DeleteReason::Maintenance {
-        Api::<Pod>::namespaced(ctx.evictions.clone(), ns)
-            .evict(
-                name,
-                &EvictParams {
-                    delete_options: Some(params),
-                    post_options: PostParams::default(),
-                },
-            )
-            .await
-            .map(|_| ())
-    } else {
-        Api::<Pod>::namespaced(ctx.client.clone(), ns)
-            .delete(name, &params)
-            .await
-            .map(|_| ())
-    }
+    let evict = reason == DeleteReason::Maintenance;
+    ests_runtime::watch::take_down_pod(&ctx.client, &ctx.evictions, (ns, name), evict, params).await
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -565,23 +565,9 @@ async fn remove_pod(ctx: &Context, step: &Step, key: &str) -> Result<(), Error> 
         return Ok(());
     };
     let (evict, params) = removal(step, pod.uid());
-    let result = if evict {
-        Api::<Pod>::namespaced(ctx.evictions.clone(), ns)
-            .evict(
-                name,
-                &EvictParams {
-                    delete_options: Some(params),
-                    post_options: PostParams::default(),
-                },
-            )
-            .await
-            .map(|_| ())
-    } else {
-        Api::<Pod>::namespaced(ctx.client.clone(), ns)
-            .delete(name, &params)
-            .await
-            .map(|_| ())
-    };
+    let result =
+        ests_runtime::watch::take_down_pod(&ctx.client, &ctx.evictions, (ns, name), evict, params)
+            .await;
     match result {
         Ok(()) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
