@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use ests_api::EnhancedStatefulSet;
 use ests_core::identity::ordinal_of;
-use ests_core::pods::{build_claims, claim_owners};
+use ests_core::pods::{build_claims, owner_changes};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
@@ -101,7 +101,7 @@ pub async fn sync(
 }
 
 /// Gives the claims of `pod` the owners the retention policy wants, `scaled_in` saying
-/// whether its identity is outside the set now.
+/// whether its identity is outside the set now (`ests_core::pods::owner_changes` decides).
 pub async fn hand_over(
     ctx: &Context,
     set: &EnhancedStatefulSet,
@@ -109,24 +109,18 @@ pub async fn hand_over(
     scaled_in: bool,
 ) -> Result<(), Error> {
     let ns = set.namespace().unwrap_or_default();
-    let Some(ordinal) = ordinal_of(&set.name_any(), &pod.name_any()) else {
-        return Ok(());
-    };
+    let changes = owner_changes(set, pod, scaled_in, |name| {
+        ctx.claims.get(&ObjectRef::new(name).within(&ns))
+    });
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    for built in build_claims(set, ordinal) {
-        let name = built.name_any();
-        let Some(claim) = ctx.claims.get(&ObjectRef::new(&name).within(&ns)) else {
-            continue;
-        };
-        let Some(owners) = claim_owners(&claim, set, Some(pod), scaled_in) else {
-            continue;
-        };
+    for change in changes {
+        let name = &change.claim;
         let patch = json!({"metadata": {
-            "resourceVersion": claim.resource_version(),
-            "ownerReferences": owners,
+            "resourceVersion": change.resource_version,
+            "ownerReferences": change.owners,
         }});
         match api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
             .await
         {
             Ok(_) => {

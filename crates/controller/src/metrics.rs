@@ -79,6 +79,20 @@ impl Metrics {
         Ok(m)
     }
 
+    /// The counts of set `namespace/name` as its last plan saw them.
+    pub fn set_counts(&self, namespace: &str, name: &str, counts: &ests_core::rollout::Counts) {
+        let labels = [namespace, name];
+        self.replicas
+            .with_label_values(&labels)
+            .set(i64::from(counts.replicas));
+        self.updated_replicas
+            .with_label_values(&labels)
+            .set(i64::from(counts.updated));
+        self.unavailable_replicas
+            .with_label_values(&labels)
+            .set(i64::from(counts.unavailable));
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -6,20 +6,18 @@
 //! to be taken down are written to the set's status before any pod is deleted, and every
 //! delete names the UID of the pod it means.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ests_api::{EnhancedStatefulSet, ReplacementReason};
-use ests_core::identity::{max_unavailable, pod_name, spec_ordinals};
+use ests_api::{EnhancedStatefulSet, EnhancedStatefulSetStatus};
+use ests_core::identity::pod_name;
 use ests_core::pods::build_pod;
-use ests_core::rollout::{
-    self, Action as Step, DeleteReason, ReplaceReason, Replacing, SetView, Strategy,
-};
-use ests_core::static_ip::{self, IpSettings, holds_pod, request_static_ip, stamp};
+use ests_core::rollout::{self, Action as Step, DeleteReason, ObservedPod, Plan};
+use ests_core::set_view::{self, SetSpec};
+use ests_core::static_ip::{IpSettings, holds_pod, request_static_ip, stamp};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, EvictParams, PostParams, Preconditions};
-use kube::core::Selector;
+use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -69,6 +67,8 @@ pub fn error_policy(set: Arc<EnhancedStatefulSet>, error: &Error, _ctx: Arc<Cont
     Action::requeue(Duration::from_secs(2))
 }
 
+/// One pass: observe the cluster, plan (in `ests_core`), record the plan in the status,
+/// act on it. A spec that cannot be carried out stops at the first step and says why.
 async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Action, Error> {
     if set.metadata.deletion_timestamp.is_some() {
         // Garbage collection removes the pods and the records the policy does not keep;
@@ -76,136 +76,144 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         // carries it, comes off once the records that outlive the set are orphaned.
         return records::finalizer(ctx, set).await;
     }
-    let ns = set.namespace().unwrap_or_default();
-    let name = set.name_any();
-    let key = format!("{ns}/{name}");
-    let now = now();
+    let spec = match set_view::read(set) {
+        Ok(spec) => spec,
+        Err(why) => return invalid(ctx, set, why).await,
+    };
+    if let Some(next) = sync_finalizer(ctx, set, &spec).await? {
+        return Ok(next);
+    }
+    let observed = observe_set(ctx, set, &spec).await?;
+    let decided = plan_set(set, &spec, &observed);
+    if !record(ctx, set, &decided).await? {
+        tracing::debug!("the cached set is stale; waiting for the newer one");
+        return Ok(Action::requeue(STALE));
+    }
+    let done = act(ctx, set, &spec, &observed, &decided.plan).await?;
+    let expiry = ctx.expectations.next_expiry(&observed.key);
+    Ok(Action::requeue(next_look(
+        decided.plan.requeue_after,
+        done,
+        expiry,
+    )))
+}
 
-    let identities = match spec_ordinals(&set.spec) {
-        Ok(identities) => identities,
-        Err(e) => return invalid(ctx, set, e.to_string()).await,
-    };
-    let strategy = match set.spec.rolling_update() {
-        None => Strategy::OnDelete,
-        Some(r) => match max_unavailable(&r.max_unavailable, set.spec.replicas) {
-            Ok(max) => Strategy::RollingUpdate {
-                partition: r.partition,
-                max_unavailable: max,
-                paused: r.paused,
-                stuck_after: i64::from(r.stuck_pod_seconds),
-            },
-            Err(e) => return invalid(ctx, set, e.to_string()).await,
-        },
-    };
-
-    // The selector as a string, for the scale subresource (and so for autoscalers).
-    let selector = match Selector::try_from(set.spec.selector.clone()) {
-        Ok(selector) => selector,
-        Err(e) => return invalid(ctx, set, format!("spec.selector: {e}")).await,
-    };
-    let label_selector = selector.to_string();
-
-    let ip_settings = match static_ip::settings(set) {
-        Ok(settings) => settings,
-        Err(e) => return invalid(ctx, set, e).await,
-    };
-    // The finalizer goes on before the first record is created, so that no record the
-    // policy keeps can be taken by garbage collection with the set.
-    match (&ip_settings, records::has_finalizer(set)) {
-        (Some(_), false) => return records::finalizer(ctx, set).await,
+/// The records finalizer goes on before the first record is created, so that no record the
+/// policy keeps can be taken by garbage collection with the set; it comes off once static
+/// IPs are off. Some(next) when putting it on ends this reconcile (its write brings the set
+/// back).
+async fn sync_finalizer(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    spec: &SetSpec,
+) -> Result<Option<Action>, Error> {
+    match (&spec.ip, records::has_finalizer(set)) {
+        (Some(_), false) => return records::finalizer(ctx, set).await.map(Some),
         (None, true) => records::drop_finalizer(ctx, set).await?,
         _ => {}
     }
+    Ok(None)
+}
 
-    let revisions = revisions::sync(ctx, set, &selector).await?;
+/// What one reconcile saw of the set's world.
+struct Observed {
+    /// `namespace/name`, the expectations' key.
+    key: String,
+    revisions: revisions::Revisions,
+    /// The pods the set controls, as the planner sees them, with what this controller did
+    /// that the cache may not show yet.
+    pods: Vec<ObservedPod>,
+    /// Each owned pod's UID by name: every delete names the incarnation it means.
+    uids: HashMap<String, String>,
+    /// When, in seconds: the pods' times are measured against it.
+    now: i64,
+}
 
-    // The pods this set controls, as the planner sees them, with what we did that the cache
-    // may not show yet.
-    let owned = adopt::claim_pods(ctx, set, &selector).await?;
-    claims::sync(ctx, set, &owned, &identities).await?;
+/// Observes the set's revisions and pods. The writes here are the ones the planner's inputs
+/// depend on: adoption (which pods and revisions are the set's), the update revision (a
+/// pod names it before it can be created) and the claims of pods already there (a Pending
+/// pod's deleted claim is made again).
+async fn observe_set(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    spec: &SetSpec,
+) -> Result<Observed, Error> {
+    let ns = set.namespace().unwrap_or_default();
+    let name = set.name_any();
+    let key = format!("{ns}/{name}");
+    let revisions = revisions::sync(ctx, set, &spec.selector).await?;
+    let owned = adopt::claim_pods(ctx, set, &spec.selector).await?;
+    claims::sync(ctx, set, &owned, &spec.identities).await?;
     let uids: HashMap<String, String> = owned
         .iter()
         .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
         .collect();
-    let mut observed: Vec<_> = owned
+    let mut pods: Vec<_> = owned
         .iter()
         .filter_map(|p| {
-            let held = ip_settings.is_some() && {
+            let held = spec.ip.is_some() && {
                 let record = ctx.records.get(&ObjectRef::new(&p.name_any()).within(&ns));
                 holds_pod(p, record.as_deref())
             };
             observe(&name, p, held)
         })
         .collect();
-    ctx.expectations.adjust(&key, &mut observed, &uids, now);
+    let now = now();
+    ctx.expectations.adjust(&key, &mut pods, &uids, now);
+    Ok(Observed {
+        key,
+        now,
+        revisions,
+        pods,
+        uids,
+    })
+}
 
-    let replacing: BTreeMap<i32, Replacing> = set
-        .status
-        .iter()
-        .flat_map(|s| s.replacing.iter())
-        .map(|r| {
-            let reason = match r.reason {
-                ReplacementReason::Update => ReplaceReason::Update,
-                ReplacementReason::Stuck => ReplaceReason::Stuck,
-                ReplacementReason::Maintenance => ReplaceReason::Maintenance,
-            };
-            (
-                r.ordinal,
-                Replacing {
-                    reason,
-                    uid: r.pod_uid.clone(),
-                },
-            )
-        })
-        .collect();
-    let view = SetView {
-        identities,
-        start: set.spec.ordinals_start(),
-        policy: set.spec.pod_management_policy,
-        strategy,
-        min_ready_seconds: i64::from(set.spec.min_ready_seconds),
-        current_revision: revisions.current.clone(),
-        update_revision: revisions.update.clone(),
-        replacing,
-    };
-    let plan = rollout::plan(&view, &observed, now);
+/// What the planner decided, and the status that records it.
+struct Decided {
+    plan: Plan,
+    status: EnhancedStatefulSetStatus,
+}
 
-    // The current revision moves on once every pod runs the update revision.
-    let current = if plan.counts.all_updated {
-        &revisions.update
-    } else {
-        &revisions.current
-    };
-    let new_status = status::from_plan(
+/// The plan for what was observed (`ests_core::rollout::plan`) and the status it describes.
+fn plan_set(set: &EnhancedStatefulSet, spec: &SetSpec, observed: &Observed) -> Decided {
+    let revisions = &observed.revisions;
+    let view = set_view::view(set, spec, &revisions.current, &revisions.update);
+    let plan = rollout::plan(&view, &observed.pods, observed.now);
+    let status = status::from_plan(
         set,
         &plan,
-        current,
         &revisions.update,
         revisions.collision_count,
-        label_selector,
+        spec.selector.to_string(),
     );
-    // Nothing is done on a stale set: its `replacing` may lack identities taken down by an
-    // earlier reconcile, and the plan made from it could exceed the budget.
-    if !status::apply(ctx, set, &new_status).await? {
-        tracing::debug!("the cached set is stale; waiting for the newer one");
-        return Ok(Action::requeue(STALE));
-    }
-    let labels = [ns.as_str(), name.as_str()];
-    ctx.metrics
-        .replicas
-        .with_label_values(&labels)
-        .set(i64::from(plan.counts.replicas));
-    ctx.metrics
-        .updated_replicas
-        .with_label_values(&labels)
-        .set(i64::from(plan.counts.updated));
-    ctx.metrics
-        .unavailable_replicas
-        .with_label_values(&labels)
-        .set(i64::from(plan.counts.unavailable));
+    Decided { plan, status }
+}
 
+/// Writes the plan's status (the identities about to be taken down among it) before any pod
+/// is touched, then its counts and why pods are held. False if the set was stale: nothing
+/// is done on a stale set, whose `replacing` may lack identities taken down by an earlier
+/// reconcile, so a plan made from it could exceed the budget.
+async fn record(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    decided: &Decided,
+) -> Result<bool, Error> {
+    if !status::apply(ctx, set, &decided.status).await? {
+        return Ok(false);
+    }
+    let plan = &decided.plan;
+    ctx.metrics.set_counts(
+        &set.namespace().unwrap_or_default(),
+        &set.name_any(),
+        &plan.counts,
+    );
     if !plan.held.is_empty() {
-        let pods: Vec<String> = plan.held.iter().map(|o| pod_name(&name, *o)).collect();
+        let pods: Vec<String> = plan
+            .held
+            .iter()
+            .map(|o| pod_name(&set.name_any(), *o))
+            .collect();
         publish(
             ctx,
             set,
@@ -219,50 +227,64 @@ async fn reconcile_set(set: &EnhancedStatefulSet, ctx: &Context) -> Result<Actio
         )
         .await;
     }
+    Ok(true)
+}
 
-    let mut waiting = false;
-    let mut refused = false;
+/// What acting on a plan left to wait for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Done {
+    /// A pod waits for its claims or its static-IP record.
+    waiting: bool,
+    /// A PodDisruptionBudget refused an eviction for now.
+    refused: bool,
+}
+
+/// Carries out the plan's steps in order, then trims revision history.
+async fn act(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    spec: &SetSpec,
+    observed: &Observed,
+    plan: &Plan,
+) -> Result<Done, Error> {
+    let mut done = Done::default();
     for step in &plan.actions {
         match step {
             Step::Create { ordinal, revision } => {
-                waiting |= !create_pod(
-                    ctx,
-                    set,
-                    &revisions,
-                    ip_settings.as_ref(),
-                    &key,
-                    *ordinal,
-                    revision,
-                )
-                .await?;
+                done.waiting |= !create_pod(ctx, set, spec, observed, *ordinal, revision).await?;
             }
             Step::Delete {
                 name: pod, reason, ..
             } => {
-                if let Some(pod_uid) = uids.get(pod) {
-                    refused |= !delete_pod(ctx, set, &key, pod, pod_uid, *reason).await?;
+                if let Some(pod_uid) = observed.uids.get(pod) {
+                    done.refused |=
+                        !delete_pod(ctx, set, &observed.key, pod, pod_uid, *reason).await?;
                 }
             }
         }
     }
+    let in_use: BTreeSet<String> = observed.pods.iter().map(|o| o.revision.clone()).collect();
+    revisions::trim(ctx, set, &observed.revisions, &in_use).await?;
+    Ok(done)
+}
 
-    let in_use: BTreeSet<String> = observed.iter().map(|o| o.revision.clone()).collect();
-    revisions::trim(ctx, set, &revisions, &in_use).await?;
-
-    let mut requeue = plan
-        .requeue_after
+/// When to reconcile again if nothing happens: as the plan asks (minReadySeconds, the
+/// stuck grace), sooner while a pod waits or an eviction was refused, just after the first
+/// expectation runs out, and at least every [`RESYNC`].
+fn next_look(requeue_after: Option<i64>, done: Done, expiry: Option<Duration>) -> Duration {
+    let mut next = requeue_after
         .and_then(|s| u64::try_from(s).ok())
         .map_or(RESYNC, |s| Duration::from_secs(s).min(RESYNC));
-    if waiting {
-        requeue = requeue.min(WAIT_FOR_RECORD);
+    if done.waiting {
+        next = next.min(WAIT_FOR_RECORD);
     }
-    if refused {
-        requeue = requeue.min(EVICTION_RETRY);
+    if done.refused {
+        next = next.min(EVICTION_RETRY);
     }
-    if let Some(expiry) = ctx.expectations.next_expiry(&key) {
-        requeue = requeue.min(expiry + Duration::from_millis(100));
+    if let Some(expiry) = expiry {
+        next = next.min(expiry + Duration::from_millis(100));
     }
-    Ok(Action::requeue(requeue))
+    next
 }
 
 /// Records an invalid spec in the status and as an event; nothing else happens until the
@@ -354,71 +376,88 @@ async fn publish_about_pod(
     }
 }
 
-/// Creates the pod of `ordinal` (its claims and static-IP record first). False if the pod
-/// has to wait for its record.
+/// Creates the pod of `ordinal` at `revision` (its claims and static-IP record first).
+/// False if the pod has to wait for them.
 async fn create_pod(
     ctx: &Context,
     set: &EnhancedStatefulSet,
-    revisions: &revisions::Revisions,
-    ip_settings: Option<&IpSettings>,
-    key: &str,
+    spec: &SetSpec,
+    observed: &Observed,
     ordinal: i32,
     revision: &str,
 ) -> Result<bool, Error> {
-    let ns = set.namespace().unwrap_or_default();
-    let set_name = set.name_any();
-    let name = pod_name(&set_name, ordinal);
-    // The pod runs what its revision holds; without that revision it is not created (a pod
-    // labelled with one revision and running another template would never be updated).
-    let Some(template) = revisions.template(&set.spec.template, revision) else {
+    let name = pod_name(&set.name_any(), ordinal);
+    let Some(template) = observed.revisions.template(&set.spec.template, revision) else {
         return Err(Error::other(
             crate::INVALID,
-            format!("revision {revision} of {ns}/{set_name} not found; pod {name} not created"),
+            format!(
+                "revision {revision} of {} not found; pod {name} not created",
+                observed.key
+            ),
         ));
     };
-
-    // Claims first, so the pod never starts without its storage.
-    if let Claims::Wait(why) = claims::ensure(ctx, set, ordinal).await? {
-        publish(
-            ctx,
-            set,
-            EventType::Normal,
-            "WaitingForClaim",
-            "Create",
-            why,
-        )
-        .await;
+    let mut pod = build_pod(set, template, revision, ordinal);
+    if let Err(why) = prepare(ctx, set, spec.ip.as_ref(), ordinal, &mut pod).await? {
+        publish(ctx, set, EventType::Normal, why.reason, "Create", why.note).await;
         return Ok(false);
     }
-
-    let mut pod = build_pod(set, &template, revision, ordinal);
-    // The record exists before the pod, and the pod names the record it was created with.
-    if let Some(settings) = ip_settings {
-        match records::ensure(ctx, set, settings, &name).await? {
-            RecordState::Ready(record) => {
-                stamp(&mut pod, &record);
-                if ctx.extender_binds && settings.pool.is_some() {
-                    request_static_ip(&mut pod);
-                }
-            }
-            RecordState::Wait(why) => {
-                publish(
-                    ctx,
-                    set,
-                    EventType::Normal,
-                    "WaitingForStaticIP",
-                    "Create",
-                    why,
-                )
-                .await;
-                return Ok(false);
-            }
-        }
-    }
     ctx.expectations
-        .expect_create(key, &name, ordinal, revision);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    match pods.create(&PostParams::default(), &pod).await {
+        .expect_create(&observed.key, &name, ordinal, revision);
+    post_pod(ctx, set, &observed.key, &pod, revision).await?;
+    Ok(true)
+}
+
+/// Why a pod waits to be created: an event's reason and note.
+struct Wait {
+    reason: &'static str,
+    note: String,
+}
+
+/// Makes what the pod of `ordinal` needs before it exists: its claims first, so that it
+/// never starts without its storage; then its static-IP record, which the pod names (it is
+/// stamped with the record it was created with).
+async fn prepare(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    ip: Option<&IpSettings>,
+    ordinal: i32,
+    pod: &mut Pod,
+) -> Result<Result<(), Wait>, Error> {
+    if let Claims::Wait(note) = claims::ensure(ctx, set, ordinal).await? {
+        return Ok(Err(Wait {
+            reason: "WaitingForClaim",
+            note,
+        }));
+    }
+    let Some(settings) = ip else {
+        return Ok(Ok(()));
+    };
+    match records::ensure(ctx, set, settings, &pod.name_any()).await? {
+        RecordState::Ready(record) => {
+            stamp(pod, &record);
+            if ctx.extender_binds && settings.pool.is_some() {
+                request_static_ip(pod);
+            }
+            Ok(Ok(()))
+        }
+        RecordState::Wait(note) => Ok(Err(Wait {
+            reason: "WaitingForStaticIP",
+            note,
+        })),
+    }
+}
+
+/// Sends the create of `pod`; one that exists already counts as made.
+async fn post_pod(
+    ctx: &Context,
+    set: &EnhancedStatefulSet,
+    key: &str,
+    pod: &Pod,
+    revision: &str,
+) -> Result<(), Error> {
+    let name = pod.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());
+    match pods.create(&PostParams::default(), pod).await {
         Ok(created) => {
             ctx.metrics
                 .pods_created
@@ -434,9 +473,9 @@ async fn create_pod(
                 format!("create Pod {name} at revision {revision}"),
             )
             .await;
-            Ok(true)
+            Ok(())
         }
-        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(true),
+        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
         Err(e) => {
             ctx.expectations.forget_create(key, &name);
             ctx.metrics.pods_created.with_label_values(&["error"]).inc();
@@ -467,44 +506,15 @@ async fn delete_pod(
     reason: DeleteReason,
 ) -> Result<bool, Error> {
     let ns = set.namespace().unwrap_or_default();
-    if reason == DeleteReason::ScaleIn
+    if reason.hands_over_claims()
         && let Some(pod) = ctx.pods.get(&ObjectRef::new(name).within(&ns))
         && pod.uid().as_deref() == Some(uid)
     {
-        // Under whenScaled: Delete the pod owns its claims from now on, so they go with it.
         claims::hand_over(ctx, set, &pod, true).await?;
     }
     ctx.expectations.expect_delete(key, uid);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: Some(uid.to_string()),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    let why = match reason {
-        DeleteReason::ScaleIn => "scale-in",
-        DeleteReason::Update => "update",
-        DeleteReason::Stuck => "stuck",
-        DeleteReason::Terminal => "terminated",
-        DeleteReason::Maintenance => "node migration",
-    };
-    let result = if reason == DeleteReason::Maintenance {
-        Api::<Pod>::namespaced(ctx.evictions.clone(), &ns)
-            .evict(
-                name,
-                &EvictParams {
-                    delete_options: Some(params),
-                    post_options: PostParams::default(),
-                },
-            )
-            .await
-            .map(|_| ())
-    } else {
-        pods.delete(name, &params).await.map(|_| ())
-    };
-    match result {
+    let why = reason.label();
+    match send_delete(ctx, &ns, name, uid, reason).await {
         Ok(()) => {
             ctx.metrics.pods_deleted.with_label_values(&[why]).inc();
             publish_about_pod(
@@ -540,6 +550,91 @@ async fn delete_pod(
             )
             .await;
             Err(Error::kube(format!("deleting pod {name}"), e))
+        }
+    }
+}
+
+/// The delete (an eviction, for a node migration) of the incarnation `uid` of pod `name`.
+async fn send_delete(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    reason: DeleteReason,
+) -> Result<(), kube::Error> {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let evict = reason == DeleteReason::Maintenance;
+    ests_runtime::watch::take_down_pod(&ctx.client, &ctx.evictions, (ns, name), evict, params).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_look_is_the_soonest_of_what_waits() {
+        let none = Done::default();
+        let waiting = Done {
+            waiting: true,
+            refused: false,
+        };
+        let refused = Done {
+            waiting: false,
+            refused: true,
+        };
+        let both = Done {
+            waiting: true,
+            refused: true,
+        };
+        let secs = Duration::from_secs;
+        for (case, after, done, expiry, want) in [
+            ("nothing to wait for: the resync", None, none, None, RESYNC),
+            ("the plan's time", Some(30), none, None, secs(30)),
+            (
+                "never later than the resync",
+                Some(10_000),
+                none,
+                None,
+                RESYNC,
+            ),
+            ("a negative time is no time", Some(-5), none, None, RESYNC),
+            (
+                "a pod waiting for its record",
+                Some(30),
+                waiting,
+                None,
+                WAIT_FOR_RECORD,
+            ),
+            (
+                "a refused eviction",
+                Some(30),
+                refused,
+                None,
+                EVICTION_RETRY,
+            ),
+            ("both: the sooner", None, both, None, WAIT_FOR_RECORD),
+            (
+                "just after an expectation runs out",
+                Some(30),
+                refused,
+                Some(Duration::from_millis(400)),
+                Duration::from_millis(500),
+            ),
+            (
+                "a late expectation changes nothing",
+                Some(1),
+                none,
+                Some(secs(60)),
+                secs(1),
+            ),
+        ] {
+            assert_eq!(next_look(after, done, expiry), want, "{case}");
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The set's status: counts, revisions, identities being replaced and conditions, written
 //! with server-side apply only when something changed.
 
-use ests_api::{EnhancedStatefulSet, EnhancedStatefulSetStatus, Replacement, ReplacementReason};
-use ests_core::rollout::{Plan, ReplaceReason};
+use ests_api::{EnhancedStatefulSet, EnhancedStatefulSetStatus};
+use ests_core::rollout::Plan;
+use ests_core::set_view::replacements;
 use ests_runtime::conditions::condition;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -14,11 +15,10 @@ pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
 pub const UPDATED: &str = "Updated";
 pub const INVALID_SPEC: &str = "InvalidSpec";
 
-/// The status a plan describes.
+/// The status a plan describes (its current revision among it).
 pub fn from_plan(
     set: &EnhancedStatefulSet,
     plan: &Plan,
-    current_revision: &str,
     update_revision: &str,
     collision_count: i32,
     label_selector: String,
@@ -72,23 +72,11 @@ pub fn from_plan(
         updated_replicas: c.updated,
         updated_ready_replicas: c.updated_ready,
         updated_available_replicas: c.updated_available,
-        current_revision: Some(current_revision.to_string()),
+        current_revision: Some(plan.current_revision.clone()),
         update_revision: Some(update_revision.to_string()),
         collision_count: (collision_count > 0).then_some(collision_count),
         label_selector: Some(label_selector),
-        replacing: plan
-            .replacing
-            .iter()
-            .map(|(ordinal, entry)| Replacement {
-                ordinal: *ordinal,
-                reason: match entry.reason {
-                    ReplaceReason::Update => ReplacementReason::Update,
-                    ReplaceReason::Stuck => ReplacementReason::Stuck,
-                    ReplaceReason::Maintenance => ReplacementReason::Maintenance,
-                },
-                pod_uid: entry.uid.clone(),
-            })
-            .collect(),
+        replacing: replacements(&plan.replacing),
         conditions,
     }
 }

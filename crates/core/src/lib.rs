@@ -16,5 +16,6 @@ pub mod pods;
 pub mod quantity;
 pub mod revision;
 pub mod rollout;
+pub mod set_view;
 pub mod static_ip;
 pub mod validate;

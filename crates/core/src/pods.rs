@@ -214,6 +214,44 @@ pub fn claim_owners(
     (!same(current, &wanted)).then_some(wanted)
 }
 
+/// A claim whose owner references change: the owners it gets, decided from the claim as
+/// read at `resource_version` (the write carries it, so a claim changed since is left for
+/// the next reconcile).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnerChange {
+    pub claim: String,
+    pub resource_version: Option<String>,
+    pub owners: Vec<OwnerReference>,
+}
+
+/// The owner changes the claims of `pod` (one of the set's, by name) need so that the
+/// retention policy holds, `scaled_in` saying whether its identity is outside the set now
+/// ([`claim_owners`] for each); `cached` is the claim of that name as last seen, if any. A
+/// claim not seen yet, or already owned as the policy wants, needs none.
+pub fn owner_changes(
+    set: &EnhancedStatefulSet,
+    pod: &Pod,
+    scaled_in: bool,
+    cached: impl Fn(&str) -> Option<std::sync::Arc<PersistentVolumeClaim>>,
+) -> Vec<OwnerChange> {
+    let Some(ordinal) = crate::identity::ordinal_of(&set.name_any(), &pod.name_any()) else {
+        return Vec::new();
+    };
+    build_claims(set, ordinal)
+        .iter()
+        .filter_map(|built| {
+            let name = built.name_any();
+            let claim = cached(&name)?;
+            let owners = claim_owners(&claim, set, Some(pod), scaled_in)?;
+            Some(OwnerChange {
+                claim: name,
+                resource_version: claim.resource_version(),
+                owners,
+            })
+        })
+        .collect()
+}
+
 /// A node migration's request that the pod leave its node (annotations
 /// [`keys::EVICT_FOR`] and [`keys::EVICT_TOGETHER`]), as the set's planner and the migration
 /// read it.
@@ -310,6 +348,81 @@ mod tests {
                 .expect("template");
         name_containers(&mut t);
         assert_eq!(t.spec.expect("spec").containers[0].name, "nginx");
+    }
+
+    #[test]
+    fn owner_changes_cover_the_pods_seen_claims_that_need_one() {
+        let mut s = set();
+        s.spec.persistent_volume_claim_retention_policy = Some(
+            serde_json::from_value(json!({"whenScaled": "Delete", "whenDeleted": "Retain"}))
+                .expect("policy"),
+        );
+        let pod = |name: &str| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": name, "uid": "pod-uid"}}))
+                .expect("pod")
+        };
+        let seen = |version: &str| {
+            let claim: PersistentVolumeClaim = serde_json::from_value(
+                json!({"metadata": {"name": "data-web-3", "resourceVersion": version}}),
+            )
+            .expect("claim");
+            move |name: &str| (name == "data-web-3").then(|| std::sync::Arc::new(claim.clone()))
+        };
+        let owner_uids = |changes: &[OwnerChange]| -> Vec<(String, Vec<String>)> {
+            changes
+                .iter()
+                .map(|c| {
+                    (
+                        c.claim.clone(),
+                        c.owners.iter().map(|o| o.uid.clone()).collect(),
+                    )
+                })
+                .collect()
+        };
+        for (case, name, scaled_in, cached, want) in [
+            (
+                "a scaled-in pod gets its claim",
+                "web-3",
+                true,
+                true,
+                vec![("data-web-3".to_string(), vec!["pod-uid".to_string()])],
+            ),
+            (
+                "a pod still in the set needs nothing",
+                "web-3",
+                false,
+                true,
+                vec![],
+            ),
+            (
+                "a claim not seen yet is left alone",
+                "web-3",
+                true,
+                false,
+                vec![],
+            ),
+            (
+                "a pod not of the set has no claims",
+                "other-3",
+                true,
+                true,
+                vec![],
+            ),
+        ] {
+            let lookup = seen("41");
+            let changes = if cached {
+                owner_changes(&s, &pod(name), scaled_in, lookup)
+            } else {
+                owner_changes(&s, &pod(name), scaled_in, |_: &str| None)
+            };
+            assert_eq!(owner_uids(&changes), want, "{case}");
+            assert!(
+                changes
+                    .iter()
+                    .all(|c| c.resource_version.as_deref() == Some("41")),
+                "{case}: the write carries the version read"
+            );
+        }
     }
 
     #[test]

@@ -162,6 +162,27 @@ pub enum DeleteReason {
     Maintenance,
 }
 
+impl DeleteReason {
+    /// Whether the pod's claims are handed to it before it is deleted: a scaled-in pod's
+    /// identity is outside the set from now on, so under `whenScaled: Delete` its claims go
+    /// with it (`pods::claim_owners` says whether they do). Any other delete re-creates the
+    /// identity, whose claims stay.
+    pub fn hands_over_claims(self) -> bool {
+        self == Self::ScaleIn
+    }
+
+    /// The reason as a metric label and in the pod's delete event.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ScaleIn => "scale-in",
+            Self::Update => "update",
+            Self::Stuck => "stuck",
+            Self::Terminal => "terminated",
+            Self::Maintenance => "node migration",
+        }
+    }
+}
+
 /// One step for the controller to carry out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -205,6 +226,9 @@ pub struct Plan {
     pub requeue_after: Option<i64>,
     /// Counts over the pods as observed (before the actions).
     pub counts: Counts,
+    /// The current revision the status records: the update revision once every identity
+    /// runs it and is Available ([`Counts::all_updated`]), else the set's current one.
+    pub current_revision: String,
     /// Ordinals of pods due to be taken down (scale-in or update) that are kept because
     /// their static-IP record does not hold their address yet.
     pub held: Vec<i32>,
@@ -528,8 +552,19 @@ pub fn plan(set: &SetView, pods: &[ObservedPod], now: i64) -> Plan {
         replacing,
         actions,
         requeue_after: requeue,
+        current_revision: current_after(set, &counts).to_string(),
         counts,
         held,
+    }
+}
+
+/// The current revision moves on to the update revision once every identity runs it and is
+/// Available; until then pods below the partition are made at the current one.
+fn current_after<'a>(set: &'a SetView, counts: &Counts) -> &'a str {
+    if counts.all_updated {
+        &set.update_revision
+    } else {
+        &set.current_revision
     }
 }
 

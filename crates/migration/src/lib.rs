@@ -10,23 +10,22 @@
 pub mod auto;
 pub mod hooks;
 mod observe;
+mod record;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ests_api::{
-    EnhancedStatefulSet, IPBlock, MigratingPod, MigrationMode, MigrationPhase, NodeMigration,
-    StaticIP, StaticIPPhase, keys,
+    EnhancedStatefulSet, IPBlock, MigrationPhase, NodeMigration, StaticIP, StaticIPPhase, keys,
 };
 use ests_core::migration::{Action as Step, plan};
 use ests_core::rollout::Leave;
 use ests_runtime::Reflectors;
-use ests_runtime::conditions::set_condition;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -310,7 +309,8 @@ fn split(key: &str) -> (&str, &str) {
     key.split_once('/').unwrap_or(("", key))
 }
 
-/// Carries out one step; what it changes in the status is written with the plan's phase.
+/// Carries out one step, each by a function of its own; what it changes in the status
+/// ([`record`]) is written with the plan's phase.
 async fn act(
     ctx: &Context,
     m: &NodeMigration,
@@ -320,309 +320,284 @@ async fn act(
 ) -> Result<(), Error> {
     let source = &m.spec.source_node;
     let target = observed.facts.target.clone().unwrap_or_default();
-    let facts = HookFacts {
-        migration: m.name_any(),
-        source: source.clone(),
-        target: Some(target.clone()),
-        cidrs: observed.source_cidrs.clone(),
-    };
     match step {
         Step::Start { target, mode } => {
-            status.target_node = Some(target.clone());
-            status.mode = Some(*mode);
-            status.started_at.get_or_insert_with(now);
-            publish(
-                ctx,
-                m,
-                EventType::Normal,
-                "Started",
-                format!("moving {source}'s static-IP pods and IP blocks to {target} ({mode:?})"),
-            )
-            .await;
+            record::started(status, target, *mode, now());
+            let note =
+                format!("moving {source}'s static-IP pods and IP blocks to {target} ({mode:?})");
+            publish(ctx, m, EventType::Normal, "Started", note).await;
         }
         Step::Escalate => {
-            status.mode = Some(MigrationMode::Failure);
-            publish(
-                ctx,
-                m,
-                EventType::Warning,
-                "SourceNotReady",
-                format!(
-                    "{source} went NotReady during its maintenance move: moving as after a failure, nothing of it is released until it is fenced"
-                ),
-            )
-            .await;
+            record::escalated(status);
+            let note = format!(
+                "{source} went NotReady during its maintenance move: moving as after a failure, nothing of it is released until it is fenced"
+            );
+            publish(ctx, m, EventType::Warning, "SourceNotReady", note).await;
         }
-        Step::Fence => {
-            let fenced_by = if m.spec.confirm_fenced {
-                Ok("operator (spec.confirmFenced)".to_string())
-            } else if ctx.settings.fence.is_some() && !hook_due(ctx, &m.name_any(), "fence") {
-                // Asked a moment ago: its answer (in the Fenced condition) stands.
-                return Ok(());
-            } else if let Some(hook) = &ctx.settings.fence {
-                hooks::run(hook, "fence", &facts)
-                    .await
-                    .map(|_| "fencing hook".to_string())
-            } else {
-                Err(format!(
-                    "no fencing hook is configured: set spec.confirmFenced once {source} is powered off"
-                ))
-            };
-            match fenced_by {
-                Ok(by) => {
-                    status.fenced_at = Some(now());
-                    status.fenced_by = Some(by.clone());
-                    set_condition(
-                        &mut status.conditions,
-                        "Fenced",
-                        true,
-                        "Fenced",
-                        format!("fenced by the {by}"),
-                    );
-                    publish(
-                        ctx,
-                        m,
-                        EventType::Normal,
-                        "Fenced",
-                        format!("{source} fenced by the {by}"),
-                    )
-                    .await;
-                }
-                Err(why) => {
-                    set_condition(
-                        &mut status.conditions,
-                        "Fenced",
-                        false,
-                        "NotFenced",
-                        why.clone(),
-                    );
-                    publish(ctx, m, EventType::Warning, "NotFenced", why).await;
-                }
-            }
-        }
-        Step::MoveNetwork => {
-            if ctx.settings.network.is_some() && !hook_due(ctx, &m.name_any(), "network") {
-                // Failed a moment ago: its answer (in the NetworkMoved condition) stands.
-                return Ok(());
-            }
-            let result = match &ctx.settings.network {
-                Some(hook) => hooks::run(hook, "network", &facts)
-                    .await
-                    .map(|_| "network hook succeeded".to_string()),
-                None => {
-                    Ok("no network hook configured: routes follow the IPBlock objects".to_string())
-                }
-            };
-            match result {
-                Ok(message) => set_condition(
-                    &mut status.conditions,
-                    "NetworkMoved",
-                    true,
-                    "Moved",
-                    message,
-                ),
-                Err(why) => {
-                    set_condition(
-                        &mut status.conditions,
-                        "NetworkMoved",
-                        false,
-                        "HookFailed",
-                        why.clone(),
-                    );
-                    publish(ctx, m, EventType::Warning, "NetworkHookFailed", why).await;
-                }
-            }
-        }
+        Step::Fence => fence(ctx, m, observed, status).await,
+        Step::MoveNetwork => move_network(ctx, m, observed, status).await,
         Step::MoveBlock(name) => {
-            let api: Api<IPBlock> = Api::all(ctx.client.clone());
-            let mut block = api
-                .get(name)
-                .await
-                .map_err(kube_err(format!("reading IPBlock {name}")))?;
-            if block.spec.node.as_deref() == Some(source.as_str()) {
-                block.spec.node = Some(target.clone());
-                // The update carries the resourceVersion read: a block changed meanwhile
-                // (an allocation) fails here and is moved on the next pass.
-                api.replace(name, &PostParams::default(), &block)
-                    .await
-                    .map_err(kube_err(format!("moving IPBlock {name} to {target}")))?;
-            }
-            if !status.moved_blocks.contains(name) {
-                status.moved_blocks.push(name.clone());
-            }
+            move_block(ctx, name, source, &target).await?;
+            record::block_moved(status, name);
         }
         Step::MoveRecord(key) => {
-            let (ns, name) = split(key);
-            let api: Api<StaticIP> = Api::namespaced(ctx.client.clone(), ns);
-            let record = api
-                .get(name)
-                .await
-                .map_err(kube_err(format!("reading StaticIP {key}")))?;
-            if record.spec.node.as_deref() == Some(source.as_str()) {
-                let patch = json!({
-                    "metadata": {"resourceVersion": record.resource_version()},
-                    "spec": {"node": target},
-                });
-                api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await
-                    .map_err(kube_err(format!("moving StaticIP {key} to {target}")))?;
-                api.patch_status(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {"phase": StaticIPPhase::Migrating}})),
-                )
-                .await
-                .map_err(kube_err(format!("marking StaticIP {key} Migrating")))?;
-            }
-            if !status
-                .pods
-                .iter()
-                .any(|p| format!("{}/{}", p.namespace, p.name) == *key)
-            {
-                status.pods.push(MigratingPod {
-                    namespace: ns.into(),
-                    name: name.into(),
-                    ips: record.spec.ips.iter().map(|a| a.ip.clone()).collect(),
-                    running_on_target: false,
-                });
-            }
+            let ips = move_record(ctx, key, source, &target).await?;
+            record::record_moved(status, key, ips);
         }
-        Step::Cordon => {
-            let api: Api<Node> = Api::all(ctx.client.clone());
-            api.patch(
-                source,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"unschedulable": true}})),
-            )
-            .await
-            .map_err(kube_err(format!("cordoning {source}")))?;
-        }
-        Step::AskToLeave(key, how) => {
-            let (ns, name) = split(key);
-            let Some(pod) = ctx.pods.get(&ObjectRef::new(name).within(ns)) else {
-                return Ok(());
-            };
-            let together = match how {
-                Leave::Together(group) => Some(group.as_str()),
-                Leave::Alone => None,
-            };
-            // The UID in the patch makes it fail (as an immutable field) on another
-            // incarnation of the pod, which was never asked.
-            let patch = json!({"metadata": {
-                "uid": pod.uid(),
-                "annotations": {keys::EVICT_FOR: m.name_any(), keys::EVICT_TOGETHER: together},
-            }});
-            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-            match api
-                .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.is_not_found() || s.code == 422 => {}
-                Err(e) => return Err(kube_err(format!("asking pod {key} to leave"))(e)),
-            }
-        }
-        Step::Taint => {
-            let api: Api<Node> = Api::all(ctx.client.clone());
-            let mut node = api
-                .get(source)
-                .await
-                .map_err(kube_err(format!("reading node {source}")))?;
-            let spec = node.spec.get_or_insert_with(Default::default);
-            let taints = spec.taints.get_or_insert_with(Vec::new);
-            if !taints.iter().any(|t| t.key == keys::OUT_OF_SERVICE_TAINT) {
-                taints.push(Taint {
-                    key: keys::OUT_OF_SERVICE_TAINT.into(),
-                    value: Some("nodeshutdown".into()),
-                    effect: "NoExecute".into(),
-                    time_added: None,
-                });
-                api.replace(source, &PostParams::default(), &node)
-                    .await
-                    .map_err(kube_err(format!("tainting {source} out-of-service")))?;
-            }
-        }
+        Step::Cordon => cordon(ctx, source).await?,
+        Step::AskToLeave(key, how) => ask_to_leave(ctx, m, key, how).await?,
+        Step::Taint => taint(ctx, source).await?,
         Step::ForceDelete(key) | Step::Recreate(key) | Step::Evict(key) => {
-            let (ns, name) = split(key);
-            let Some(pod) = ctx.pods.get(&ObjectRef::new(name).within(ns)) else {
-                return Ok(());
-            };
-            let client = if matches!(step, Step::Evict(_)) {
-                &ctx.evictions
-            } else {
-                &ctx.client
-            };
-            let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-            let preconditions = Preconditions {
-                uid: pod.uid(),
-                resource_version: None,
-            };
-            let result = match step {
-                Step::Evict(_) => api
-                    .evict(
-                        name,
-                        &EvictParams {
-                            delete_options: Some(DeleteParams {
-                                preconditions: Some(preconditions),
-                                ..DeleteParams::default()
-                            }),
-                            post_options: PostParams::default(),
-                        },
-                    )
-                    .await
-                    .map(|_| ()),
-                Step::ForceDelete(_) => api
-                    .delete(
-                        name,
-                        &DeleteParams {
-                            grace_period_seconds: Some(0),
-                            preconditions: Some(preconditions),
-                            ..DeleteParams::default()
-                        },
-                    )
-                    .await
-                    .map(|_| ()),
-                _ => api
-                    .delete(
-                        name,
-                        &DeleteParams {
-                            preconditions: Some(preconditions),
-                            ..DeleteParams::default()
-                        },
-                    )
-                    .await
-                    .map(|_| ()),
-            };
-            match result {
-                Ok(()) => {}
-                Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
-                // A PodDisruptionBudget refuses the eviction for now: next pass.
-                Err(kube::Error::Api(s)) if s.code == 429 => {
-                    tracing::info!(pod = %key, reason = %s.message, "eviction refused for now");
-                }
-                Err(e) => return Err(kube_err(format!("{} pod {key}", step_label(step)))(e)),
-            }
+            remove_pod(ctx, step, key).await?;
         }
-        Step::DeleteSource => {
-            let api: Api<Node> = Api::all(ctx.client.clone());
-            match api.delete(source, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.is_not_found() => {}
-                Err(e) => return Err(kube_err(format!("removing node {source}"))(e)),
-            }
-            publish(
-                ctx,
-                m,
-                EventType::Normal,
-                "SourceRemoved",
-                format!("{source} held nothing more and was removed"),
-            )
-            .await;
-        }
+        Step::DeleteSource => delete_source(ctx, m, source).await?,
     }
     Ok(())
 }
 
+/// What a hook is told of the migration.
+fn hook_facts(m: &NodeMigration, observed: &observe::Observation) -> HookFacts {
+    HookFacts {
+        migration: m.name_any(),
+        source: m.spec.source_node.clone(),
+        target: Some(observed.facts.target.clone().unwrap_or_default()),
+        cidrs: observed.source_cidrs.clone(),
+    }
+}
+
+/// Takes the operator's confirmation or asks the fencing hook; its answer goes into the
+/// status (fencedAt, the Fenced condition).
+async fn fence(
+    ctx: &Context,
+    m: &NodeMigration,
+    observed: &observe::Observation,
+    status: &mut ests_api::NodeMigrationStatus,
+) {
+    let source = &m.spec.source_node;
+    let answer = if m.spec.confirm_fenced {
+        Ok("operator (spec.confirmFenced)".to_string())
+    } else {
+        match record::hook_turn(ctx.settings.fence.as_ref(), || {
+            hook_due(ctx, &m.name_any(), "fence")
+        }) {
+            record::HookTurn::Run(hook) => hooks::run(hook, "fence", &hook_facts(m, observed))
+                .await
+                .map(|_| "fencing hook".to_string()),
+            record::HookTurn::NotYet => return,
+            record::HookTurn::None => Err(format!(
+                "no fencing hook is configured: set spec.confirmFenced once {source} is powered off"
+            )),
+        }
+    };
+    record::fenced(status, &answer, now());
+    match answer {
+        Ok(by) => {
+            let note = format!("{source} fenced by the {by}");
+            publish(ctx, m, EventType::Normal, "Fenced", note).await;
+        }
+        Err(why) => publish(ctx, m, EventType::Warning, "NotFenced", why).await,
+    }
+}
+
+/// Runs the network hook for the source's blocks (none configured: routes follow the
+/// IPBlock objects); its answer goes into the NetworkMoved condition.
+async fn move_network(
+    ctx: &Context,
+    m: &NodeMigration,
+    observed: &observe::Observation,
+    status: &mut ests_api::NodeMigrationStatus,
+) {
+    let answer = match record::hook_turn(ctx.settings.network.as_ref(), || {
+        hook_due(ctx, &m.name_any(), "network")
+    }) {
+        record::HookTurn::Run(hook) => hooks::run(hook, "network", &hook_facts(m, observed))
+            .await
+            .map(|_| "network hook succeeded".to_string()),
+        record::HookTurn::NotYet => return,
+        record::HookTurn::None => {
+            Ok("no network hook configured: routes follow the IPBlock objects".to_string())
+        }
+    };
+    record::network_moved(status, &answer);
+    if let Err(why) = answer {
+        publish(ctx, m, EventType::Warning, "NetworkHookFailed", why).await;
+    }
+}
+
+/// Moves block `name` from the source to the target, if it is still on the source.
+async fn move_block(ctx: &Context, name: &str, source: &str, target: &str) -> Result<(), Error> {
+    let api: Api<IPBlock> = Api::all(ctx.client.clone());
+    let mut block = api
+        .get(name)
+        .await
+        .map_err(kube_err(format!("reading IPBlock {name}")))?;
+    if block.spec.node.as_deref() == Some(source) {
+        block.spec.node = Some(target.to_string());
+        // The update carries the resourceVersion read: a block changed meanwhile (an
+        // allocation) fails here and is moved on the next pass.
+        api.replace(name, &PostParams::default(), &block)
+            .await
+            .map_err(kube_err(format!("moving IPBlock {name} to {target}")))?;
+    }
+    Ok(())
+}
+
+/// Points the record `namespace/name` at the target (phase Migrating), if it is still on
+/// the source; its addresses.
+async fn move_record(
+    ctx: &Context,
+    key: &str,
+    source: &str,
+    target: &str,
+) -> Result<Vec<String>, Error> {
+    let (ns, name) = split(key);
+    let api: Api<StaticIP> = Api::namespaced(ctx.client.clone(), ns);
+    let record = api
+        .get(name)
+        .await
+        .map_err(kube_err(format!("reading StaticIP {key}")))?;
+    if record.spec.node.as_deref() == Some(source) {
+        let patch = json!({
+            "metadata": {"resourceVersion": record.resource_version()},
+            "spec": {"node": target},
+        });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(kube_err(format!("moving StaticIP {key} to {target}")))?;
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": StaticIPPhase::Migrating}})),
+        )
+        .await
+        .map_err(kube_err(format!("marking StaticIP {key} Migrating")))?;
+    }
+    Ok(record.spec.ips.iter().map(|a| a.ip.clone()).collect())
+}
+
+async fn cordon(ctx: &Context, source: &str) -> Result<(), Error> {
+    Api::<Node>::all(ctx.client.clone())
+        .patch(
+            source,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .map_err(kube_err(format!("cordoning {source}")))?;
+    Ok(())
+}
+
+/// Asks the pod `namespace/name` to leave its node, for its set's controller to evict it
+/// within the set's budget.
+async fn ask_to_leave(
+    ctx: &Context,
+    m: &NodeMigration,
+    key: &str,
+    how: &Leave,
+) -> Result<(), Error> {
+    let (ns, name) = split(key);
+    let Some(pod) = ctx.pods.get(&ObjectRef::new(name).within(ns)) else {
+        return Ok(());
+    };
+    let together = match how {
+        Leave::Together(group) => Some(group.as_str()),
+        Leave::Alone => None,
+    };
+    // The UID in the patch makes it fail (as an immutable field) on another incarnation of
+    // the pod, which was never asked.
+    let patch = json!({"metadata": {
+        "uid": pod.uid(),
+        "annotations": {keys::EVICT_FOR: m.name_any(), keys::EVICT_TOGETHER: together},
+    }});
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() || s.code == 422 => Ok(()),
+        Err(e) => Err(kube_err(format!("asking pod {key} to leave"))(e)),
+    }
+}
+
+/// Puts the out-of-service taint on the (fenced) source, once.
+async fn taint(ctx: &Context, source: &str) -> Result<(), Error> {
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let mut node = api
+        .get(source)
+        .await
+        .map_err(kube_err(format!("reading node {source}")))?;
+    let spec = node.spec.get_or_insert_with(Default::default);
+    let taints = spec.taints.get_or_insert_with(Vec::new);
+    if taints.iter().any(|t| t.key == keys::OUT_OF_SERVICE_TAINT) {
+        return Ok(());
+    }
+    taints.push(Taint {
+        key: keys::OUT_OF_SERVICE_TAINT.into(),
+        value: Some("nodeshutdown".into()),
+        effect: "NoExecute".into(),
+        time_added: None,
+    });
+    api.replace(source, &PostParams::default(), &node)
+        .await
+        .map_err(kube_err(format!("tainting {source} out-of-service")))?;
+    Ok(())
+}
+
+/// How a step takes a pod away: evicted (a PodDisruptionBudget has its say), deleted at
+/// once (its node is off), or deleted gracefully; always naming the incarnation `uid`.
+fn removal(step: &Step, uid: Option<String>) -> (bool, DeleteParams) {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        grace_period_seconds: matches!(step, Step::ForceDelete(_)).then_some(0),
+        ..DeleteParams::default()
+    };
+    (matches!(step, Step::Evict(_)), params)
+}
+
+/// Evicts, force-deletes or deletes (to re-create) the pod `namespace/name`, as `step` says.
+async fn remove_pod(ctx: &Context, step: &Step, key: &str) -> Result<(), Error> {
+    let (ns, name) = split(key);
+    let Some(pod) = ctx.pods.get(&ObjectRef::new(name).within(ns)) else {
+        return Ok(());
+    };
+    let (evict, params) = removal(step, pod.uid());
+    let result =
+        ests_runtime::watch::take_down_pod(&ctx.client, &ctx.evictions, (ns, name), evict, params)
+            .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
+        // A PodDisruptionBudget refuses the eviction for now: next pass.
+        Err(kube::Error::Api(s)) if s.code == 429 => {
+            tracing::info!(pod = %key, reason = %s.message, "eviction refused for now");
+            Ok(())
+        }
+        Err(e) => Err(kube_err(format!("{} pod {key}", step_label(step)))(e)),
+    }
+}
+
+/// Removes the source Node object, which holds nothing any more.
+async fn delete_source(ctx: &Context, m: &NodeMigration, source: &str) -> Result<(), Error> {
+    match Api::<Node>::all(ctx.client.clone())
+        .delete(source, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.is_not_found() => {}
+        Err(e) => return Err(kube_err(format!("removing node {source}"))(e)),
+    }
+    let note = format!("{source} held nothing more and was removed");
+    publish(ctx, m, EventType::Normal, "SourceRemoved", note).await;
+    Ok(())
+}
+
+/// Records the pass in the status (phase, pods on the target, Completed), says so when the
+/// migration completes or is refused, counts migrations by phase, and writes the status
+/// if it changed.
 async fn write_status(
     ctx: &Context,
     m: &NodeMigration,
@@ -632,61 +607,14 @@ async fn write_status(
     observed: &observe::Observation,
 ) -> Result<(), Error> {
     let was = m.status.as_ref().map(|s| s.phase);
-    status.phase = *phase;
-    for pod in &mut status.pods {
-        let key = format!("{}/{}", pod.namespace, pod.name);
-        pod.running_on_target = observed
-            .facts
-            .records
-            .iter()
-            .any(|r| r.key == key && r.running_on_target);
-    }
-    match &waiting {
-        Some(why) => set_condition(
-            &mut status.conditions,
-            "Completed",
-            false,
-            "InProgress",
-            why.clone(),
-        ),
-        None => set_condition(
-            &mut status.conditions,
-            "Completed",
-            true,
-            "Completed",
-            "every static-IP pod runs on the target".into(),
-        ),
-    }
-    if *phase == MigrationPhase::Completed && status.completed_at.is_none() {
-        status.completed_at = Some(now());
-        let from = status
-            .fenced_at
-            .clone()
-            .or_else(|| status.started_at.clone());
-        if let Some(from) = from {
-            let seconds =
-                (Timestamp::now().as_millisecond() - from.0.as_millisecond()) as f64 / 1e3;
-            let mode = match status.mode {
-                Some(MigrationMode::Maintenance) => "maintenance",
-                _ => "failure",
-            };
-            ctx.metrics
-                .fence_to_done
-                .with_label_values(&[mode])
-                .observe(seconds);
-        }
-        publish(
-            ctx,
-            m,
-            EventType::Normal,
-            "Completed",
-            format!(
-                "{} static-IP pods run on {}",
-                status.pods.len(),
-                status.target_node.clone().unwrap_or_default()
-            ),
-        )
-        .await;
+    if record::settle(
+        status,
+        *phase,
+        waiting.as_deref(),
+        &observed.facts.records,
+        now(),
+    ) {
+        completed(ctx, m, status).await;
     }
     if *phase == MigrationPhase::Refused && was != Some(MigrationPhase::Refused) {
         publish(
@@ -698,7 +626,43 @@ async fn write_status(
         )
         .await;
     }
-    // Migrations by phase, from the cache (this one as it is about to be written).
+    count_phases(ctx, m, status);
+    if m.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<NodeMigration> = Api::all(ctx.client.clone());
+    api.patch_status(
+        &m.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await
+    .map_err(kube_err(format!(
+        "writing the status of NodeMigration {}",
+        m.name_any()
+    )))?;
+    Ok(())
+}
+
+/// The migration completed with this pass: its duration and an event.
+async fn completed(ctx: &Context, m: &NodeMigration, status: &ests_api::NodeMigrationStatus) {
+    if let Some(from) = record::clock_start(status) {
+        let seconds = (Timestamp::now().as_millisecond() - from.0.as_millisecond()) as f64 / 1e3;
+        ctx.metrics
+            .fence_to_done
+            .with_label_values(&[record::mode_label(status)])
+            .observe(seconds);
+    }
+    let note = format!(
+        "{} static-IP pods run on {}",
+        status.pods.len(),
+        status.target_node.clone().unwrap_or_default()
+    );
+    publish(ctx, m, EventType::Normal, "Completed", note).await;
+}
+
+/// Migrations by phase, from the cache (this one as it is about to be written).
+fn count_phases(ctx: &Context, m: &NodeMigration, status: &ests_api::NodeMigrationStatus) {
     for phase in [
         MigrationPhase::Pending,
         MigrationPhase::Fencing,
@@ -724,19 +688,28 @@ async fn write_status(
             .with_label_values(&[&format!("{phase:?}")])
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
-    if m.status.as_ref() == Some(status) {
-        return Ok(());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_removal_names_the_incarnation_and_only_a_force_delete_skips_the_grace() {
+        let key = || "ns/web-0".to_string();
+        for (step, evict, grace) in [
+            (Step::Evict(key()), true, None),
+            (Step::ForceDelete(key()), false, Some(0)),
+            (Step::Recreate(key()), false, None),
+        ] {
+            let (evicts, params) = removal(&step, Some("uid-0".into()));
+            assert_eq!(evicts, evict, "{step:?}");
+            assert_eq!(params.grace_period_seconds, grace, "{step:?}");
+            assert_eq!(
+                params.preconditions.and_then(|p| p.uid).as_deref(),
+                Some("uid-0"),
+                "{step:?}"
+            );
+        }
     }
-    let api: Api<NodeMigration> = Api::all(ctx.client.clone());
-    api.patch_status(
-        &m.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": status})),
-    )
-    .await
-    .map_err(kube_err(format!(
-        "writing the status of NodeMigration {}",
-        m.name_any()
-    )))?;
-    Ok(())
 }

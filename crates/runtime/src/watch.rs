@@ -290,3 +290,31 @@ pub async fn eviction_client() -> kube::Result<kube::Client> {
     config.default_retry = false;
     kube::Client::try_from(config)
 }
+
+/// Takes pod `namespace/name` down with `delete` as its delete options (a UID
+/// precondition names the incarnation meant): evicted through the Eviction API on
+/// `evictions`, a client from [`eviction_client`], when `evict` (a PodDisruptionBudget has
+/// its say, and its refusal comes back as a 429 at once); deleted on `client` otherwise.
+pub async fn take_down_pod(
+    client: &kube::Client,
+    evictions: &kube::Client,
+    (namespace, name): (&str, &str),
+    evict: bool,
+    delete: kube::api::DeleteParams,
+) -> kube::Result<()> {
+    type Pods = kube::Api<k8s_openapi::api::core::v1::Pod>;
+    if !evict {
+        return Pods::namespaced(client.clone(), namespace)
+            .delete(name, &delete)
+            .await
+            .map(|_| ());
+    }
+    let params = kube::api::EvictParams {
+        delete_options: Some(delete),
+        post_options: kube::api::PostParams::default(),
+    };
+    Pods::namespaced(evictions.clone(), namespace)
+        .evict(name, &params)
+        .await
+        .map(|_| ())
+}

@@ -1051,3 +1051,74 @@ fn pods_asked_to_leave_together_go_at_once_or_not_at_all() {
     let p = plan(&s, &pods, NOW);
     assert_eq!(deleted(&p, DeleteReason::Maintenance), vec![1]);
 }
+
+#[test]
+fn the_current_revision_advances_only_once_every_identity_is_updated_and_available() {
+    let all_v2: Vec<_> = (0..3).map(|o| ready(o, "v2")).collect();
+    let mut one_unready = all_v2.clone();
+    one_unready[1] = unready(1, "v2", NOW - 10);
+    let mut one_outdated = all_v2.clone();
+    one_outdated[0] = ready(0, "v1");
+    let two_of_three: Vec<_> = all_v2[..2].to_vec();
+    let mut fresh = all_v2.clone();
+    fresh[2].ready_since = Some(NOW - 5);
+    for (case, strategy, min_ready, pods, want) in [
+        (
+            "all updated and available",
+            rolling(0, 1),
+            0,
+            all_v2.clone(),
+            "v2",
+        ),
+        (
+            "an updated pod not ready",
+            rolling(0, 1),
+            0,
+            one_unready,
+            "v1",
+        ),
+        (
+            "an identity still outdated",
+            rolling(0, 1),
+            0,
+            one_outdated.clone(),
+            "v1",
+        ),
+        (
+            "below a partition, still outdated",
+            rolling(1, 1),
+            0,
+            one_outdated,
+            "v1",
+        ),
+        ("an identity missing", rolling(0, 1), 0, two_of_three, "v1"),
+        (
+            "ready for less than minReadySeconds",
+            rolling(0, 1),
+            30,
+            fresh,
+            "v1",
+        ),
+        ("OnDelete, all updated", Strategy::OnDelete, 0, all_v2, "v2"),
+    ] {
+        let mut s = set(3, strategy, PodManagementPolicy::Parallel);
+        s.min_ready_seconds = min_ready;
+        let p = plan(&s, &pods, NOW);
+        assert_eq!(p.current_revision, want, "{case}");
+        assert_eq!(p.counts.all_updated, want == "v2", "{case}");
+    }
+}
+
+#[test]
+fn only_a_scale_in_hands_the_claims_to_the_pod() {
+    for (reason, hands_over, label) in [
+        (DeleteReason::ScaleIn, true, "scale-in"),
+        (DeleteReason::Update, false, "update"),
+        (DeleteReason::Stuck, false, "stuck"),
+        (DeleteReason::Terminal, false, "terminated"),
+        (DeleteReason::Maintenance, false, "node migration"),
+    ] {
+        assert_eq!(reason.hands_over_claims(), hands_over, "{reason:?}");
+        assert_eq!(reason.label(), label);
+    }
+}
