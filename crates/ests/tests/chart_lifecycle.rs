@@ -44,7 +44,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::Env;
@@ -53,7 +53,9 @@ use support::chart::{
     controller_leader, diagnosis, edit_user, pod_ip, process_facts, ready, restarts,
 };
 use support::cni::canary;
-use support::real_node::{answer_set, import_ests_image, ready_pods, real_namespace};
+use support::real_node::{
+    answer_set, import_ests_image, ready_pods, real_namespace, static_ip_set,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -237,57 +239,53 @@ async fn admissions_during<F: std::future::Future<Output = anyhow::Result<()>>>(
     outcome.map(|()| admissions)
 }
 
+/// Both webhook configurations of the release, as dynamic objects: their webhooks'
+/// `clientConfig.caBundle` is one field in either kind.
+async fn webhook_configurations(
+    client: &Client,
+) -> anyhow::Result<Vec<(Api<DynamicObject>, DynamicObject)>> {
+    let mut found = Vec::new();
+    for resource in [
+        ApiResource::erase::<MutatingWebhookConfiguration>(&()),
+        ApiResource::erase::<ValidatingWebhookConfiguration>(&()),
+    ] {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let configuration = api.get(WEBHOOK_CONFIGURATION).await?;
+        found.push((api, configuration));
+    }
+    Ok(found)
+}
+
 /// The caBundle of both webhook configurations' webhooks.
-async fn ca_bundles(client: &Client) -> anyhow::Result<Vec<Option<ByteString>>> {
-    let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .get(WEBHOOK_CONFIGURATION)
-        .await?;
-    let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .get(WEBHOOK_CONFIGURATION)
-        .await?;
-    Ok(mutating
-        .webhooks
+async fn ca_bundles(client: &Client) -> anyhow::Result<Vec<Value>> {
+    Ok(webhook_configurations(client)
+        .await?
         .iter()
-        .flatten()
-        .map(|w| w.client_config.ca_bundle.clone())
-        .chain(
-            validating
-                .webhooks
-                .iter()
-                .flatten()
-                .map(|w| w.client_config.ca_bundle.clone()),
-        )
+        .flat_map(|(_, c)| c.data["webhooks"].as_array().cloned().unwrap_or_default())
+        .map(|w| w["clientConfig"]["caBundle"].clone())
         .collect())
 }
 
 /// Sets the caBundle of every webhook of both configurations to `bundle` (as cert-manager's
 /// CA injector does).
 async fn set_ca_bundle(client: &Client, bundle: &[u8]) -> anyhow::Result<()> {
-    let params = PatchParams::default();
-    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let mut m = mutating.get(WEBHOOK_CONFIGURATION).await?;
-    for w in m.webhooks.iter_mut().flatten() {
-        w.client_config.ca_bundle = Some(ByteString(bundle.to_vec()));
-    }
-    mutating
-        .patch(
+    let encoded = serde_json::to_value(ByteString(bundle.to_vec()))?;
+    for (api, mut configuration) in webhook_configurations(client).await? {
+        for webhook in configuration.data["webhooks"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            webhook["clientConfig"]["caBundle"] = encoded.clone();
+        }
+        let patch = json!({"webhooks": configuration.data["webhooks"]});
+        api.patch(
             WEBHOOK_CONFIGURATION,
-            &params,
-            &Patch::Merge(json!({"webhooks": m.webhooks})),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
         )
         .await?;
-    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let mut v = validating.get(WEBHOOK_CONFIGURATION).await?;
-    for w in v.webhooks.iter_mut().flatten() {
-        w.client_config.ca_bundle = Some(ByteString(bundle.to_vec()));
     }
-    validating
-        .patch(
-            WEBHOOK_CONFIGURATION,
-            &params,
-            &Patch::Merge(json!({"webhooks": v.webhooks})),
-        )
-        .await?;
     Ok(())
 }
 
@@ -473,11 +471,7 @@ async fn the_chart_is_installed_upgraded_rotated_and_uninstalled_on_the_real_nod
     // A pod as the controller creates it, for the admission client: identity 6 of the set,
     // scaled out and in again, whose record a second set keeps (WhenDeleted keeps a
     // scaled-in identity's record: the webhook pins its pod).
-    let mut kept = answer_set("kept", 2);
-    kept["metadata"]["annotations"] = json!({
-        keys::STATIC_IP_ENABLE: "true",
-        keys::STATIC_IP_RELEASE_POLICY: "WhenDeleted",
-    });
+    let kept = static_ip_set("kept", 2, "WhenDeleted");
     support::apply(&env, APP_NS, &kept).await?;
     support::wait_status(&sets, "kept", "2 ready", T, |s| s.ready_replicas == 2).await?;
     let app_pods: Api<Pod> = Api::namespaced(admin.clone(), APP_NS);

@@ -43,8 +43,8 @@ use support::chart::{
 };
 use support::cni::canary;
 use support::real_node::{
-    answer_set, ests_cni_binary, from_agent, import_ests_image, ready_pods, real_namespace,
-    recreated,
+    ests_cni_binary, from_agent, import_ests_image, ready_pods, real_namespace, recreated,
+    static_ip_set,
 };
 
 const T: Duration = Duration::from_secs(180);
@@ -280,11 +280,7 @@ async fn the_chart_runs_ests_cni_on_the_real_node() -> anyhow::Result<()> {
     // A static-IP set (record mode): its pods answer on their records' addresses, the
     // agent's; one re-created comes back with its address, pinned with ests's own
     // annotations only.
-    let mut set = answer_set("web", 3);
-    set["metadata"]["annotations"] = json!({
-        keys::STATIC_IP_ENABLE: "true",
-        keys::STATIC_IP_RELEASE_POLICY: "WhenDeleted",
-    });
+    let set = static_ip_set("web", 3, "WhenDeleted");
     support::apply(&env, ns, &set).await?;
     let sets = support::namespace(&env, ns).await?;
     support::wait_status(&sets, "web", "3 ready", T, |s| s.ready_replicas == 3)

@@ -18,10 +18,10 @@ use ests_testenv::real_node::{RealNode, wait_answer};
 use ests_testenv::{InvariantChecker, LogsOnFailure, cluster_lock, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::cni::{MainPlugin, agent_api_requests, install_network, start_agent, table_entries};
 use support::real_node::{
-    TIMEOUT, answer_set, ordinary_pod, ready_pods, real_namespace, recreated,
+    TIMEOUT, ordinary_pod, ready_pods, real_namespace, recreated, static_ip_set,
 };
 use support::{Env, apply, bound_records, names, patch, real_node_env, start_webhook, wait_status};
 
@@ -39,16 +39,6 @@ async fn cni_env() -> anyhow::Result<Option<(Env, &'static RealNode)>> {
         })
         .await?;
     Ok(Some((env, node)))
-}
-
-/// A static-IP set of the test image (record mode, the source manifest's annotation).
-fn static_ip_set(name: &str, replicas: i32, release: &str) -> Value {
-    let mut set = answer_set(name, replicas);
-    set["metadata"]["annotations"] = json!({
-        ests_api::keys::STATIC_IP_ENABLE: "true",
-        ests_api::keys::STATIC_IP_RELEASE_POLICY: release,
-    });
-    set
 }
 
 #[tokio::test]

@@ -33,9 +33,6 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -1139,7 +1136,7 @@ async fn run_component(
         ("rbac.authorization.k8s.io", "escalate", "clusterroles", ""),
     ] {
         assert!(
-            !may_in(&client, group, verb, resource, namespace).await?,
+            !support::may_in(&client, group, verb, resource, namespace).await?,
             "{account} may {verb} {resource}"
         );
     }
@@ -1303,39 +1300,6 @@ async fn run_second_scheduler(
         );
     }
     Ok(())
-}
-
-/// Whether the client's user may `verb` `resource` of jke.jdcloud.com in `namespace`.
-async fn may(client: &Client, verb: &str, resource: &str, namespace: &str) -> anyhow::Result<bool> {
-    may_in(client, ests_api::GROUP, verb, resource, namespace).await
-}
-
-/// Whether the client's user may `verb` `resource` of API group `group` in `namespace`
-/// (everywhere when empty).
-async fn may_in(
-    client: &Client,
-    group: &str,
-    verb: &str,
-    resource: &str,
-    namespace: &str,
-) -> anyhow::Result<bool> {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(group.into()),
-                namespace: Some(namespace.into()),
-                resource: Some(resource.into()),
-                verb: Some(verb.into()),
-                ..ResourceAttributes::default()
-            }),
-            ..SelfSubjectAccessReviewSpec::default()
-        },
-        ..SelfSubjectAccessReview::default()
-    };
-    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1603,14 +1567,16 @@ async fn install_and_run(separate_manager: bool) -> anyhow::Result<()> {
     .await?;
     let (_, alice) = plane.client_as("alice", &[]).await?;
     wait_for("edit aggregates the chart's roles", T, || async {
-        Ok((may(&alice, "create", "enhancedstatefulsets", ns).await?
-            && may(&alice, "list", "staticips", ns).await?)
-            .then_some(()))
+        Ok(
+            (support::may(&alice, "create", "enhancedstatefulsets", ns).await?
+                && support::may(&alice, "list", "staticips", ns).await?)
+                .then_some(()),
+        )
     })
     .await?;
     for verb in ["create", "update", "patch", "delete"] {
         assert!(
-            !may(&alice, verb, "staticips", ns).await?,
+            !support::may(&alice, verb, "staticips", ns).await?,
             "alice may {verb} StaticIPs"
         );
     }

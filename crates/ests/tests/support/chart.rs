@@ -12,12 +12,9 @@ use ests_testenv::ControlPlane;
 use ests_testenv::real_node::RealNode;
 use ests_testenv::resources::{apply_value, create_namespace};
 use ests_testenv::wait_for;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -303,7 +300,7 @@ pub async fn edit_user(
     .await?;
     let (_, client) = plane.client_as(user, &[]).await?;
     wait_for(format!("edit lets {user} write sets"), timeout, || async {
-        Ok(may(&client, "create", "enhancedstatefulsets", ns)
+        Ok(super::may(&client, "create", "enhancedstatefulsets", ns)
             .await?
             .then_some(()))
     })
@@ -314,25 +311,4 @@ pub async fn edit_user(
     })
     .await?;
     Ok(client)
-}
-
-/// Whether the client's user may `verb` `resource` of jke.jdcloud.com in `namespace`.
-async fn may(client: &Client, verb: &str, resource: &str, namespace: &str) -> anyhow::Result<bool> {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(ests_api::GROUP.into()),
-                namespace: Some(namespace.into()),
-                resource: Some(resource.into()),
-                verb: Some(verb.into()),
-                ..ResourceAttributes::default()
-            }),
-            ..SelfSubjectAccessReviewSpec::default()
-        },
-        ..SelfSubjectAccessReview::default()
-    };
-    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
 }

@@ -453,3 +453,42 @@ pub async fn ordinary_pod_is_bound(
     )
     .await
 }
+
+/// Whether the client's user may `verb` `resource` of jke.jdcloud.com in `namespace`.
+pub async fn may(
+    client: &Client,
+    verb: &str,
+    resource: &str,
+    namespace: &str,
+) -> anyhow::Result<bool> {
+    may_in(client, ests_api::GROUP, verb, resource, namespace).await
+}
+
+/// Whether the client's user may `verb` `resource` of API group `group` in `namespace`
+/// (everywhere when empty).
+pub async fn may_in(
+    client: &Client,
+    group: &str,
+    verb: &str,
+    resource: &str,
+    namespace: &str,
+) -> anyhow::Result<bool> {
+    let review = k8s_openapi::api::authorization::v1::SelfSubjectAccessReview {
+        spec: k8s_openapi::api::authorization::v1::SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(k8s_openapi::api::authorization::v1::ResourceAttributes {
+                group: Some(group.into()),
+                namespace: Some(namespace.into()),
+                resource: Some(resource.into()),
+                verb: Some(verb.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer =
+        Api::<k8s_openapi::api::authorization::v1::SelfSubjectAccessReview>::all(client.clone())
+            .create(&kube::api::PostParams::default(), &review)
+            .await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}

@@ -101,6 +101,16 @@ pub fn answer_set(name: &str, replicas: i32) -> Value {
     })
 }
 
+/// A static-IP set of the test image with static IPs on and release policy `release`.
+pub fn static_ip_set(name: &str, replicas: i32, release: &str) -> Value {
+    let mut set = answer_set(name, replicas);
+    set["metadata"]["annotations"] = json!({
+        ests_api::keys::STATIC_IP_ENABLE: "true",
+        ests_api::keys::STATIC_IP_RELEASE_POLICY: release,
+    });
+    set
+}
+
 /// A namespace whose `default` service account exists (pods are refused before it does).
 pub async fn real_namespace(
     env: &Env,
